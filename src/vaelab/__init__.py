@@ -1,0 +1,40 @@
+"""vaelab: train and use autoencoders and variational autoencoders on images.
+
+The public API, mirroring the `vaelab` command one to one::
+
+    import vaelab
+    vaelab.train("runs/vae2", model="vae", latent_dim=2, epochs=20)
+    model = vaelab.load("runs/vae2")                 # eval mode, weights from safetensors
+    images, labels = vaelab.load_dataset("mnist-mini", split="test")
+    vaelab.sample("runs/vae2", n=64, out="samples.png")
+"""
+
+from vaelab.apps.demo import demo
+from vaelab.apps.visualize import interpolate, latent_grid, latent_plot, reconstruct, sample
+from vaelab.checkpoint import load
+from vaelab.config import ModelConfig, TrainConfig
+from vaelab.data import load_dataset, load_images
+from vaelab.errors import VaelabError
+from vaelab.models import AE, VAE, ModelOutput, build_model
+from vaelab.train import TrainingDivergedError, train
+
+__all__ = [
+    "AE",
+    "VAE",
+    "ModelConfig",
+    "ModelOutput",
+    "TrainConfig",
+    "TrainingDivergedError",
+    "VaelabError",
+    "build_model",
+    "demo",
+    "interpolate",
+    "latent_grid",
+    "latent_plot",
+    "load",
+    "load_dataset",
+    "load_images",
+    "reconstruct",
+    "sample",
+    "train",
+]

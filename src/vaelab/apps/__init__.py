@@ -1,0 +1,1 @@
+"""User tasks, one file each; every function here is what one CLI command runs."""

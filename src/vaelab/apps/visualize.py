@@ -1,0 +1,187 @@
+"""Look at a trained model: new samples, reconstructions, interpolations, the latent space.
+
+Each function takes a run folder, writes one PNG, and returns the paths and figures it made (what
+the matching CLI command prints with --json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaelab import checkpoint, latent, plots
+from vaelab.config import TrainConfig
+from vaelab.data import ImageSet, load_images
+from vaelab.data.folder import read_image_files
+from vaelab.data.transforms import to_unit
+from vaelab.errors import VaelabError
+from vaelab.models import AE, VAE
+from vaelab.train import resolve_device
+
+METHODS = ("linear", "slerp")
+
+
+def open_run(run: str | Path, device: str = "auto") -> tuple[AE | VAE, TrainConfig]:
+    """The model of a run folder on `device`, and the settings it was trained with."""
+    model = checkpoint.load(run, resolve_device(device))
+    _, train_config = checkpoint.read_run_config(run)
+    return model, train_config
+
+
+def run_images(model: AE | VAE, config: TrainConfig, split: str = "test") -> ImageSet:
+    """A split of the dataset the run was trained on, checked against the model's image shape."""
+    images = load_images(config.dataset, split, config.data_dir, config.image_size)
+    check_shape(model, images.images, config.dataset)
+    return images
+
+
+def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:
+    """Refuse images whose [C, H, W] differs from what the model was trained on."""
+    c = model.config
+    expected = (c.image_channels, c.image_height, c.image_width)
+    if tuple(images.shape[1:]) != expected:
+        raise VaelabError(
+            f"{source} gives images of shape {tuple(images.shape[1:])} but the model expects {expected} "
+            "(channels, height, width); use the data it was trained on or resize with --image-size"
+        )
+
+
+def sample(run: str | Path, n: int = 64, out: str | Path = "samples.png", seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Decode n latents drawn from N(0, I) into a PNG grid."""
+    _positive("-n", n)
+    model, _ = open_run(run, device)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        images = model.sample(n, generator).cpu()
+    plots.save_image_grid(images, out, nrow=latent.grid_size(n))
+    return {"output": str(out), "n": n, "seed": seed}
+
+
+def reconstruct(
+    run: str | Path, n: int = 16, out: str | Path = "reconstructions.png", seed: int = 0, device: str = "auto"
+) -> dict[str, Any]:
+    """Encode n random test images and decode them: inputs above their reconstructions, in a PNG."""
+    _positive("-n", n)
+    model, config = open_run(run, device)
+    test = run_images(model, config)
+    n = min(n, len(test))
+    chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
+    inputs = to_unit(test.images[chosen])
+    with torch.no_grad():
+        recon = latent.decode_latents(model, latent.embed_images(model, test.images[chosen]))
+    columns = min(n, 10)
+    rows = []
+    for start in range(0, n, columns):  # pairs of rows: inputs, then their reconstructions
+        rows += [inputs[start : start + columns], recon[start : start + columns]]
+        pad = columns - len(rows[-1])
+        if pad:
+            blank = torch.ones(pad, *inputs.shape[1:])
+            rows[-2], rows[-1] = torch.cat([rows[-2], blank]), torch.cat([rows[-1], blank])
+    plots.save_image_grid(torch.cat(rows), out, nrow=columns)
+    mse = float((recon - inputs).pow(2).flatten(1).mean(1).mean())
+    return {"output": str(out), "n": n, "mse_per_pixel": mse}
+
+
+def interpolate(
+    run: str | Path,
+    out: str | Path = "interpolation.png",
+    from_class: int | None = None,
+    to_class: int | None = None,
+    from_image: str | Path | None = None,
+    to_image: str | Path | None = None,
+    steps: int = 10,
+    method: str = "linear",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Decode `steps` latents between two images (given files, or typical test images of two classes)."""
+    if steps < 2:
+        raise VaelabError(f"--steps must be at least 2, got {steps}")
+    if method not in METHODS:
+        raise VaelabError(f"--method {method!r} is not one of: {', '.join(METHODS)}")
+    model, config = open_run(run, device)
+    ends = endpoint_images(model, config, from_class, to_class, from_image, to_image)
+    z = latent.embed_images(model, ends)
+    path = (latent.slerp if method == "slerp" else latent.lerp)(z[0], z[1], steps)
+    images = latent.decode_latents(model, path)
+    plots.save_image_grid(images, out, nrow=steps)
+    return {"output": str(out), "steps": steps, "method": method, "latent_distance": float((z[1] - z[0]).norm())}
+
+
+def endpoint_images(
+    model: AE | VAE,
+    config: TrainConfig,
+    from_class: int | None,
+    to_class: int | None,
+    from_image: str | Path | None,
+    to_image: str | Path | None,
+) -> torch.Tensor:
+    """The two uint8 images [2, C, H, W] to interpolate between."""
+    if from_image is not None and to_image is not None:
+        channels = model.config.image_channels
+        images = read_image_files([Path(from_image), Path(to_image)], config.image_size, channels)
+        check_shape(model, images, "--from-image/--to-image")
+        return images
+    if from_class is None or to_class is None:
+        raise VaelabError("give --from-class A --to-class B, or --from-image FILE --to-image FILE")
+    test = run_images(model, config)
+    if test.labels is None:
+        raise VaelabError(f"{config.dataset} has no class labels; use --from-image and --to-image instead")
+    latents = latent.embed_images(model, test.images)
+    indices = []
+    for cls in (from_class, to_class):
+        if not (test.labels == cls).any():
+            known = sorted(set(test.labels.tolist()))
+            raise VaelabError(f"class {cls} has no test images; known classes: {known}")
+        indices.append(latent.class_prototype(latents, test.labels, cls))
+    return test.images[indices]
+
+
+def scatter_panel(model: AE | VAE, images: ImageSet, title: str) -> plots.ScatterPanel:
+    """The latent scatter of a set of images; PCA when the latent has more than two dimensions."""
+    codes = latent.embed_images(model, images.images)
+    if codes.shape[1] == 1:
+        codes = torch.cat([codes, torch.zeros_like(codes)], dim=1)
+        axes = ("z[0]", "(1-D latent)")
+    elif codes.shape[1] == 2:
+        axes = ("z[0]", "z[1]")
+    else:
+        codes, share = latent.pca_2d(codes)
+        axes = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+        title = f"{title}, PCA of {model.config.latent_dim}-D latent"
+    return plots.ScatterPanel(title, codes, images.labels, images.class_names, axes)
+
+
+def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "auto") -> dict[str, Any]:
+    """Scatter the test set's latent means coloured by class (PCA when latent_dim > 2)."""
+    model, config = open_run(run, device)
+    test = run_images(model, config)
+    name = f"{model.config.model.upper()} latent space ({config.dataset} test set)"
+    panel = scatter_panel(model, test, name)
+    plots.save_latent_scatter([panel], out)
+    return {"output": str(out), "n_points": len(test), "projection": "pca" if model.config.latent_dim > 2 else "none"}
+
+
+def grid_panel(model: AE | VAE, codes: torch.Tensor, n: int, title: str) -> plots.GridPanel:
+    """Images decoded over the central 98% box of a model's 2-D test latents."""
+    x_range, y_range = latent.latent_extent(codes)
+    images = latent.decode_latents(model, latent.plane_grid(x_range, y_range, n))
+    return plots.GridPanel(title, images, x_range, y_range)
+
+
+def latent_grid(run: str | Path, out: str | Path = "latent_grid.png", n: int = 15, device: str = "auto") -> dict[str, Any]:
+    """Decode an n x n grid over the part of the 2-D latent plane that the test set occupies."""
+    model, config = open_run(run, device)
+    if model.config.latent_dim != 2:
+        raise VaelabError(f"latent-grid needs a 2-D latent; this run has {model.config.latent_dim}")
+    _positive("-n", n)
+    codes = latent.embed_images(model, run_images(model, config).images)
+    panel = grid_panel(model, codes, n, f"{model.config.model.upper()}: decoded latent plane")
+    plots.save_latent_grids([panel], out)
+    return {"output": str(out), "n": n, "x_range": panel.x_range, "y_range": panel.y_range}
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise VaelabError(f"{flag} must be at least 1, got {value}")

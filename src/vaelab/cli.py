@@ -1,0 +1,250 @@
+"""The `vaelab` command: parse arguments, call one library function, print where outputs went."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vaelab.config import TrainConfig
+from vaelab.errors import VaelabError
+
+EPILOG = """examples:
+  vaelab demo --out demo                      # AE vs VAE on the embedded digits, with index.html
+  vaelab train --model vae --latent-dim 2 --epochs 20 --out runs/vae2
+  vaelab sample runs/vae2 -n 64 -o samples.png
+  vaelab reconstruct runs/vae2 -n 16 -o recon.png
+  vaelab interpolate runs/vae2 --from-class 1 --to-class 7 -o one_to_seven.png
+  vaelab latent-plot runs/vae2 -o latent.png
+Every command takes --json: its last stdout line is then one JSON object of paths and figures."""
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break a running progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object of paths and figures last")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per dataclass field: type, choices and help from the field; default shown, not set."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            continue
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        parser.add_argument(
+            flag,
+            type=kind,
+            choices=field.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            help=help_text,
+            metavar=None if field.metadata.get("choices") else field.name.upper(),
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="vaelab",
+        description="Train autoencoders (AE) and variational autoencoders (VAE) on images, then generate, "
+        "reconstruct, interpolate and explore their latent space.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train an AE or VAE into a run folder", description=(
+        "Train a model. Losses are summed over pixels and averaged over images (nats per image for the "
+        "bernoulli loss). After every epoch the run folder gets config.json, model.safetensors, "
+        "training_state.safetensors and a line in metrics.jsonl."
+    ))  # fmt: skip
+    _add_config_flags(p, TrainConfig)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
+    _add_common(p)
+
+    p = commands.add_parser("sample", help="decode random latents z ~ N(0, I) into a PNG grid")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
+    p.add_argument("-o", "--output", default="samples.png", help="PNG to write (default: samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random latents (default: 0)")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("reconstruct", help="test images above their reconstructions, as a PNG")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("-n", type=int, default=16, help="number of test images (default: 16)")
+    p.add_argument("-o", "--output", default="reconstructions.png", help="PNG to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of images (default: 0)")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("interpolate", help="decode a path between two images or two classes, as a PNG strip")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--from-class", type=int, help="start at a typical test image of this class")
+    p.add_argument("--to-class", type=int, help="end at a typical test image of this class")
+    p.add_argument("--from-image", metavar="FILE", help="start at this image file")
+    p.add_argument("--to-image", metavar="FILE", help="end at this image file")
+    p.add_argument("--steps", type=int, default=10, help="images in the strip, both ends included (default: 10)")
+    p.add_argument("--method", choices=("linear", "slerp"), default="linear",
+                   help="straight line, or spherical (follows the prior's shell) (default: linear)")  # fmt: skip
+    p.add_argument("-o", "--output", default="interpolation.png", help="PNG to write")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("latent-plot", help="scatter of the test set's latents coloured by class (PCA if > 2-D)")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("-o", "--output", default="latent.png", help="PNG to write")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("latent-grid", help="decode an n x n grid over a 2-D latent plane")
+    p.add_argument("run", metavar="RUN", help="run folder of a model with --latent-dim 2")
+    p.add_argument("-n", type=int, default=15, help="points per side (default: 15)")
+    p.add_argument("-o", "--output", default="latent_grid.png", help="PNG to write")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("demo", help="AE vs VAE on the embedded digits: trains 3 small models, writes index.html")
+    p.add_argument("--out", default="vaelab-demo", metavar="DIR", help="output folder (default: vaelab-demo)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs per model (default: 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    _add_device(p)
+    _add_common(p)
+    return parser
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                        help="where to run the model (default: auto)")  # fmt: skip
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vaelab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _run_train(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.train import train
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {k: v for k, v in vars(args).items() if k in names}
+    return train(args.out, resume=args.resume, progress=not args.quiet, **settings)
+
+
+def _run_sample(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.visualize import sample
+
+    return sample(args.run, n=args.n, out=args.output, seed=args.seed, device=args.device)
+
+
+def _run_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.visualize import reconstruct
+
+    return reconstruct(args.run, n=args.n, out=args.output, seed=args.seed, device=args.device)
+
+
+def _run_interpolate(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.visualize import interpolate
+
+    return interpolate(
+        args.run, out=args.output, from_class=args.from_class, to_class=args.to_class,
+        from_image=args.from_image, to_image=args.to_image, steps=args.steps, method=args.method,
+        device=args.device,
+    )  # fmt: skip
+
+
+def _run_latent_plot(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.visualize import latent_plot
+
+    return latent_plot(args.run, out=args.output, device=args.device)
+
+
+def _run_latent_grid(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.visualize import latent_grid
+
+    return latent_grid(args.run, out=args.output, n=args.n, device=args.device)
+
+
+def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.demo import demo
+
+    if args.epochs < 1:
+        raise VaelabError(f"--epochs must be at least 1, got {args.epochs}")
+    return demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, progress=not args.quiet)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "train": _run_train,
+    "sample": _run_sample,
+    "reconstruct": _run_reconstruct,
+    "interpolate": _run_interpolate,
+    "latent-plot": _run_latent_plot,
+    "latent-grid": _run_latent_grid,
+    "demo": _run_demo,
+}
+
+
+def _print_human(command: str, result: dict[str, Any]) -> None:
+    if command == "train":
+        print(f"trained {result['epochs']} epochs into {result['run_dir']}", end="")
+        if "val_loss" in result:
+            print(f"  (val loss {result['val_loss']:.2f} per image)", end="")
+        print()
+    elif command == "demo":
+        print(f"demo written to {result['out']}; open {result['index']}")
+    else:
+        print(f"wrote {result['output']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vaelab` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger = logging.getLogger("vaelab")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        result = COMMANDS[args.command](args)
+    except VaelabError as error:
+        print(f"vaelab {args.command}: error: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
+    except KeyboardInterrupt:
+        print(f"vaelab {args.command}: interrupted; finished epochs are saved (continue with --resume)", file=sys.stderr)
+        return 130
+    finally:
+        package_logger.removeHandler(handler)
+    if args.json:
+        print(json.dumps(result, sort_keys=True, default=str))
+    else:
+        _print_human(args.command, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Settings as plain dataclasses: what the user chooses (TrainConfig) and what a model is built
+from (ModelConfig). Both round-trip through JSON; the CLI derives its flags from TrainConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaelab.errors import VaelabError
+
+MODELS = ("ae", "vae")
+ARCHS = ("conv", "mlp")
+LOSSES = ("bernoulli", "l2", "l1")
+BINARIZE = ("none", "dynamic", "static")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    """A dataclass field whose metadata carries the CLI help text and allowed values."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a network: stored as the "model" part of config.json."""
+
+    model: str = "vae"  # "ae": deterministic bottleneck; "vae": Gaussian posterior + KL to N(0, I)
+    arch: str = "conv"  # "conv": strided convs / transposed convs; "mlp": one hidden layer
+    latent_dim: int = 16  # size of the bottleneck vector z
+    loss: str = "bernoulli"  # pixel loss summed over pixels: bernoulli (BCE on logits), l2, l1
+    beta: float = 1.0  # weight of the KL term (VAE only); 1 is the plain ELBO
+    image_channels: int = 1  # taken from the data
+    image_height: int = 28
+    image_width: int = 28
+    conv_channels: list[int] = field(default_factory=list)  # per stride-2 stage; [] = from image size
+    mlp_hidden: int = 400  # hidden units of the mlp arch (400 as in the PyTorch VAE example)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data, "model config")
+
+
+@dataclass
+class TrainConfig:
+    """What `vaelab train` takes; each field is one CLI flag (underscores become dashes)."""
+
+    model: str = _opt("vae", "ae = plain autoencoder, vae = variational autoencoder", MODELS)
+    arch: str = _opt("conv", "network: conv (strided convolutions) or mlp (784-400-latent)", ARCHS)
+    dataset: str = _opt(
+        "mnist-mini",
+        "mnist-mini (embedded, offline), mnist, fashion-mnist, kmnist, or folder:PATH (your images)",
+    )
+    data_dir: str | None = _opt(None, "folder holding the IDX files of mnist/fashion-mnist/kmnist")
+    image_size: int | None = _opt(None, "resize every image to SIZE x SIZE (needed for mixed sizes)")
+    latent_dim: int = _opt(16, "size of the latent vector (2 to plot it, 16-64 for quality)")
+    loss: str = _opt("bernoulli", "pixel loss summed over pixels: bernoulli (cross-entropy), l2, l1", LOSSES)
+    beta: float = _opt(1.0, "weight of the KL term of a VAE (1 = the plain VAE, >1 = beta-VAE)")
+    binarize: str = _opt(
+        "none", "none, dynamic (fresh 0/1 draw each time an image is seen) or static (one draw)", BINARIZE
+    )
+    epochs: int = _opt(20, "passes over the training images")
+    batch_size: int = _opt(128, "images per optimizer step")
+    lr: float = _opt(1e-3, "Adam learning rate")
+    val_fraction: float = _opt(0.1, "share of the training split held out for validation")
+    seed: int = _opt(0, "seed of every random draw (weights, shuffling, sampling, binarization)")
+    device: str = _opt("auto", "auto picks CUDA, then Apple MPS, then CPU", DEVICES)
+    amp: bool = _opt(False, "bfloat16 mixed precision (CUDA only)")
+
+    def validate(self) -> TrainConfig:
+        """Raise VaelabError naming the first out-of-range setting; return self."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise VaelabError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
+        positive = {"latent_dim": self.latent_dim, "epochs": self.epochs, "batch_size": self.batch_size}
+        if self.image_size is not None:
+            positive["image_size"] = self.image_size
+        for name, value in positive.items():
+            if value < 1:
+                raise VaelabError(f"--{_flag(name)} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise VaelabError(f"--lr must be positive, got {self.lr}")
+        if not self.beta >= 0:
+            raise VaelabError(f"--beta must be zero or positive, got {self.beta}")
+        if not 0 < self.val_fraction < 1:
+            raise VaelabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        return self
+
+    def model_config(self, image_shape: tuple[int, int, int]) -> ModelConfig:
+        """The ModelConfig these settings build for images of shape (C, H, W)."""
+        channels, height, width = image_shape
+        return ModelConfig(
+            model=self.model,
+            arch=self.arch,
+            latent_dim=self.latent_dim,
+            loss=self.loss,
+            beta=self.beta,
+            image_channels=channels,
+            image_height=height,
+            image_width=width,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data, "training settings")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a config dataclass (the module uses postponed annotations)."""
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: Any, data: dict[str, Any], what: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise VaelabError(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    return cls(**data)
+

@@ -1,0 +1,76 @@
+"""Where images come from. Every source ends as one uint8 tensor [N, C, H, W] in memory.
+
+Names: ``mnist-mini`` (embedded, 8,000 train / 2,000 test real MNIST digits, no network),
+``mnist``, ``fashion-mnist``, ``kmnist`` (IDX files from ``data_dir``, a known system folder, or
+torchvision's download) and ``folder:PATH`` (a directory of images, optionally one sub-folder per
+class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vaelab.errors import VaelabError
+
+IDX_DATASETS = ("mnist", "fashion-mnist", "kmnist")
+DATASET_NAMES = ("mnist-mini", *IDX_DATASETS, "folder:PATH")
+
+
+@dataclass
+class ImageSet:
+    """Images of one split: uint8 [N, C, H, W], int64 labels [N] or None, and where they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    class_names: list[str] | None = None
+    paths: list[str] | None = None  # one per image, for folder datasets
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.images.shape[1:]
+        return int(channels), int(height), int(width)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_images(
+    name: str, split: str = "train", data_dir: str | None = None, image_size: int | None = None
+) -> ImageSet:
+    """Load one split of a named dataset as an ImageSet (see the module docstring for names)."""
+    if split not in ("train", "test"):
+        raise VaelabError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "mnist-mini":
+        from vaelab.data.embedded import load_mnist_mini
+
+        result = load_mnist_mini(split)
+    elif name in IDX_DATASETS:
+        from vaelab.data.idx import load_idx_dataset
+
+        result = load_idx_dataset(name, split, data_dir)
+    elif name.startswith("folder:"):
+        from vaelab.data.folder import load_folder
+
+        return load_folder(name.removeprefix("folder:"), split, image_size)
+    else:
+        raise VaelabError(f"unknown dataset {name!r}; use one of: {', '.join(DATASET_NAMES)}")
+    if image_size is not None and result.images.shape[-2:] != (image_size, image_size):
+        result.images = resize_uint8(result.images, image_size)
+    return result
+
+
+def load_dataset(
+    name: str, split: str = "train", data_dir: str | None = None, image_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return ``(images, labels)``: uint8 ``[N, C, H, W]`` and int64 ``[N]`` (or None)."""
+    result = load_images(name, split, data_dir, image_size)
+    return result.images, result.labels
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 images [N, C, H, W] to size x size with antialiased bilinear filtering."""
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,93 @@
+"""``folder:PATH``: any directory of images, optionally one sub-folder per class.
+
+Images are found recursively. When every image sits in a first-level sub-folder, the sub-folder
+names are the classes (sorted; labels are their indices). All images must share one size unless
+``image_size`` is given, in which case each is resized to image_size x image_size. The set is
+grayscale (1 channel) when every image is, else RGB (3 channels). The split is fixed: a
+permutation drawn from seed 0 sends one image in five to ``test`` (at least one when there are two
+or more images), the rest to ``train``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from vaelab.data import ImageSet
+from vaelab.errors import VaelabError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLIT_SEED = 0
+TEST_SHARE = 0.2
+
+
+def list_images(root: Path) -> list[Path]:
+    """All image files under `root`, sorted, hidden files and folders skipped."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def read_image_files(paths: list[Path], image_size: int | None, channels: int | None = None) -> torch.Tensor:
+    """Decode image files into one uint8 tensor [N, C, H, W].
+
+    `channels` forces 1 (grayscale) or 3 (RGB); None picks 1 when every image has equal R, G, B.
+    """
+    arrays = []
+    for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 2000, leave=False):
+        try:
+            with Image.open(path) as image:
+                image.load()
+                rgb = image.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+        if image_size is not None:
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(rgb))
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        first, second = sorted(sizes)[:2]
+        raise VaelabError(
+            f"images have different sizes ({first[1]}x{first[0]}, {second[1]}x{second[0]}, ...); "
+            "pass --image-size N to resize them all to N x N"
+        )
+    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # [N, 3, H, W]
+    grayscale = bool((stacked[:, :1] == stacked[:, 1:]).all()) if channels is None else channels == 1
+    return stacked[:, :1].contiguous() if grayscale else stacked
+
+
+def load_folder(path: str, split: str, image_size: int | None) -> ImageSet:
+    """Load `split` of the images under `path` (see the module docstring for the rules)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise VaelabError(f"folder:{path} is not a directory; give folder:PATH with an existing folder")
+    files = list_images(root)
+    if not files:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise VaelabError(f"folder:{path} holds no images ({suffixes}); add images or pick another folder")
+    relative = [f.relative_to(root) for f in files]
+    by_class = all(len(r.parts) >= 2 for r in relative)
+    class_names = sorted({r.parts[0] for r in relative}) if by_class else None
+
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(files))
+    n_test = int(round(len(files) * TEST_SHARE)) if len(files) >= 5 else min(1, len(files) - 1)
+    chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
+    if len(chosen) == 0:
+        raise VaelabError(f"folder:{path} has too few images for a {split} split; add more images")
+    # Decode the whole folder so both splits agree on size and channels.
+    images = read_image_files(files, image_size)[torch.from_numpy(chosen)]
+    chosen_files = [files[i] for i in chosen]
+    labels = None
+    if class_names is not None:
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = torch.tensor([index[relative[i].parts[0]] for i in chosen], dtype=torch.int64)
+    return ImageSet(images=images, labels=labels, class_names=class_names, paths=[str(f) for f in chosen_files])
+

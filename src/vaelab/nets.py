@@ -1,0 +1,120 @@
+"""Encoder and decoder building blocks. Images are [B, C, H, W] floats, latents [B, D]; no losses here.
+
+The conv networks halve the image with stride-2 convolutions until it is at most 8 pixels on its
+shorter side (28 -> 14 -> 7), doubling the channels each stage from 32 up to 256. Sizes that do not
+divide evenly are zero-padded on the way in and cropped on the way out, so any image size works.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaelab.config import ModelConfig
+
+MAX_FEATURE_SIZE = 8  # stop downsampling once the shorter side is at most this many pixels
+
+
+def default_conv_channels(height: int, width: int) -> list[int]:
+    """Channels per stride-2 stage for an image of this size: 28x28 -> [32, 64], 64x64 -> [32, 64, 128]."""
+    side, stages = min(height, width), 0
+    while side > MAX_FEATURE_SIZE and stages < 5:
+        side = math.ceil(side / 2)
+        stages += 1
+    return [min(32 * 2**i, 256) for i in range(max(stages, 1))]
+
+
+def _padded(size: int, stages: int) -> int:
+    multiple = 2**stages
+    return math.ceil(size / multiple) * multiple
+
+
+class ConvEncoder(nn.Module):
+    """[B, C, H, W] -> [B, out_features] through stride-2 convolutions and one linear layer."""
+
+    def __init__(self, config: ModelConfig, out_features: int) -> None:
+        super().__init__()
+        channels = config.conv_channels
+        self.height, self.width = config.image_height, config.image_width
+        self.padded_h = _padded(self.height, len(channels))
+        self.padded_w = _padded(self.width, len(channels))
+        layers: list[nn.Module] = []
+        in_ch = config.image_channels
+        for out_ch in channels:
+            layers += [nn.Conv2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            in_ch = out_ch
+        self.convs = nn.Sequential(*layers)
+        scale = 2 ** len(channels)
+        self.head = nn.Linear(in_ch * (self.padded_h // scale) * (self.padded_w // scale), out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.padded_h, self.padded_w) != (self.height, self.width):
+            x = F.pad(x, (0, self.padded_w - self.width, 0, self.padded_h - self.height))
+        return self.head(self.convs(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """[B, D] -> logits [B, C, H, W] through one linear layer and stride-2 transposed convolutions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        channels = list(reversed(config.conv_channels))
+        self.height, self.width = config.image_height, config.image_width
+        scale = 2 ** len(channels)
+        self.start_shape = (
+            channels[0],
+            _padded(self.height, len(channels)) // scale,
+            _padded(self.width, len(channels)) // scale,
+        )
+        self.head = nn.Linear(config.latent_dim, math.prod(self.start_shape))
+        layers: list[nn.Module] = [nn.ReLU()]
+        for in_ch, out_ch in zip(channels, [*channels[1:], config.image_channels]):
+            layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+        self.deconvs = nn.Sequential(*layers[:-1])  # no activation on the output logits
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.deconvs(self.head(z).view(-1, *self.start_shape))
+        return x[:, :, : self.height, : self.width]
+
+
+class MLPEncoder(nn.Module):
+    """[B, C, H, W] -> [B, out_features] through one hidden layer (the PyTorch VAE example's 784-400)."""
+
+    def __init__(self, config: ModelConfig, out_features: int) -> None:
+        super().__init__()
+        pixels = config.image_channels * config.image_height * config.image_width
+        self.layers = nn.Sequential(
+            nn.Flatten(), nn.Linear(pixels, config.mlp_hidden), nn.ReLU(), nn.Linear(config.mlp_hidden, out_features)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MLPDecoder(nn.Module):
+    """[B, D] -> logits [B, C, H, W] through one hidden layer."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.shape = (config.image_channels, config.image_height, config.image_width)
+        self.layers = nn.Sequential(
+            nn.Linear(config.latent_dim, config.mlp_hidden),
+            nn.ReLU(),
+            nn.Linear(config.mlp_hidden, math.prod(self.shape)),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z).view(-1, *self.shape)
+
+
+def build_encoder(config: ModelConfig, out_features: int) -> nn.Module:
+    """The encoder named by config.arch, mapping images to `out_features` numbers."""
+    return ConvEncoder(config, out_features) if config.arch == "conv" else MLPEncoder(config, out_features)
+
+
+def build_decoder(config: ModelConfig) -> nn.Module:
+    """The decoder named by config.arch, mapping latents to pixel logits."""
+    return ConvDecoder(config) if config.arch == "conv" else MLPDecoder(config)

@@ -1,0 +1,155 @@
+"""Every figure vaelab draws. Images are [N, C, H, W] in [0, 1]; no metrics are computed here.
+
+Figures are built on matplotlib.figure.Figure (no pyplot state) and every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid, save_image
+
+from vaelab.fileio import atomic_output
+
+def _upscale(images: torch.Tensor, min_side: int = 56) -> torch.Tensor:
+    """Nearest-neighbour upscaling of small images so grids are readable."""
+    factor = max(1, min_side // min(images.shape[-2:]))
+    return F.interpolate(images, scale_factor=factor, mode="nearest") if factor > 1 else images
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
+    """Save images as one PNG grid, `nrow` images per row, white separators."""
+    with atomic_output(path) as tmp:
+        save_image(_upscale(images.float().cpu().clamp(0, 1)), tmp, nrow=nrow, padding=2, pad_value=1.0)
+    return Path(path)
+
+
+def to_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """One [H, W, C] array of images laid out in a grid, for matplotlib."""
+    grid = make_grid(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow, padding=2, pad_value=1.0)
+    return grid.permute(1, 2, 0)
+
+
+def save_labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
+    """One row of images per (label, images) pair, the label on the left (e.g. AE vs VAE strips)."""
+    columns = max(len(images) for _, images in rows)
+    height = 0.9 * len(rows) + (0.5 if title else 0.1)
+    fig = Figure(figsize=(1.5 + 0.75 * columns, height), dpi=100, layout="constrained")
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for ax, (label, images) in zip(axes, rows):
+        ax.imshow(to_grid(images, nrow=columns), cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def save_titled_grids(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, nrow: int) -> Path:
+    """Image grids side by side, each under its title (e.g. samples of several models)."""
+    fig = Figure(figsize=(4.2 * len(panels), 4.6), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, images) in zip(axes, panels):
+        ax.imshow(to_grid(images, nrow=nrow), cmap="gray", interpolation="nearest")
+        ax.set_title(title, fontsize=11)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+@dataclass
+class ScatterPanel:
+    """One latent scatter: 2-D coordinates [N, 2], optional class labels [N] and names."""
+
+    title: str
+    coords: torch.Tensor
+    labels: torch.Tensor | None
+    class_names: list[str] | None = None
+    axis_labels: tuple[str, str] = ("z[0]", "z[1]")
+
+
+def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path) -> Path:
+    """Scatter plots of latent codes side by side, coloured by class, one shared legend."""
+    fig = Figure(figsize=(5.2 * len(panels) + 1.2, 5.0), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles = None
+    for ax, panel in zip(axes, panels):
+        xy = panel.coords.numpy()
+        if panel.labels is None:
+            ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6, color="tab:blue", linewidths=0)
+        else:
+            classes = sorted(set(panel.labels.tolist()))
+            for cls in classes:
+                mask = (panel.labels == cls).numpy()
+                name = panel.class_names[cls] if panel.class_names and cls < len(panel.class_names) else str(cls)
+                ax.scatter(
+                    xy[mask, 0], xy[mask, 1], s=5, alpha=0.7, linewidths=0, label=name,
+                    color=_class_colour(cls, len(classes)),
+                )  # fmt: skip
+            handles = ax.get_legend_handles_labels()
+        ax.set_title(panel.title, fontsize=11)
+        ax.set_xlabel(panel.axis_labels[0])
+        ax.set_ylabel(panel.axis_labels[1])
+        ax.grid(alpha=0.25)
+    if handles:
+        fig.legend(*handles, loc="outside right center", markerscale=3, title="class", frameon=False)
+    return _save(fig, path)
+
+
+@dataclass
+class GridPanel:
+    """Images decoded over a rectangle of the latent plane, n x n, row-major from the top."""
+
+    title: str
+    images: torch.Tensor
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+
+
+def save_latent_grids(panels: Sequence[GridPanel], path: str | Path) -> Path:
+    """Decoded latent-plane grids side by side, axes in latent units."""
+    fig = Figure(figsize=(5.6 * len(panels), 5.6), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        n = int(round(len(panel.images) ** 0.5))
+        grid = make_grid(panel.images.float().cpu().clamp(0, 1), nrow=n, padding=0).permute(1, 2, 0)
+        ax.imshow(grid, cmap="gray", extent=(*panel.x_range, *panel.y_range), interpolation="nearest")
+        ax.set_title(panel.title, fontsize=11)
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+    return _save(fig, path)
+
+
+def save_loss_curves(runs: dict[str, list[dict]], path: str | Path, units: str = "nats per image") -> Path:
+    """Training and validation loss per epoch for one or more runs."""
+    fig = Figure(figsize=(7, 4.2), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for i, (name, metrics) in enumerate(runs.items()):
+        epochs = [m["epoch"] for m in metrics]
+        colour = f"C{i}"
+        ax.plot(epochs, [m["train_loss"] for m in metrics], color=colour, alpha=0.5, linestyle="--")
+        ax.plot(epochs, [m["val_loss"] for m in metrics], color=colour, label=f"{name} (val; train dashed)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"loss ({units})")
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def _class_colour(cls: int, n_classes: int) -> tuple[float, float, float, float]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n_classes <= 10 else "tab20"]
+    return cmap(cls % cmap.N)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    return Path(path)

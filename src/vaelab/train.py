@@ -1,0 +1,261 @@
+"""The training loop: plain, readable, resumable.
+
+Data live on the training device as one uint8 tensor; each step slices a batch, converts it to
+[0, 1] floats (and draws a fresh binarization when asked), and takes one Adam step. After every
+epoch the validation loss is computed, a line is added to metrics.jsonl, and the weights and
+optimizer state are saved atomically, so an interrupted or diverged run keeps its last good epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vaelab import checkpoint
+from vaelab.config import TrainConfig
+from vaelab.data import load_images
+from vaelab.data.transforms import binarize, binarize_uint8, to_unit
+from vaelab.errors import VaelabError
+from vaelab.models import AE, VAE, build_model
+
+logger = logging.getLogger(__name__)
+
+RESUMABLE = ("epochs", "device", "amp")  # settings a resumed run may change
+
+
+class TrainingDivergedError(VaelabError):
+    """The loss became NaN or infinite; the run folder keeps the last good epoch."""
+
+    exit_code = 1
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """An independent, stable seed for one named random stream of a run."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA, then Apple MPS, then CPU; a named device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VaelabError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise VaelabError("--device mps was asked for but Apple MPS is not available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's training and validation images (uint8 on `device`), binarized once if static.
+
+    Validation images of a binarized run are binarized once with a fixed draw, so validation
+    losses of different epochs compare.
+    """
+    images = load_images(config.dataset, "train", config.data_dir, config.image_size).images
+    n_val = max(1, round(len(images) * config.val_fraction))
+    if len(images) - n_val < 1:
+        raise VaelabError(f"{config.dataset} has {len(images)} training images, too few to hold out validation")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(derive_seed(config.seed, "split")))
+    train_images, val_images = images[order[n_val:]], images[order[:n_val]]
+    if config.binarize != "none":
+        val_images = binarize_uint8(val_images, torch.Generator().manual_seed(derive_seed(config.seed, "val-bin")))
+    if config.binarize == "static":
+        train_images = binarize_uint8(train_images, torch.Generator().manual_seed(derive_seed(config.seed, "bin")))
+    return train_images.to(device), val_images.to(device)
+
+
+@torch.no_grad()
+def mean_losses(model: AE | VAE, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> dict[str, float]:
+    """Loss, reconstruction and KL averaged over uint8 `images` (nats per image for bernoulli)."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=images.device)
+    for start in range(0, len(images), batch_size):
+        out = model(to_unit(images[start : start + batch_size]), generator=generator)
+        totals += torch.stack([out.loss * len(out.recon), out.recon.sum(), out.kl.sum()]).double()
+    model.train(was_training)
+    loss, recon, kl = (totals / len(images)).tolist()
+    return {"loss": loss, "recon": recon, "kl": kl}
+
+
+def train(
+    out: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Train a model into the run folder `out` and return its paths and final figures.
+
+    Settings come from `config` and/or keyword arguments named like TrainConfig's fields (the CLI
+    flags). With resume=True the run's saved settings are used; only epochs, device and amp may
+    change.
+    """
+    run_dir = Path(out)
+    requested = {**(config.to_dict() if config else {}), **settings}
+    if resume:
+        config = _resume_config(run_dir, requested)
+    else:
+        config = TrainConfig.from_dict(requested).validate()
+        if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
+            raise VaelabError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+        (run_dir / checkpoint.METRICS).unlink(missing_ok=True)  # left by a run that never saved an epoch
+
+    device = resolve_device(config.device)
+    if config.amp and device.type != "cuda":
+        logger.warning("--amp only applies on CUDA; training in float32 on %s", device.type)
+    train_images, val_images = split_train_val(config, device)
+    image_shape = tuple(train_images.shape[1:])
+
+    with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        model = build_model(config.model_config(image_shape)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
+    generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
+    metrics: list[dict[str, Any]] = []
+    start_epoch = 1
+    if resume:
+        model = _load_weights_into(model, run_dir, device)
+        start_epoch = checkpoint.load_training_state(run_dir, optimizer, generator) + 1
+        if checkpoint.saved_epoch(run_dir) != start_epoch - 1:
+            raise VaelabError(
+                f"{run_dir}: weights and training state are from different epochs (a save was interrupted); "
+                "train again without --resume"
+            )
+        metrics = [row for row in checkpoint.read_metrics(run_dir) if row["epoch"] < start_epoch]
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    n_train, batch_size = len(train_images), config.batch_size
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.amp and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    logger.info(
+        "training %s/%s (latent %d, %s loss) on %s: %d train / %d val images %s, %d epochs",
+        config.model, config.arch, config.latent_dim, config.loss, device, n_train, len(val_images),
+        "x".join(map(str, image_shape)), config.epochs,
+    )  # fmt: skip
+    bar = tqdm(
+        total=(config.epochs - start_epoch + 1) * steps_per_epoch,
+        desc=f"train {config.model}-{config.latent_dim}d",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for epoch in range(start_epoch, config.epochs + 1):
+        # ---- one pass over the training images, in a fresh random order
+        model.train()
+        started = time.perf_counter()
+        totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
+        order = torch.randperm(n_train, generator=generator, device=device)
+        for step, start in enumerate(range(0, n_train, batch_size), 1):
+            x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
+            if config.binarize == "dynamic":
+                x = binarize(x, generator)
+            with autocast:
+                out = model(x, generator=generator)
+            loss = out.loss.item()
+            if not math.isfinite(loss):
+                raise _diverged(run_dir, config, epoch, step, loss)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            totals[0] += loss * len(x)
+            totals[1] += out.recon.detach().sum().item()
+            totals[2] += out.kl.detach().sum().item()
+            bar.update()
+            if step % 20 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
+        seconds = time.perf_counter() - started
+
+        # ---- validation, metrics, checkpoint
+        val = mean_losses(model, val_images, 512, torch.Generator(device).manual_seed(derive_seed(config.seed, "val")))
+        row = {
+            "epoch": epoch,
+            "train_loss": totals[0] / n_train,
+            "train_recon": totals[1] / n_train,
+            "train_kl": totals[2] / n_train,
+            "val_loss": val["loss"],
+            "val_recon": val["recon"],
+            "val_kl": val["kl"],
+            "epoch_seconds": seconds,
+            "images_per_second": n_train / seconds,
+        }
+        metrics.append(row)
+        checkpoint.save_model(run_dir, model, config, epoch)
+        checkpoint.save_training_state(run_dir, optimizer, generator, epoch)
+        checkpoint.write_metrics(run_dir, metrics)
+        bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
+        logger.info(
+            "epoch %d/%d  train %.2f (recon %.2f, kl %.2f)  val %.2f  per image  %.0f img/s",
+            epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"], row["val_loss"],
+            row["images_per_second"],
+        )  # fmt: skip
+    bar.close()
+    return summarize(run_dir)
+
+
+def summarize(run_dir: Path) -> dict[str, Any]:
+    """Paths and last-epoch figures of a run folder (what `vaelab train --json` prints)."""
+    metrics = checkpoint.read_metrics(run_dir)
+    last = metrics[-1] if metrics else {}
+    return {
+        "run_dir": str(run_dir),
+        "model": str(run_dir / checkpoint.WEIGHTS),
+        "config": str(run_dir / checkpoint.CONFIG),
+        "metrics": str(run_dir / checkpoint.METRICS),
+        "epochs": last.get("epoch", 0),
+        **{k: last[k] for k in ("train_loss", "val_loss", "val_recon", "val_kl", "images_per_second") if k in last},
+    }
+
+
+def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
+    if not checkpoint.is_run(run_dir):
+        raise VaelabError(f"nothing to resume: {run_dir} holds no saved run; drop --resume to start one")
+    _, saved = checkpoint.read_run_config(run_dir)
+    merged = saved.to_dict()
+    for key, value in requested.items():
+        if key not in merged:
+            TrainConfig.from_dict({key: value})  # raises the unknown-setting error
+        if key in RESUMABLE:
+            merged[key] = value
+        elif merged[key] != value:
+            raise VaelabError(
+                f"--{key.replace('_', '-')} {value} differs from the resumed run's {merged[key]}; "
+                f"a resumed run keeps its settings (only {', '.join(RESUMABLE)} may change)"
+            )
+    return TrainConfig.from_dict(merged).validate()
+
+
+def _load_weights_into(model: AE | VAE, run_dir: Path, device: torch.device) -> AE | VAE:
+    loaded = checkpoint.load(run_dir, device)
+    model.load_state_dict(loaded.state_dict())
+    return model
+
+
+def _diverged(run_dir: Path, config: TrainConfig, epoch: int, step: int, loss: float) -> TrainingDivergedError:
+    kept = (
+        f"{run_dir} keeps epoch {epoch - 1} (continue with --resume)"
+        if epoch > 1
+        else "nothing was saved"
+    )
+    return TrainingDivergedError(
+        f"loss became {loss} at epoch {epoch}, step {step}; {kept}. Usual causes: a learning rate too high "
+        f"(try --lr {config.lr / 10:g}) or inputs outside [0, 1]"
+    )
