@@ -34,12 +34,16 @@ def read_run_config(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
     """The model and training settings saved in a run folder."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
-        raise VaelabError(f"{run_dir} is not a vaelab run (no {CONFIG}); train one with `vaelab train --out {run_dir}`")
+        raise VaelabError(
+            f"{run_dir} is not a vaelab run (no {CONFIG}); train one with `vaelab train --out {run_dir}`"
+        )
     try:
         data = json.loads(path.read_text())
         return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise VaelabError(f"{path} is not a valid vaelab config ({error}); retrain or restore the file") from None
+        raise VaelabError(
+            f"{path} is not a valid vaelab config ({error}); retrain or restore the file"
+        ) from None
 
 
 def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch: int) -> None:
@@ -59,7 +63,9 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> AE | VAE:
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as error:
-        raise VaelabError(f"{path} is not a readable safetensors file ({error}); retrain or restore it") from None
+        raise VaelabError(
+            f"{path} is not a readable safetensors file ({error}); retrain or restore it"
+        ) from None
     model = build_model(model_config)
     _load_state(model, state, path)
     return model.to(device).eval()
@@ -83,7 +89,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
             )
             if part
         )
-        raise VaelabError(f"{path} does not match its {CONFIG} ({detail}); the files come from different runs")
+        raise VaelabError(
+            f"{path} does not match its {CONFIG} ({detail}); the files come from different runs"
+        )
     model.load_state_dict(state)
 
 
@@ -114,7 +122,9 @@ def load_training_state(run_dir: Path, optimizer: torch.optim.Optimizer, generat
     """Restore optimizer and RNG state saved by save_training_state; return the epoch it ended."""
     path = run_dir / STATE
     if not path.is_file():
-        raise VaelabError(f"{run_dir} has no {STATE}, so it cannot be resumed; train it again without --resume")
+        raise VaelabError(
+            f"{run_dir} has no {STATE}, so it cannot be resumed; train it again without --resume"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -127,7 +137,9 @@ def load_training_state(run_dir: Path, optimizer: torch.optim.Optimizer, generat
     for name, value in tensors.items():
         if name.startswith("optimizer."):
             _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value  # load_state_dict moves it to the parameter's device
+            state.setdefault(int(index), {})[key] = (
+                value  # load_state_dict moves it to the parameter's device
+            )
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     generator.set_state(tensors["rng_state"])
     return epoch

@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "training_state.safetensors and a line in metrics.jsonl."
     ))  # fmt: skip
     _add_config_flags(p, TrainConfig)
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or continue with --resume)")
+    p.add_argument(
+        "--out", required=True, metavar="RUN_DIR", help="run folder to create (or continue with --resume)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     _add_common(p)
 
@@ -99,20 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_common(p)
 
-    p = commands.add_parser("interpolate", help="decode a path between two images or two classes, as a PNG strip")
+    p = commands.add_parser(
+        "interpolate", help="decode a path between two images or two classes, as a PNG strip"
+    )
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("--from-class", type=int, help="start at a typical test image of this class")
     p.add_argument("--to-class", type=int, help="end at a typical test image of this class")
     p.add_argument("--from-image", metavar="FILE", help="start at this image file")
     p.add_argument("--to-image", metavar="FILE", help="end at this image file")
-    p.add_argument("--steps", type=int, default=10, help="images in the strip, both ends included (default: 10)")
+    p.add_argument(
+        "--steps", type=int, default=10, help="images in the strip, both ends included (default: 10)"
+    )
     p.add_argument("--method", choices=("linear", "slerp"), default="linear",
                    help="straight line, or spherical (follows the prior's shell) (default: linear)")  # fmt: skip
     p.add_argument("-o", "--output", default="interpolation.png", help="PNG to write")
     _add_device(p)
     _add_common(p)
 
-    p = commands.add_parser("latent-plot", help="scatter of the test set's latents coloured by class (PCA if > 2-D)")
+    p = commands.add_parser(
+        "latent-plot", help="scatter of the test set's latents coloured by class (PCA if > 2-D)"
+    )
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("-o", "--output", default="latent.png", help="PNG to write")
     _add_device(p)
@@ -125,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_common(p)
 
-    p = commands.add_parser("demo", help="AE vs VAE on the embedded digits: trains 3 small models, writes index.html")
+    p = commands.add_parser(
+        "demo", help="AE vs VAE on the embedded digits: trains 3 small models, writes index.html"
+    )
     p.add_argument("--out", default="vaelab-demo", metavar="DIR", help="output folder (default: vaelab-demo)")
     p.add_argument("--epochs", type=int, default=30, help="epochs per model (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
@@ -235,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaelab {args.command}: error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
-        print(f"vaelab {args.command}: interrupted; finished epochs are saved (continue with --resume)", file=sys.stderr)
+        print(
+            f"vaelab {args.command}: interrupted; finished epochs are saved (continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
     finally:
         package_logger.removeHandler(handler)

@@ -4,10 +4,8 @@ from (ModelConfig). Both round-trip through JSON; the CLI derives its flags from
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from vaelab.errors import VaelabError
@@ -134,4 +132,3 @@ def _from_dict(cls: Any, data: dict[str, Any], what: str) -> Any:
     if unknown:
         raise VaelabError(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
     return cls(**data)
-

@@ -16,7 +16,9 @@ def clamp_log_var(log_var: torch.Tensor) -> torch.Tensor:
     return log_var.clamp(LOG_VAR_MIN, LOG_VAR_MAX)
 
 
-def reparameterize(mu: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def reparameterize(
+    mu: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """z = mu + sigma * eps with eps ~ N(0, I), differentiable in mu and log_var."""
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * log_var) * eps
@@ -27,7 +29,9 @@ def kl_to_standard_normal(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tens
     return 0.5 * (mu.pow(2) + log_var.exp() - 1.0 - log_var)
 
 
-def log_normal(z: torch.Tensor, mu: torch.Tensor | None = None, log_var: torch.Tensor | None = None) -> torch.Tensor:
+def log_normal(
+    z: torch.Tensor, mu: torch.Tensor | None = None, log_var: torch.Tensor | None = None
+) -> torch.Tensor:
     """log N(z; mu, diag(exp(log_var))) summed over the last dimension, in nats (standard normal by default)."""
     if mu is None or log_var is None:
         return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)

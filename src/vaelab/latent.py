@@ -28,7 +28,10 @@ def embed_images(model: AE | VAE, images: torch.Tensor, batch_size: int = 512) -
 def decode_latents(model: AE | VAE, latents: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Mean images in [0, 1] for latents [N, D], on CPU."""
     device = next(model.parameters()).device
-    parts = [model.decode(latents[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(latents), batch_size)]
+    parts = [
+        model.decode(latents[s : s + batch_size].to(device)).float().cpu()
+        for s in range(0, len(latents), batch_size)
+    ]
     return torch.cat(parts)
 
 
@@ -71,7 +74,9 @@ def plane_grid(x_range: tuple[float, float], y_range: tuple[float, float], n: in
     return torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1)
 
 
-def latent_extent(latents: torch.Tensor, quantile: float = 0.01) -> tuple[tuple[float, float], tuple[float, float]]:
+def latent_extent(
+    latents: torch.Tensor, quantile: float = 0.01
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """The central (1 - 2*quantile) box of 2-D latents: ((x_lo, x_hi), (y_lo, y_hi))."""
     lo = torch.quantile(latents[:, :2], quantile, dim=0)
     hi = torch.quantile(latents[:, :2], 1 - quantile, dim=0)

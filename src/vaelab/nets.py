@@ -87,7 +87,10 @@ class MLPEncoder(nn.Module):
         super().__init__()
         pixels = config.image_channels * config.image_height * config.image_width
         self.layers = nn.Sequential(
-            nn.Flatten(), nn.Linear(pixels, config.mlp_hidden), nn.ReLU(), nn.Linear(config.mlp_hidden, out_features)
+            nn.Flatten(),
+            nn.Linear(pixels, config.mlp_hidden),
+            nn.ReLU(),
+            nn.Linear(config.mlp_hidden, out_features),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

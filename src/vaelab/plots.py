@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 from vaelab.fileio import atomic_output
+
 
 def _upscale(images: torch.Tensor, min_side: int = 56) -> torch.Tensor:
     """Nearest-neighbour upscaling of small images so grids are readable."""
@@ -30,10 +32,10 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
     return Path(path)
 
 
-def to_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+def to_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     """One [H, W, C] array of images laid out in a grid, for matplotlib."""
     grid = make_grid(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow, padding=2, pad_value=1.0)
-    return grid.permute(1, 2, 0)
+    return grid.permute(1, 2, 0).numpy()
 
 
 def save_labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
@@ -87,7 +89,9 @@ def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path) -> Pat
             classes = sorted(set(panel.labels.tolist()))
             for cls in classes:
                 mask = (panel.labels == cls).numpy()
-                name = panel.class_names[cls] if panel.class_names and cls < len(panel.class_names) else str(cls)
+                name = (
+                    panel.class_names[cls] if panel.class_names and cls < len(panel.class_names) else str(cls)
+                )
                 ax.scatter(
                     xy[mask, 0], xy[mask, 1], s=5, alpha=0.7, linewidths=0, label=name,
                     color=_class_colour(cls, len(classes)),
@@ -117,9 +121,11 @@ def save_latent_grids(panels: Sequence[GridPanel], path: str | Path) -> Path:
     fig = Figure(figsize=(5.6 * len(panels), 5.6), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):
-        n = int(round(len(panel.images) ** 0.5))
-        grid = make_grid(panel.images.float().cpu().clamp(0, 1), nrow=n, padding=0).permute(1, 2, 0)
-        ax.imshow(grid, cmap="gray", extent=(*panel.x_range, *panel.y_range), interpolation="nearest")
+        n = round(len(panel.images) ** 0.5)
+        grid = make_grid(panel.images.float().cpu().clamp(0, 1), nrow=n, padding=0).permute(1, 2, 0).numpy()
+        extent = (*panel.x_range, *panel.y_range)
+        ax.imshow(grid, cmap="gray", extent=extent, aspect="auto", interpolation="nearest")
+        ax.set_box_aspect(1)  # square digits whatever the latent ranges
         ax.set_title(panel.title, fontsize=11)
         ax.set_xlabel("z[0]")
         ax.set_ylabel("z[1]")

@@ -54,7 +54,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise VaelabError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise VaelabError("--device mps was asked for but Apple MPS is not available; use --device auto or cpu")
+        raise VaelabError(
+            "--device mps was asked for but Apple MPS is not available; use --device auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -67,18 +69,28 @@ def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Te
     images = load_images(config.dataset, "train", config.data_dir, config.image_size).images
     n_val = max(1, round(len(images) * config.val_fraction))
     if len(images) - n_val < 1:
-        raise VaelabError(f"{config.dataset} has {len(images)} training images, too few to hold out validation")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(derive_seed(config.seed, "split")))
+        raise VaelabError(
+            f"{config.dataset} has {len(images)} training images, too few to hold out validation"
+        )
+    order = torch.randperm(
+        len(images), generator=torch.Generator().manual_seed(derive_seed(config.seed, "split"))
+    )
     train_images, val_images = images[order[n_val:]], images[order[:n_val]]
     if config.binarize != "none":
-        val_images = binarize_uint8(val_images, torch.Generator().manual_seed(derive_seed(config.seed, "val-bin")))
+        val_images = binarize_uint8(
+            val_images, torch.Generator().manual_seed(derive_seed(config.seed, "val-bin"))
+        )
     if config.binarize == "static":
-        train_images = binarize_uint8(train_images, torch.Generator().manual_seed(derive_seed(config.seed, "bin")))
+        train_images = binarize_uint8(
+            train_images, torch.Generator().manual_seed(derive_seed(config.seed, "bin"))
+        )
     return train_images.to(device), val_images.to(device)
 
 
 @torch.no_grad()
-def mean_losses(model: AE | VAE, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> dict[str, float]:
+def mean_losses(
+    model: AE | VAE, images: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> dict[str, float]:
     """Loss, reconstruction and KL averaged over uint8 `images` (nats per image for bernoulli)."""
     was_training = model.training
     model.eval()
@@ -112,7 +124,9 @@ def train(
     else:
         config = TrainConfig.from_dict(requested).validate()
         if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
-            raise VaelabError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+            raise VaelabError(
+                f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
+            )
         (run_dir / checkpoint.METRICS).unlink(missing_ok=True)  # left by a run that never saved an epoch
 
     device = resolve_device(config.device)
@@ -185,7 +199,9 @@ def train(
         seconds = time.perf_counter() - started
 
         # ---- validation, metrics, checkpoint
-        val = mean_losses(model, val_images, 512, torch.Generator(device).manual_seed(derive_seed(config.seed, "val")))
+        val = mean_losses(
+            model, val_images, 512, torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
+        )
         row = {
             "epoch": epoch,
             "train_loss": totals[0] / n_train,
@@ -221,7 +237,11 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "config": str(run_dir / checkpoint.CONFIG),
         "metrics": str(run_dir / checkpoint.METRICS),
         "epochs": last.get("epoch", 0),
-        **{k: last[k] for k in ("train_loss", "val_loss", "val_recon", "val_kl", "images_per_second") if k in last},
+        **{
+            k: last[k]
+            for k in ("train_loss", "val_loss", "val_recon", "val_kl", "images_per_second")
+            if k in last
+        },
     }
 
 
@@ -249,12 +269,10 @@ def _load_weights_into(model: AE | VAE, run_dir: Path, device: torch.device) -> 
     return model
 
 
-def _diverged(run_dir: Path, config: TrainConfig, epoch: int, step: int, loss: float) -> TrainingDivergedError:
-    kept = (
-        f"{run_dir} keeps epoch {epoch - 1} (continue with --resume)"
-        if epoch > 1
-        else "nothing was saved"
-    )
+def _diverged(
+    run_dir: Path, config: TrainConfig, epoch: int, step: int, loss: float
+) -> TrainingDivergedError:
+    kept = f"{run_dir} keeps epoch {epoch - 1} (continue with --resume)" if epoch > 1 else "nothing was saved"
     return TrainingDivergedError(
         f"loss became {loss} at epoch {epoch}, step {step}; {kept}. Usual causes: a learning rate too high "
         f"(try --lr {config.lr / 10:g}) or inputs outside [0, 1]"

@@ -48,7 +48,9 @@ def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:
         )
 
 
-def sample(run: str | Path, n: int = 64, out: str | Path = "samples.png", seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def sample(
+    run: str | Path, n: int = 64, out: str | Path = "samples.png", seed: int = 0, device: str = "auto"
+) -> dict[str, Any]:
     """Decode n latents drawn from N(0, I) into a PNG grid."""
     _positive("-n", n)
     model, _ = open_run(run, device)
@@ -106,7 +108,12 @@ def interpolate(
     path = (latent.slerp if method == "slerp" else latent.lerp)(z[0], z[1], steps)
     images = latent.decode_latents(model, path)
     plots.save_image_grid(images, out, nrow=steps)
-    return {"output": str(out), "steps": steps, "method": method, "latent_distance": float((z[1] - z[0]).norm())}
+    return {
+        "output": str(out),
+        "steps": steps,
+        "method": method,
+        "latent_distance": float((z[1] - z[0]).norm()),
+    }
 
 
 def endpoint_images(
@@ -160,7 +167,11 @@ def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "
     name = f"{model.config.model.upper()} latent space ({config.dataset} test set)"
     panel = scatter_panel(model, test, name)
     plots.save_latent_scatter([panel], out)
-    return {"output": str(out), "n_points": len(test), "projection": "pca" if model.config.latent_dim > 2 else "none"}
+    return {
+        "output": str(out),
+        "n_points": len(test),
+        "projection": "pca" if model.config.latent_dim > 2 else "none",
+    }
 
 
 def grid_panel(model: AE | VAE, codes: torch.Tensor, n: int, title: str) -> plots.GridPanel:
@@ -170,7 +181,9 @@ def grid_panel(model: AE | VAE, codes: torch.Tensor, n: int, title: str) -> plot
     return plots.GridPanel(title, images, x_range, y_range)
 
 
-def latent_grid(run: str | Path, out: str | Path = "latent_grid.png", n: int = 15, device: str = "auto") -> dict[str, Any]:
+def latent_grid(
+    run: str | Path, out: str | Path = "latent_grid.png", n: int = 15, device: str = "auto"
+) -> dict[str, Any]:
     """Decode an n x n grid over the part of the 2-D latent plane that the test set occupies."""
     model, config = open_run(run, device)
     if model.config.latent_dim != 2:

@@ -78,7 +78,7 @@ def load_folder(path: str, split: str, image_size: int | None) -> ImageSet:
     class_names = sorted({r.parts[0] for r in relative}) if by_class else None
 
     order = np.random.default_rng(SPLIT_SEED).permutation(len(files))
-    n_test = int(round(len(files) * TEST_SHARE)) if len(files) >= 5 else min(1, len(files) - 1)
+    n_test = round(len(files) * TEST_SHARE) if len(files) >= 5 else min(1, len(files) - 1)
     chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
     if len(chosen) == 0:
         raise VaelabError(f"folder:{path} has too few images for a {split} split; add more images")
@@ -89,5 +89,6 @@ def load_folder(path: str, split: str, image_size: int | None) -> ImageSet:
     if class_names is not None:
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[relative[i].parts[0]] for i in chosen], dtype=torch.int64)
-    return ImageSet(images=images, labels=labels, class_names=class_names, paths=[str(f) for f in chosen_files])
-
+    return ImageSet(
+        images=images, labels=labels, class_names=class_names, paths=[str(f) for f in chosen_files]
+    )

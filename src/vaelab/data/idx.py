@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from torchvision import datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
@@ -73,7 +72,9 @@ def read_idx_pair(images_path: Path, labels_path: Path) -> ImageSet:
         except (AssertionError, TypeError, ValueError, OSError, RuntimeError, EOFError) as error:
             raise VaelabError(f"{images_path.parent} holds IDX files that do not parse ({error})") from None
     if len(images) != len(labels):
-        raise VaelabError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+        raise VaelabError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
     return ImageSet(images=images.unsqueeze(1).contiguous(), labels=labels.long())
 
 

@@ -1,0 +1,42 @@
+"""Shared fixtures: small trained runs on the embedded digits, and tiny image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vaelab
+
+
+@pytest.fixture(scope="session")
+def vae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-D conv VAE trained for 2 epochs on mnist-mini (a few seconds on a laptop CPU)."""
+    run = tmp_path_factory.mktemp("runs") / "vae2"
+    vaelab.train(run, model="vae", latent_dim=2, epochs=2, device="cpu", progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-D MLP AE trained for 1 epoch on mnist-mini."""
+    run = tmp_path_factory.mktemp("runs") / "ae2"
+    vaelab.train(run, model="ae", arch="mlp", latent_dim=2, epochs=1, device="cpu", progress=False)
+    return run
+
+
+def write_images(
+    folder: Path, count: int, size: tuple[int, int], mode: str = "L", seed: int = 0
+) -> list[Path]:
+    """Write `count` random images of `size` (width, height) into folder; return their paths."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+        path = folder / f"img{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import datasets
+
+import vaelab
+from conftest import write_images
+from vaelab.data import resize_uint8
+from vaelab.data.transforms import binarize_uint8, to_unit
+
+
+def test_mnist_mini_splits_are_real_uint8_digits() -> None:
+    train_x, train_y = vaelab.load_dataset("mnist-mini", "train")
+    test_x, test_y = vaelab.load_dataset("mnist-mini", "test")
+    assert train_x.shape == (8000, 1, 28, 28) and test_x.shape == (2000, 1, 28, 28)
+    assert train_x.dtype == torch.uint8 and train_y.dtype == torch.int64
+    assert set(train_y.tolist()) == set(range(10)) == set(test_y.tolist())
+    # MNIST digits: dark background, ~19% of pixels lit, full intensity range used.
+    lit = (train_x > 0).float().mean().item()
+    assert 0.15 < lit < 0.25
+    assert train_x.max() == 255 and train_x[:, :, 0, :].max() < 50  # top row is (almost) empty
+
+
+def test_unknown_dataset_names_the_choices() -> None:
+    with pytest.raises(vaelab.VaelabError, match="unknown dataset 'mnst'.*mnist-mini"):
+        vaelab.load_dataset("mnst")
+
+
+def test_image_size_resizes_any_dataset() -> None:
+    images, _ = vaelab.load_dataset("mnist-mini", "test", image_size=32)
+    assert images.shape == (2000, 1, 32, 32) and images.dtype == torch.uint8
+
+
+def test_resize_keeps_a_constant_image_constant() -> None:
+    images = torch.full((2, 3, 10, 14), 77, dtype=torch.uint8)
+    assert torch.equal(resize_uint8(images, 6), torch.full((2, 3, 6, 6), 77, dtype=torch.uint8))
+
+
+def test_static_binarization_is_zero_or_255_and_keeps_the_mean() -> None:
+    images = torch.full((200, 1, 28, 28), 64, dtype=torch.uint8)
+    binary = binarize_uint8(images, torch.Generator().manual_seed(0))
+    assert set(binary.unique().tolist()) == {0, 255}
+    p, n = 64 / 255, binary.numel()
+    assert abs(to_unit(binary).mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
+
+
+def test_folder_with_class_subfolders_gives_labels(tmp_path: Path) -> None:
+    write_images(tmp_path / "cats", 6, (12, 10))
+    write_images(tmp_path / "dogs", 4, (12, 10), seed=1)
+    train = vaelab.load_images(f"folder:{tmp_path}", "train")
+    test = vaelab.load_images(f"folder:{tmp_path}", "test")
+    assert len(train) + len(test) == 10 and len(test) == 2
+    assert train.images.shape[1:] == (1, 10, 12)  # grayscale PNGs -> 1 channel, H=10, W=12
+    assert train.class_names == ["cats", "dogs"]
+    assert sorted(train.labels.tolist() + test.labels.tolist()) == [0] * 6 + [1] * 4
+    assert not set(train.paths) & set(test.paths)
+
+
+def test_folder_rgb_and_pixels_survive(tmp_path: Path) -> None:
+    write_images(tmp_path, 1, (5, 4), mode="RGB")
+    write_images(tmp_path / "more", 4, (5, 4), mode="RGB", seed=3)
+    images = vaelab.load_images(f"folder:{tmp_path}", "train")
+    assert images.images.shape == (4, 3, 4, 5) and images.labels is None  # no class folders for all
+    for image, path in zip(images.images, images.paths):
+        assert torch.equal(image, torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1))
+
+
+def test_folder_mixed_sizes_need_image_size(tmp_path: Path) -> None:
+    write_images(tmp_path, 3, (8, 8))
+    write_images(tmp_path / "big", 3, (16, 12), seed=2)
+    with pytest.raises(vaelab.VaelabError, match="different sizes.*--image-size"):
+        vaelab.load_images(f"folder:{tmp_path}")
+    resized = vaelab.load_images(f"folder:{tmp_path}", image_size=10)
+    assert resized.images.shape[1:] == (1, 10, 10)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: None, "holds no images"),
+        (lambda p: (p / "broken.png").write_bytes(b"not a png"), "cannot read image .*broken.png"),
+    ],
+)
+def test_folder_bad_input_is_one_clear_error(tmp_path: Path, setup, message: str) -> None:
+    setup(tmp_path)
+    with pytest.raises(vaelab.VaelabError, match=message):
+        vaelab.load_images(f"folder:{tmp_path}")
+
+
+def test_missing_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(vaelab.VaelabError, match="not a directory"):
+        vaelab.load_images(f"folder:{tmp_path / 'nope'}")
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    type_code = 0x08  # unsigned byte
+    header = struct.pack(">I", (type_code << 8) | array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_idx_set(folder: Path, prefix: str, n: int, compress: bool) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(n)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+        name = f"{prefix}-{kind}-ubyte"
+        data = _idx_bytes(array)
+        if compress:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return images, labels
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("layout", [".", "FashionMNIST/raw"])
+def test_idx_files_from_data_dir(tmp_path: Path, compress: bool, layout: str) -> None:
+    images, labels = _write_idx_set(tmp_path / layout, "t10k", 7, compress)
+    x, y = vaelab.load_dataset("fashion-mnist", "test", data_dir=str(tmp_path))
+    assert torch.equal(x[:, 0], torch.from_numpy(images)) and torch.equal(y, torch.from_numpy(labels).long())
+
+
+def test_data_dir_without_files_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(vaelab.VaelabError, match="--data-dir .* holds no train-images-idx3-ubyte"):
+        vaelab.load_dataset("mnist", "train", data_dir=str(tmp_path))
+
+
+def test_offline_download_fails_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(datasets.KMNIST, "mirrors", ["http://127.0.0.1:9/"])  # discard port: refused
+    with pytest.raises(vaelab.VaelabError) as error:
+        vaelab.load_dataset("kmnist", "test")
+    assert "--data-dir" in str(error.value) and "mnist-mini" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_download_path_from_a_loopback_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served = tmp_path / "served"
+    expected = {}
+    for prefix, n in (("train", 5), ("t10k", 3)):
+        expected[prefix] = _write_idx_set(served, prefix, n, compress=True)
+    resources = [(p.name, hashlib.md5(p.read_bytes()).hexdigest()) for p in sorted(served.glob("*.gz"))]
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setattr(datasets.KMNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
+        monkeypatch.setattr(datasets.KMNIST, "resources", resources)
+        x, y = vaelab.load_dataset("kmnist", "test")
+    finally:
+        server.shutdown()
+    assert torch.equal(x[:, 0], torch.from_numpy(expected["t10k"][0]))
+    assert torch.equal(y, torch.from_numpy(expected["t10k"][1]).long())

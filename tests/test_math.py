@@ -1,0 +1,103 @@
+"""The maths pieces: pixel losses, the Gaussian posterior, latent-space walks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vaelab import latent
+from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, log_normal, reparameterize
+from vaelab.likelihoods import bernoulli, l1, l2
+
+
+def test_pixel_losses_match_their_definitions() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 4, 5, generator=g, dtype=torch.float64)
+    target = torch.rand(3, 1, 4, 5, generator=g, dtype=torch.float64)
+    p = torch.sigmoid(logits)
+    expected_bce = -(target * p.log() + (1 - target) * (1 - p).log()).flatten(1).sum(1)
+    torch.testing.assert_close(bernoulli(logits, target), expected_bce)
+    torch.testing.assert_close(l2(logits, target), ((p - target) ** 2).flatten(1).sum(1))
+    torch.testing.assert_close(l1(logits, target), (p - target).abs().flatten(1).sum(1))
+
+
+def test_bernoulli_of_a_binary_image_is_its_negative_log_likelihood() -> None:
+    # One pixel, p = 0.8: -log 0.8 if it is on, -log 0.2 if off.
+    logits = torch.full((2, 1, 1, 1), math.log(0.8 / 0.2))
+    target = torch.tensor([1.0, 0.0]).view(2, 1, 1, 1)
+    torch.testing.assert_close(bernoulli(logits, target), torch.tensor([-math.log(0.8), -math.log(0.2)]))
+
+
+def test_closed_form_kl_equals_monte_carlo_kl() -> None:
+    g = torch.Generator().manual_seed(1)
+    mu = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    log_var = torch.tensor([[-1.0, 0.3, 0.0]], dtype=torch.float64)
+    n = 200_000
+    z = reparameterize(mu.expand(n, 3), log_var.expand(n, 3), g)
+    per_sample = log_normal(z, mu.expand(n, 3), log_var.expand(n, 3)) - log_normal(z)
+    estimate, stderr = per_sample.mean().item(), per_sample.std().item() / math.sqrt(n)
+    exact = kl_to_standard_normal(mu, log_var).sum().item()
+    assert abs(estimate - exact) < 4 * stderr
+
+
+def test_reparameterized_samples_have_the_right_moments_and_gradients() -> None:
+    mu = torch.tensor([1.5, -2.0], requires_grad=True)
+    log_var = torch.tensor([0.0, math.log(0.25)], requires_grad=True)
+    z = reparameterize(mu.expand(100_000, 2), log_var.expand(100_000, 2), torch.Generator().manual_seed(2))
+    torch.testing.assert_close(z.mean(0), mu.detach(), atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.5]), atol=0.02, rtol=0)
+    z.sum().backward()
+    assert mu.grad is not None and torch.allclose(mu.grad, torch.full((2,), 100_000.0))
+    assert log_var.grad is not None and log_var.grad.abs().sum() > 0
+
+
+def test_kl_is_zero_exactly_at_the_prior_and_finite_when_clamped() -> None:
+    assert kl_to_standard_normal(torch.zeros(4, 3), torch.zeros(4, 3)).abs().max() == 0
+    extreme = clamp_log_var(torch.tensor([[1e4, -1e4]]))
+    assert torch.isfinite(kl_to_standard_normal(torch.zeros(1, 2), extreme)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5), min_size=3, max_size=3),
+    st.lists(st.floats(-5, 5), min_size=3, max_size=3),
+    st.integers(2, 12),
+)
+def test_interpolations_start_and_end_at_the_endpoints(a: list[float], b: list[float], steps: int) -> None:
+    z0, z1 = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    for path in (latent.lerp(z0, z1, steps), latent.slerp(z0, z1, steps)):
+        assert path.shape == (steps, 3)
+        torch.testing.assert_close(path[0], z0, atol=1e-9, rtol=0)
+        torch.testing.assert_close(path[-1], z1, atol=1e-9, rtol=0)
+
+
+def test_slerp_between_unit_vectors_stays_on_the_circle_and_lerp_does_not() -> None:
+    z0, z1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(latent.slerp(z0, z1, 7).norm(dim=1), torch.ones(7))
+    assert latent.lerp(z0, z1, 3)[1].norm().item() == pytest.approx(math.sqrt(0.5))
+
+
+def test_class_prototype_is_the_member_nearest_its_class_mean() -> None:
+    codes = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1.0, 0.0], [2.0, 0.0], [9.0, 9.0]])
+    labels = torch.tensor([0, 1, 0, 0, 1])
+    assert latent.class_prototype(codes, labels, 0) == 2  # mean of class 0 is (1, 0)
+
+
+def test_plane_grid_runs_left_to_right_top_to_bottom() -> None:
+    grid = latent.plane_grid((-1.0, 1.0), (0.0, 2.0), 3)
+    assert grid.shape == (9, 2)
+    torch.testing.assert_close(grid[0], torch.tensor([-1.0, 2.0]))  # top left
+    torch.testing.assert_close(grid[2], torch.tensor([1.0, 2.0]))  # top right
+    torch.testing.assert_close(grid[-1], torch.tensor([1.0, 0.0]))  # bottom right
+
+
+def test_pca_finds_the_axis_of_largest_variance() -> None:
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(5000, 3, generator=g) * torch.tensor([0.1, 3.0, 1.0])
+    coords, share = latent.pca_2d(data)
+    assert share[0] == pytest.approx(9 / 10.01, abs=0.02) and share[1] == pytest.approx(1 / 10.01, abs=0.02)
+    torch.testing.assert_close(coords[:, 0].abs(), (data[:, 1] - data[:, 1].mean()).abs(), atol=0.05, rtol=0)

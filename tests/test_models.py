@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vaelab import ModelConfig, build_model
+from vaelab.nets import default_conv_channels
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.sampled_from(["ae", "vae"]),
+    st.sampled_from(["conv", "mlp"]),
+    st.integers(5, 70),
+    st.integers(5, 70),
+    st.sampled_from([1, 3]),
+)
+def test_any_image_size_round_trips_to_its_own_shape(model: str, arch: str, h: int, w: int, c: int) -> None:
+    config = ModelConfig(
+        model=model, arch=arch, latent_dim=3, image_channels=c, image_height=h, image_width=w
+    )
+    net = build_model(config)
+    x = torch.rand(2, c, h, w)
+    out = net(x, generator=torch.Generator().manual_seed(0))
+    assert out.logits.shape == (2, c, h, w) and out.z.shape == (2, 3)
+    decoded = net.decode(out.z)
+    assert decoded.shape == (2, c, h, w) and decoded.min() >= 0 and decoded.max() <= 1
+
+
+def test_conv_stages_follow_the_image_size() -> None:
+    assert default_conv_channels(28, 28) == [32, 64]  # 28 -> 14 -> 7
+    assert default_conv_channels(64, 64) == [32, 64, 128]  # 64 -> 32 -> 16 -> 8
+    assert default_conv_channels(8, 8) == [32]
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 4.0])
+def test_vae_loss_is_recon_plus_beta_kl_averaged_over_the_batch(beta: float) -> None:
+    net = build_model(ModelConfig(model="vae", latent_dim=4, beta=beta))
+    out = net(torch.rand(5, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.loss, (out.recon + beta * out.kl).mean())
+    assert (out.kl > 0).all()
+    mu, log_var = net.encode(torch.rand(5, 1, 28, 28))
+    assert mu.shape == log_var.shape == (5, 4)
+
+
+def test_ae_has_no_kl_and_encodes_to_one_tensor() -> None:
+    net = build_model(ModelConfig(model="ae", latent_dim=4, loss="l2"))
+    x = torch.rand(5, 1, 28, 28)
+    out = net(x)
+    assert torch.equal(out.kl, torch.zeros(5)) and out.mu is None
+    torch.testing.assert_close(out.loss, ((torch.sigmoid(out.logits) - x) ** 2).flatten(1).sum(1).mean())
+    torch.testing.assert_close(net.encode(x), out.z)
+
+
+def test_denoising_target_is_what_the_loss_compares_with() -> None:
+    net = build_model(ModelConfig(model="ae", latent_dim=4, loss="l1"))
+    noisy, clean = torch.rand(3, 1, 28, 28), torch.zeros(3, 1, 28, 28)
+    out = net(noisy, target=clean)
+    torch.testing.assert_close(out.recon, torch.sigmoid(out.logits).flatten(1).sum(1))
+
+
+def test_mlp_vae_matches_the_pytorch_example_size() -> None:
+    net = build_model(ModelConfig(model="vae", arch="mlp", latent_dim=20))
+    # 784-400-(20+20) encoder, 20-400-784 decoder: the PyTorch VAE example's 652,824 parameters.
+    assert sum(p.numel() for p in net.parameters()) == 652_824
