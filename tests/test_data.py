@@ -168,3 +168,15 @@ def test_download_path_from_a_loopback_server(tmp_path: Path, monkeypatch: pytes
         server.shutdown()
     assert torch.equal(x[:, 0], torch.from_numpy(expected["t10k"][0]))
     assert torch.equal(y, torch.from_numpy(expected["t10k"][1]).long())
+
+
+def test_a_system_dataset_folder_is_found_without_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaelab.data import idx
+
+    images, _ = _write_idx_set(tmp_path, "train", 4, compress=True)
+    monkeypatch.setitem(idx.SYSTEM_DIRS, "fashion-mnist", [str(tmp_path)])
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])  # must not be needed
+    x, _ = vaelab.load_dataset("fashion-mnist", "train")
+    assert torch.equal(x[:, 0], torch.from_numpy(images))

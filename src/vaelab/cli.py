@@ -245,10 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaelab {args.command}: error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
-        print(
-            f"vaelab {args.command}: interrupted; finished epochs are saved (continue with --resume)",
-            file=sys.stderr,
-        )
+        saved = "; finished epochs are saved (continue with --resume)" if args.command == "train" else ""
+        print(f"vaelab {args.command}: interrupted{saved}", file=sys.stderr)
         return 130
     finally:
         package_logger.removeHandler(handler)

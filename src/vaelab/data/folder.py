@@ -39,19 +39,21 @@ def list_images(root: Path) -> list[Path]:
 def read_image_files(paths: list[Path], image_size: int | None, channels: int | None = None) -> torch.Tensor:
     """Decode image files into one uint8 tensor [N, C, H, W].
 
-    `channels` forces 1 (grayscale) or 3 (RGB); None picks 1 when every image has equal R, G, B.
+    `channels` forces 1 (grayscale, by luminance) or 3 (RGB); None picks 1 when every image has
+    equal R, G and B.
     """
+    mode = "L" if channels == 1 else "RGB"  # decide grayscale after reading when channels is None
     arrays = []
     for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 2000, leave=False):
         try:
             with Image.open(path) as image:
                 image.load()
-                rgb = image.convert("RGB")
+                converted = image.convert(mode)
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
         if image_size is not None:
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(rgb))
+            converted = converted.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(converted))
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
         first, second = sorted(sizes)[:2]
@@ -59,8 +61,10 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
             f"images have different sizes ({first[1]}x{first[0]}, {second[1]}x{second[0]}, ...); "
             "pass --image-size N to resize them all to N x N"
         )
+    if mode == "L":
+        return torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()  # [N, 1, H, W]
     stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # [N, 3, H, W]
-    grayscale = bool((stacked[:, :1] == stacked[:, 1:]).all()) if channels is None else channels == 1
+    grayscale = channels is None and bool((stacked[:, :1] == stacked[:, 1:]).all())
     return stacked[:, :1].contiguous() if grayscale else stacked
 
 
