@@ -134,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser(
+        "evaluate", help="NLL (importance sampled), ELBO parts, active units, PSNR; writes RUN/eval.json"
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--k", type=int, help="importance samples per image for the NLL (default: 1000)")
+    p.add_argument("--n-images", type=int, help="score only the first N test images (default: all)")
+    p.add_argument("--dataset", help="score on another dataset's test split (default: the run's)")
+    p.add_argument("--data-dir", help="folder with that dataset's files")
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (default: 0)")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser(
         "demo", help="AE vs VAE on the embedded digits: trains 3 small models, writes index.html"
     )
     p.add_argument("--out", default="vaelab-demo", metavar="DIR", help="output folder (default: vaelab-demo)")
@@ -200,6 +212,18 @@ def _run_latent_grid(args: argparse.Namespace) -> dict[str, Any]:
     return latent_grid(args.run, out=args.output, n=args.n, device=args.device)
 
 
+def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.measure import evaluate, format_table
+
+    result = evaluate(
+        args.run, k=args.k, n_images=args.n_images, dataset=args.dataset, data_dir=args.data_dir,
+        seed=args.seed, device=args.device, progress=not args.quiet,
+    )  # fmt: skip
+    if not args.json:
+        print(format_table(result))
+    return result
+
+
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from vaelab.apps.demo import demo
 
@@ -215,6 +239,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "interpolate": _run_interpolate,
     "latent-plot": _run_latent_plot,
     "latent-grid": _run_latent_grid,
+    "evaluate": _run_evaluate,
     "demo": _run_demo,
 }
 

@@ -1,0 +1,147 @@
+"""Honest figures for a trained model, in nats per image: ELBO parts, importance-sampled NLL,
+active units; MSE and PSNR where the pixel loss is not a likelihood.
+
+The importance-sampled estimate (Burda et al., 2015) is
+    log p(x) ~= log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x),
+a lower bound in expectation that tightens as K grows and is never looser than the ELBO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vaelab.data.transforms import binarize, to_unit
+from vaelab.gaussian import kl_to_standard_normal, log_normal, reparameterize
+from vaelab.models import AE, VAE
+
+# The test images of a binarized run are binarized once with this seed, so every evaluation of
+# every model sees the same 0/1 images.
+TEST_BINARIZATION_SEED = 20151110
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[z_d]) > 0.01
+MAX_DECODES_PER_CHUNK = 4096  # images x samples decoded at once: bounds memory whatever K is
+
+LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def importance_log_weights(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    log_var: torch.Tensor,
+    log_likelihood: LogLikelihood,
+    k: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K draws per image, [B, K] each with
+    log p(x|z_k) [B, K]. `log_likelihood(x_rep, z)` scores images repeated to match z, returning [N]."""
+    batch = len(x)
+    chunk = max(1, MAX_DECODES_PER_CHUNK // batch)
+    log_w, log_px_z = [], []
+    for start in range(0, k, chunk):
+        n = min(chunk, k - start)
+        mu_n = mu.unsqueeze(1).expand(batch, n, -1).reshape(batch * n, -1)  # [B*n, D]
+        lv_n = log_var.unsqueeze(1).expand(batch, n, -1).reshape(batch * n, -1)
+        z = reparameterize(mu_n, lv_n, generator)
+        x_n = x.unsqueeze(1).expand(batch, n, *x.shape[1:]).reshape(batch * n, *x.shape[1:])
+        ll = log_likelihood(x_n, z)
+        log_px_z.append(ll.view(batch, n))
+        log_w.append((ll + log_normal(z) - log_normal(z, mu_n, lv_n)).view(batch, n))
+    return torch.cat(log_w, 1), torch.cat(log_px_z, 1)
+
+
+def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
+    """log (1/K) sum_k exp(log_w_k) along the last dimension, computed stably."""
+    return torch.logsumexp(log_w, dim=-1) - math.log(log_w.shape[-1])
+
+
+@dataclass
+class Evaluation:
+    """Per-image figures over a test set (nats per image unless noted)."""
+
+    nll: torch.Tensor | None  # importance-sampled -log p(x), [N]
+    neg_elbo: torch.Tensor | None  # recon + kl, [N]
+    recon: torch.Tensor  # E_q[-log p(x|z)] (VAE) or the pixel loss at z (AE), [N]
+    kl: torch.Tensor | None  # closed-form KL(q || N(0, I)), [N]
+    latent_means: torch.Tensor  # E_q[z], [N, D]
+    mse: torch.Tensor  # mean squared error per pixel of the mean reconstruction, [N]
+
+
+@torch.no_grad()
+def evaluate_images(
+    model: AE | VAE, images: torch.Tensor, k: int, seed: int = 0, batch_size: int = 64, progress: Any = None
+) -> Evaluation:
+    """Score uint8 images [N, C, H, W] (already binarized if the model expects it)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    likelihood = model.config.loss == "bernoulli" and isinstance(model, VAE)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("nll", "recon", "kl", "mu", "mse")}
+    for start in range(0, len(images), batch_size):
+        x = to_unit(images[start : start + batch_size].to(device))
+        if isinstance(model, VAE):
+            mu, log_var = model.encode(x)
+            if likelihood:
+                log_w, log_px_z = importance_log_weights(
+                    x, mu, log_var, lambda xs, z: -model.pixel_loss(model.decode_logits(z), xs), k, generator
+                )
+                parts["nll"].append(-log_mean_exp(log_w))
+                parts["recon"].append(-log_px_z.mean(1))
+            else:
+                z = reparameterize(mu, log_var, generator)
+                parts["recon"].append(model.pixel_loss(model.decode_logits(z), x))
+            parts["kl"].append(kl_to_standard_normal(mu, log_var).sum(1))
+        else:
+            mu = model.encode(x)
+            parts["recon"].append(model.pixel_loss(model.decode_logits(mu), x))
+        parts["mu"].append(mu)
+        parts["mse"].append((model.decode(mu) - x).pow(2).flatten(1).mean(1))
+        if progress is not None:
+            progress.update(len(x))
+    cat = {name: torch.cat(values).double().cpu() if values else None for name, values in parts.items()}
+    neg_elbo = cat["recon"] + cat["kl"] if cat["kl"] is not None else None
+    return Evaluation(cat["nll"], neg_elbo, cat["recon"], cat["kl"], cat["mu"], cat["mse"])
+
+
+def active_units(latent_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """How many latent dimensions' posterior means vary over the data by more than `threshold`."""
+    return int((latent_means.var(0, unbiased=True) > threshold).sum())
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for images in [0, 1], per image."""
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error."""
+    n = len(values)
+    return float(values.mean()), float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+
+
+def scoring_images(images: torch.Tensor, binarized: bool) -> torch.Tensor:
+    """The test images a model is scored on: binarized once with TEST_BINARIZATION_SEED if it was
+    trained on binarized images, else as they are (uint8)."""
+    if not binarized:
+        return images
+    generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+    return (binarize(to_unit(images), generator) * 255).to(torch.uint8)
+
+
+def summary(evaluation: Evaluation, k: int) -> dict[str, Any]:
+    """The figures of an Evaluation as plain numbers (what eval.json holds)."""
+    out: dict[str, Any] = {"k": k, "n_images": len(evaluation.recon), "units": "nats per image"}
+    for name in ("nll", "neg_elbo", "recon", "kl"):
+        values = getattr(evaluation, name)
+        if values is not None:
+            out[name], out[f"{name}_se"] = mean_and_se(values)
+        else:
+            out[name] = out[f"{name}_se"] = None
+    out["active_units"] = active_units(evaluation.latent_means)
+    out["latent_dim"] = int(evaluation.latent_means.shape[1])
+    out["mse"], out["mse_se"] = mean_and_se(evaluation.mse)
+    out["psnr"], out["psnr_se"] = mean_and_se(psnr(evaluation.mse))
+    return out
