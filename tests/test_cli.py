@@ -146,3 +146,13 @@ def test_help_documents_the_interface() -> None:
     for flag in ("--model", "--arch", "--dataset", "--data-dir", "--latent-dim", "--loss", "--binarize", "--epochs",
                  "--batch-size", "--lr", "--seed", "--device", "--out", "--resume", "--json"):  # fmt: skip
         assert flag in train.stdout
+
+
+def test_readme_documents_every_training_flag() -> None:
+    import dataclasses
+
+    from vaelab.config import TrainConfig
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for field in dataclasses.fields(TrainConfig):
+        assert f"`--{field.name.replace('_', '-')}" in readme, field.name

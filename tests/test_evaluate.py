@@ -11,8 +11,9 @@ import torch
 
 from conftest import write_images
 from vaelab.cli import main
-from vaelab.evaluate import active_units, importance_log_weights, log_mean_exp, psnr
+from vaelab.evaluate import active_units, psnr
 from vaelab.gaussian import kl_to_standard_normal
+from vaelab.importance import importance_log_weights, log_mean_exp
 
 D, P, SIGMA = 2, 6, 0.5
 
@@ -112,7 +113,9 @@ def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
 
 
 def test_evaluate_writes_eval_json_with_nll_below_the_negative_elbo(vae_run: Path, capsys) -> None:
-    code, result, _ = run_cli(["evaluate", str(vae_run), "--k", "50", "--n-images", "64"], capsys)
+    code, result, _ = run_cli(
+        ["evaluate", str(vae_run), "--k", "50", "--n-images", "64", "--no-quality"], capsys
+    )
     assert code == 0
     for key in ("nll", "nll_se", "neg_elbo", "recon", "kl", "active_units", "k", "n_images"):
         assert key in result
@@ -123,7 +126,7 @@ def test_evaluate_writes_eval_json_with_nll_below_the_negative_elbo(vae_run: Pat
 
 
 def test_an_autoencoder_gets_psnr_and_the_reason_nll_is_absent(ae_run: Path, capsys) -> None:
-    code, result, _ = run_cli(["evaluate", str(ae_run), "--n-images", "32"], capsys)
+    code, result, _ = run_cli(["evaluate", str(ae_run), "--n-images", "32", "--no-quality"], capsys)
     assert code == 0 and result["nll"] is None and "no p(x)" in result["nll_absent"]
     assert 5 < result["psnr"] < 40
     code, _, err = run_cli(["evaluate", str(ae_run), "--k", "10"], capsys)
@@ -138,3 +141,27 @@ def test_evaluate_bad_input(vae_run: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["evaluate", str(vae_run), "--dataset", f"folder:{tmp_path / 'imgs'}"], capsys)
     assert code == 2 and "model expects (1, 28, 28)" in err
     assert not (vae_run / "eval.json").exists()
+
+
+def test_frechet_distance_of_known_gaussians() -> None:
+    from vaelab.classifier import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200_000, 3, generator=g, dtype=torch.float64)
+    b = 2.0 * torch.randn(200_000, 3, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0.0, 0.0])
+    # ||mu_a - mu_b||^2 + sum over dims of (sigma_a - sigma_b)^2 for diagonal covariances: 1 + 3 * (1 - 2)^2
+    assert frechet_distance(a, b) == pytest.approx(4.0, abs=0.05)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_sample_quality_of_a_trained_vae(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "vae16"
+    assert (
+        main(["train", "--arch", "mlp", "--latent-dim", "16", "--epochs", "3", "--out", str(run), "--quiet"])
+        == 0
+    )
+    code, result, _ = run_cli(["evaluate", str(run), "--k", "2", "--n-images", "500"], capsys)
+    assert code == 0
+    assert result["classifier_accuracy"] > 0.9  # the feature classifier itself works
+    assert result["recon_accuracy"] > 0.5  # reconstructions keep most digits' identity (chance: ~0.1)
+    assert 0 < result["fd_train_vs_test"] < result["fd"]  # real images are closer to real images

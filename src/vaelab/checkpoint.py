@@ -1,6 +1,6 @@
-"""A run folder: ``config.json`` (sorted keys) + ``model.safetensors``, with the training state
-(optimizer, random generator, epoch) in ``training_state.safetensors`` and one line per epoch in
-``metrics.jsonl``. Every file is written atomically; loading never unpickles (JSON + safetensors).
+"""A run folder: ``config.json`` (sorted keys) + ``model.safetensors`` (the weights with the best
+validation loss), with the training state (latest weights, optimizer, random generator, epoch)
+in ``training_state.safetensors`` and one line per epoch in ``metrics.jsonl``. Every file is written atomically; loading never unpickles (JSON + safetensors).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def read_run_config(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
 
 
 def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch: int) -> None:
-    """Write the weights and config.json of `model` after `epoch` into run_dir, atomically."""
+    """Write the weights (as of `epoch`) and config.json of `model` into run_dir, atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_output(run_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"epoch": str(epoch), "format": "vaelab"})
@@ -95,31 +95,31 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict(state)
 
 
-def saved_epoch(run_dir: Path) -> int:
-    """The epoch stored with the weights in run_dir."""
-    try:
-        with safe_open(str(run_dir / WEIGHTS), framework="pt") as f:
-            return int((f.metadata() or {}).get("epoch", 0))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise VaelabError(f"{run_dir / WEIGHTS} is unreadable ({error}); retrain or restore it") from None
-
-
 def save_training_state(
-    run_dir: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int
+    run_dir: Path,
+    model: AE | VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    progress: dict[str, Any],
 ) -> None:
-    """Write what --resume needs besides the weights: optimizer moments, RNG state, epoch."""
+    """Write what --resume needs: the latest weights (model.safetensors holds the best ones),
+    Adam's moments, the random generator, and `progress` (epoch, best validation loss, ...)."""
     optim_state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state()}
+    tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state().cpu()}
+    for name, value in model.state_dict().items():
+        tensors[f"model.{name}"] = value.detach().contiguous().cpu()
     for index, slots in optim_state["state"].items():
         for key, value in slots.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    metadata = {"epoch": str(epoch), "param_groups": json.dumps(optim_state["param_groups"])}
+    metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(optim_state["param_groups"])}
     with atomic_output(run_dir / STATE) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_training_state(run_dir: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
-    """Restore optimizer and RNG state saved by save_training_state; return the epoch it ended."""
+def load_training_state(
+    run_dir: Path, model: AE | VAE, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> dict[str, Any]:
+    """Restore what save_training_state wrote into model, optimizer and generator; return `progress`."""
     path = run_dir / STATE
     if not path.is_file():
         raise VaelabError(
@@ -129,20 +129,22 @@ def load_training_state(run_dir: Path, optimizer: torch.optim.Optimizer, generat
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
-        epoch = int(metadata["epoch"])
+        progress = json.loads(metadata["progress"])
         param_groups = json.loads(metadata["param_groups"])
     except (SafetensorError, OSError, KeyError, ValueError) as error:
         raise VaelabError(f"{path} is unreadable ({error}); train again without --resume") from None
-    state: dict[int, dict[str, Any]] = {}
+    weights = {name.removeprefix("model."): v for name, v in tensors.items() if name.startswith("model.")}
+    _load_state(model, weights, path)
+    optim: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
             _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = (
+            optim.setdefault(int(index), {})[key] = (
                 value  # load_state_dict moves it to the parameter's device
             )
-    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    optimizer.load_state_dict({"state": optim, "param_groups": param_groups})
     generator.set_state(tensors["rng_state"])
-    return epoch
+    return progress
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

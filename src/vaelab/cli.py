@@ -24,6 +24,7 @@ EPILOG = """examples:
   vaelab reconstruct runs/vae2 -n 16 -o recon.png
   vaelab interpolate runs/vae2 --from-class 1 --to-class 7 -o one_to_seven.png
   vaelab latent-plot runs/vae2 -o latent.png
+  vaelab evaluate runs/vae2                   # NLL (K=1000), ELBO parts, active units -> eval.json
 Every command takes --json: its last stdout line is then one JSON object of paths and figures."""
 
 
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="score on another dataset's test split (default: the run's)")
     p.add_argument("--data-dir", help="folder with that dataset's files")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (default: 0)")
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip sample quality (Fréchet distance, classifier accuracy on reconstructions)")  # fmt: skip
     _add_device(p)
     _add_common(p)
 
@@ -217,7 +220,7 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     result = evaluate(
         args.run, k=args.k, n_images=args.n_images, dataset=args.dataset, data_dir=args.data_dir,
-        seed=args.seed, device=args.device, progress=not args.quiet,
+        seed=args.seed, device=args.device, progress=not args.quiet, quality=not args.no_quality,
     )  # fmt: skip
     if not args.json:
         print(format_table(result))

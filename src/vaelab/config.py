@@ -11,10 +11,12 @@ from typing import Any
 from vaelab.errors import VaelabError
 
 MODELS = ("ae", "vae")
-ARCHS = ("conv", "mlp")
+ARCHS = ("conv", "resnet", "mlp")
 LOSSES = ("bernoulli", "l2", "l1")
 BINARIZE = ("none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+OBJECTIVES = ("elbo", "iwae")
+SCHEDULES = ("constant", "cosine")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
@@ -30,10 +32,13 @@ class ModelConfig:
     """Everything needed to rebuild a network: stored as the "model" part of config.json."""
 
     model: str = "vae"  # "ae": deterministic bottleneck; "vae": Gaussian posterior + KL to N(0, I)
-    arch: str = "conv"  # "conv": strided convs / transposed convs; "mlp": one hidden layer
+    arch: str = "conv"  # "conv": strided convs; "resnet": plus residual blocks; "mlp": one hidden layer
     latent_dim: int = 16  # size of the bottleneck vector z
     loss: str = "bernoulli"  # pixel loss summed over pixels: bernoulli (BCE on logits), l2, l1
     beta: float = 1.0  # weight of the KL term (VAE only); 1 is the plain ELBO
+    objective: str = "elbo"  # "elbo" (with beta, free bits) or "iwae" (importance-weighted bound)
+    iw_samples: int = 5  # K of the iwae objective
+    free_bits: float = 0.0  # floor, in nats, on each latent dimension's batch-averaged KL (0 = off)
     image_channels: int = 1  # taken from the data
     image_height: int = 28
     image_width: int = 28
@@ -53,7 +58,11 @@ class TrainConfig:
     """What `vaelab train` takes; each field is one CLI flag (underscores become dashes)."""
 
     model: str = _opt("vae", "ae = plain autoencoder, vae = variational autoencoder", MODELS)
-    arch: str = _opt("conv", "network: conv (strided convolutions) or mlp (784-400-latent)", ARCHS)
+    arch: str = _opt(
+        "conv",
+        "network: conv (strided convolutions), resnet (plus residual blocks) or mlp (784-400-latent)",
+        ARCHS,
+    )
     dataset: str = _opt(
         "mnist-mini",
         "mnist-mini (embedded, offline), mnist, fashion-mnist, kmnist, or folder:PATH (your images)",
@@ -73,6 +82,18 @@ class TrainConfig:
     seed: int = _opt(0, "seed of every random draw (weights, shuffling, sampling, binarization)")
     device: str = _opt("auto", "auto picks CUDA, then Apple MPS, then CPU", DEVICES)
     amp: bool = _opt(False, "bfloat16 mixed precision (CUDA only)")
+    objective: str = _opt(
+        "elbo", "elbo (the VAE bound, with --beta) or iwae (K-sample importance-weighted bound)", OBJECTIVES
+    )
+    iw_samples: int = _opt(5, "K, the samples per image of the iwae objective")
+    kl_warmup_epochs: int = _opt(
+        0, "raise the KL weight linearly from 0 to --beta over this many epochs (0 = off)"
+    )
+    free_bits: float = _opt(
+        0.0, "nats of KL per latent dimension that cost nothing, so units stay in use (0 = off)"
+    )
+    lr_schedule: str = _opt("constant", "constant, or cosine decay to 0 over --epochs", SCHEDULES)
+    patience: int = _opt(0, "stop when the validation loss has not improved for this many epochs (0 = never)")
 
     def validate(self) -> TrainConfig:
         """Raise VaelabError naming the first out-of-range setting; return self."""
@@ -91,6 +112,15 @@ class TrainConfig:
             raise VaelabError(f"--lr must be positive, got {self.lr}")
         if not self.beta >= 0:
             raise VaelabError(f"--beta must be zero or positive, got {self.beta}")
+        if self.iw_samples < 1:
+            raise VaelabError(f"--iw-samples must be at least 1, got {self.iw_samples}")
+        for name in ("kl_warmup_epochs", "patience"):
+            if getattr(self, name) < 0:
+                raise VaelabError(f"--{_flag(name)} must be zero or positive, got {getattr(self, name)}")
+        if not self.free_bits >= 0:
+            raise VaelabError(f"--free-bits must be zero or positive, got {self.free_bits}")
+        if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
+            raise VaelabError("--objective iwae needs --model vae with --beta 1 and no --free-bits")
         if not 0 < self.val_fraction < 1:
             raise VaelabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         return self
@@ -104,6 +134,9 @@ class TrainConfig:
             latent_dim=self.latent_dim,
             loss=self.loss,
             beta=self.beta,
+            objective=self.objective,
+            iw_samples=self.iw_samples,
+            free_bits=self.free_bits,
             image_channels=channels,
             image_height=height,
             image_width=width,

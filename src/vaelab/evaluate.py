@@ -9,54 +9,20 @@ a lower bound in expectation that tightens as K grows and is never looser than t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from vaelab.data.transforms import binarize, to_unit
-from vaelab.gaussian import kl_to_standard_normal, log_normal, reparameterize
+from vaelab.gaussian import kl_to_standard_normal, reparameterize
+from vaelab.importance import importance_log_weights, log_mean_exp
 from vaelab.models import AE, VAE
 
 # The test images of a binarized run are binarized once with this seed, so every evaluation of
 # every model sees the same 0/1 images.
 TEST_BINARIZATION_SEED = 20151110
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[z_d]) > 0.01
-MAX_DECODES_PER_CHUNK = 4096  # images x samples decoded at once: bounds memory whatever K is
-
-LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@torch.no_grad()
-def importance_log_weights(
-    x: torch.Tensor,
-    mu: torch.Tensor,
-    log_var: torch.Tensor,
-    log_likelihood: LogLikelihood,
-    k: int,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K draws per image, [B, K] each with
-    log p(x|z_k) [B, K]. `log_likelihood(x_rep, z)` scores images repeated to match z, returning [N]."""
-    batch = len(x)
-    chunk = max(1, MAX_DECODES_PER_CHUNK // batch)
-    log_w, log_px_z = [], []
-    for start in range(0, k, chunk):
-        n = min(chunk, k - start)
-        mu_n = mu.unsqueeze(1).expand(batch, n, -1).reshape(batch * n, -1)  # [B*n, D]
-        lv_n = log_var.unsqueeze(1).expand(batch, n, -1).reshape(batch * n, -1)
-        z = reparameterize(mu_n, lv_n, generator)
-        x_n = x.unsqueeze(1).expand(batch, n, *x.shape[1:]).reshape(batch * n, *x.shape[1:])
-        ll = log_likelihood(x_n, z)
-        log_px_z.append(ll.view(batch, n))
-        log_w.append((ll + log_normal(z) - log_normal(z, mu_n, lv_n)).view(batch, n))
-    return torch.cat(log_w, 1), torch.cat(log_px_z, 1)
-
-
-def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
-    """log (1/K) sum_k exp(log_w_k) along the last dimension, computed stably."""
-    return torch.logsumexp(log_w, dim=-1) - math.log(log_w.shape[-1])
 
 
 @dataclass
@@ -85,7 +51,7 @@ def evaluate_images(
         if isinstance(model, VAE):
             mu, log_var = model.encode(x)
             if likelihood:
-                log_w, log_px_z = importance_log_weights(
+                log_w, log_px_z = importance_log_weights(  # chunked over K: memory stays bounded
                     x, mu, log_var, lambda xs, z: -model.pixel_loss(model.decode_logits(z), xs), k, generator
                 )
                 parts["nll"].append(-log_mean_exp(log_w))

@@ -1,6 +1,7 @@
 """Encoder and decoder building blocks. Images are [B, C, H, W] floats, latents [B, D]; no losses here.
 
-The conv networks halve the image with stride-2 convolutions until it is at most 8 pixels on its
+The conv networks (``conv``, and ``resnet`` which adds a residual block at every resolution)
+halve the image with stride-2 convolutions until it is at most 8 pixels on its
 shorter side (28 -> 14 -> 7), doubling the channels each stage from 32 up to 256. Sizes that do not
 divide evenly are zero-padded on the way in and cropped on the way out, so any image size works.
 """
@@ -32,10 +33,27 @@ def _padded(size: int, stages: int) -> int:
     return math.ceil(size / multiple) * multiple
 
 
-class ConvEncoder(nn.Module):
-    """[B, C, H, W] -> [B, out_features] through stride-2 convolutions and one linear layer."""
+class ResidualBlock(nn.Module):
+    """x + conv3x3(act(conv3x3(act(x)))): more depth at one resolution, easy to optimize."""
 
-    def __init__(self, config: ModelConfig, out_features: int) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ConvEncoder(nn.Module):
+    """[B, C, H, W] -> [B, out_features] through stride-2 convolutions (each followed by a
+    residual block when `residual`) and one linear layer."""
+
+    def __init__(self, config: ModelConfig, out_features: int, residual: bool = False) -> None:
         super().__init__()
         channels = config.conv_channels
         self.height, self.width = config.image_height, config.image_width
@@ -45,6 +63,8 @@ class ConvEncoder(nn.Module):
         in_ch = config.image_channels
         for out_ch in channels:
             layers += [nn.Conv2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            if residual:
+                layers.append(ResidualBlock(out_ch))
             in_ch = out_ch
         self.convs = nn.Sequential(*layers)
         scale = 2 ** len(channels)
@@ -57,9 +77,10 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """[B, D] -> logits [B, C, H, W] through one linear layer and stride-2 transposed convolutions."""
+    """[B, D] -> logits [B, C, H, W] through one linear layer and stride-2 transposed convolutions
+    (each preceded by a residual block when `residual`)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, residual: bool = False) -> None:
         super().__init__()
         channels = list(reversed(config.conv_channels))
         self.height, self.width = config.image_height, config.image_width
@@ -72,6 +93,8 @@ class ConvDecoder(nn.Module):
         self.head = nn.Linear(config.latent_dim, math.prod(self.start_shape))
         layers: list[nn.Module] = [nn.ReLU()]
         for in_ch, out_ch in zip(channels, [*channels[1:], config.image_channels]):
+            if residual:
+                layers.append(ResidualBlock(in_ch))
             layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
         self.deconvs = nn.Sequential(*layers[:-1])  # no activation on the output logits
 
@@ -115,9 +138,13 @@ class MLPDecoder(nn.Module):
 
 def build_encoder(config: ModelConfig, out_features: int) -> nn.Module:
     """The encoder named by config.arch, mapping images to `out_features` numbers."""
-    return ConvEncoder(config, out_features) if config.arch == "conv" else MLPEncoder(config, out_features)
+    if config.arch == "mlp":
+        return MLPEncoder(config, out_features)
+    return ConvEncoder(config, out_features, residual=config.arch == "resnet")
 
 
 def build_decoder(config: ModelConfig) -> nn.Module:
     """The decoder named by config.arch, mapping latents to pixel logits."""
-    return ConvDecoder(config) if config.arch == "conv" else MLPDecoder(config)
+    if config.arch == "mlp":
+        return MLPDecoder(config)
+    return ConvDecoder(config, residual=config.arch == "resnet")

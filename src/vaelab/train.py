@@ -28,7 +28,7 @@ from vaelab.models import AE, VAE, build_model
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE = ("epochs", "device", "amp")  # settings a resumed run may change
+RESUMABLE = ("epochs", "device", "amp", "patience")  # settings a resumed run may change
 
 
 class TrainingDivergedError(VaelabError):
@@ -141,20 +141,16 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
     metrics: list[dict[str, Any]] = []
-    start_epoch = 1
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}  # what --resume continues from
     if resume:
-        model = _load_weights_into(model, run_dir, device)
-        start_epoch = checkpoint.load_training_state(run_dir, optimizer, generator) + 1
-        if checkpoint.saved_epoch(run_dir) != start_epoch - 1:
-            raise VaelabError(
-                f"{run_dir}: weights and training state are from different epochs (a save was interrupted); "
-                "train again without --resume"
-            )
-        metrics = [row for row in checkpoint.read_metrics(run_dir) if row["epoch"] < start_epoch]
+        state = checkpoint.load_training_state(run_dir, model, optimizer, generator)
+        metrics = [row for row in checkpoint.read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
+    start_epoch = state["epoch"] + 1
     run_dir.mkdir(parents=True, exist_ok=True)
 
     n_train, batch_size = len(train_images), config.batch_size
     steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = config.epochs * steps_per_epoch
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if config.amp and device.type == "cuda"
@@ -179,11 +175,15 @@ def train(
         totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
         order = torch.randperm(n_train, generator=generator, device=device)
         for step, start in enumerate(range(0, n_train, batch_size), 1):
+            done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
+            kl_weight = config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(config.lr_schedule, done, total_steps)
             x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
             if config.binarize == "dynamic":
                 x = binarize(x, generator)
             with autocast:
-                out = model(x, generator=generator)
+                out = model(x, generator=generator, kl_weight=kl_weight)
             loss = out.loss.item()
             if not math.isfinite(loss):
                 raise _diverged(run_dir, config, epoch, step, loss)
@@ -212,19 +212,39 @@ def train(
             "val_kl": val["kl"],
             "epoch_seconds": seconds,
             "images_per_second": n_train / seconds,
+            "lr": optimizer.param_groups[0]["lr"],
+            "kl_weight": kl_weight,
         }
         metrics.append(row)
-        checkpoint.save_model(run_dir, model, config, epoch)
-        checkpoint.save_training_state(run_dir, optimizer, generator, epoch)
+        if val["loss"] < state["best_val_loss"]:  # model.safetensors keeps the best weights
+            state.update(best_val_loss=val["loss"], best_epoch=epoch)
+            checkpoint.save_model(run_dir, model, config, epoch)
+        state["epoch"] = epoch
+        checkpoint.save_training_state(run_dir, model, optimizer, generator, state)
         checkpoint.write_metrics(run_dir, metrics)
         bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
         logger.info(
-            "epoch %d/%d  train %.2f (recon %.2f, kl %.2f)  val %.2f  per image  %.0f img/s",
+            "epoch %d/%d  train %.2f (recon %.2f, kl %.2f)  val %.2f%s  per image  %.0f img/s",
             epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"], row["val_loss"],
-            row["images_per_second"],
+            " (best)" if state["best_epoch"] == epoch else "", row["images_per_second"],
         )  # fmt: skip
+        if config.patience and epoch - state["best_epoch"] >= config.patience:
+            logger.info("early stop: no better validation loss for %d epochs", config.patience)
+            break
     bar.close()
     return summarize(run_dir)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """KL weight multiplier: rises linearly from 0 at step 0 to 1 at `warmup_steps` (1 if no warm-up)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Learning-rate multiplier at `step` of `total_steps`: constant, or half a cosine from 1 to 0."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return 1.0
 
 
 def summarize(run_dir: Path) -> dict[str, Any]:
@@ -242,7 +262,15 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             for k in ("train_loss", "val_loss", "val_recon", "val_kl", "images_per_second")
             if k in last
         },
+        **_best(metrics),
     }
+
+
+def _best(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    if not metrics:
+        return {}
+    best = min(metrics, key=lambda row: row["val_loss"])
+    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"]}
 
 
 def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
@@ -263,16 +291,14 @@ def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(merged).validate()
 
 
-def _load_weights_into(model: AE | VAE, run_dir: Path, device: torch.device) -> AE | VAE:
-    loaded = checkpoint.load(run_dir, device)
-    model.load_state_dict(loaded.state_dict())
-    return model
-
-
 def _diverged(
     run_dir: Path, config: TrainConfig, epoch: int, step: int, loss: float
 ) -> TrainingDivergedError:
-    kept = f"{run_dir} keeps epoch {epoch - 1} (continue with --resume)" if epoch > 1 else "nothing was saved"
+    kept = (
+        f"{run_dir} keeps epoch {epoch - 1} (continue with --resume) and its best weights"
+        if epoch > 1
+        else "nothing was saved"
+    )
     return TrainingDivergedError(
         f"loss became {loss} at epoch {epoch}, step {step}; {kept}. Usual causes: a learning rate too high "
         f"(try --lr {config.lr / 10:g}) or inputs outside [0, 1]"

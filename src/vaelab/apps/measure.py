@@ -6,14 +6,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from vaelab import evaluate as ev
+from vaelab import latent
 from vaelab.apps.visualize import check_shape, open_run
+from vaelab.classifier import classifier_for, features, frechet_distance
+from vaelab.config import TrainConfig
 from vaelab.data import load_images
+from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.fileio import write_json
-from vaelab.models import VAE
+from vaelab.models import AE, VAE
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +34,14 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    quality: bool = True,
 ) -> dict[str, Any]:
     """Negative ELBO, its parts, the importance-sampled NLL (K samples per image, 1000 by
     default), active units, MSE and PSNR on the test split; written to RUN/eval.json.
 
     NLL needs a likelihood: a VAE with the bernoulli loss. For other runs the figures that make
     sense are reported and `nll_absent` says why NLL is not; asking for `k` then is an error.
+    With `quality` and a labelled dataset, sample quality is measured too (see sample_quality).
     """
     model, config = open_run(run, device)
     has_likelihood = isinstance(model, VAE) and model.config.loss == "bernoulli"
@@ -63,6 +70,8 @@ def evaluate(
         "loss": model.config.loss,
         "nll_absent": None if has_likelihood else _why_no_nll(model),
     }
+    if quality and test.labels is not None:
+        result.update(sample_quality(model, config, test.images[:n_images], test.labels[:n_images], seed))
     if has_likelihood and config.binarize == "none":
         result["note"] = (
             "trained and scored on grayscale images: the Bernoulli 'likelihood' of non-binary pixels is "
@@ -72,6 +81,42 @@ def evaluate(
     write_json(path, result)
     result["output"] = str(path)
     return result
+
+
+@torch.no_grad()
+def sample_quality(
+    model: AE | VAE, config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, seed: int
+) -> dict[str, Any]:
+    """Fréchet distance between as many samples as test images and the (grayscale) test images, in
+    the feature space of the dataset's cached LeNet classifier; the same distance from training
+    images (the floor a perfect generator would reach); the classifier's accuracy on the test
+    images and on their reconstructions."""
+    device = next(model.parameters()).device
+    classifier = classifier_for(config.dataset, config.data_dir, config.image_size, device)
+    real = to_unit(images)
+    generator = torch.Generator(device).manual_seed(seed)
+    samples = torch.cat(
+        [model.sample(min(500, len(real) - s), generator).cpu() for s in range(0, len(real), 500)]
+    )
+    reconstructions = latent.decode_latents(model, latent.embed_images(model, images))
+    train = load_images(config.dataset, "train", config.data_dir, config.image_size).images
+    floor_images = to_unit(
+        train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(real)]]
+    )
+    real_features = features(classifier, real)
+
+    def accuracy(x: torch.Tensor) -> float:
+        predicted = torch.cat(
+            [classifier(x[s : s + 500].to(device)).argmax(1).cpu() for s in range(0, len(x), 500)]
+        )
+        return float((predicted == labels).double().mean())
+
+    return {
+        "fd": frechet_distance(features(classifier, samples), real_features),
+        "fd_train_vs_test": frechet_distance(features(classifier, floor_images), real_features),
+        "classifier_accuracy": accuracy(real),
+        "recon_accuracy": accuracy(reconstructions),
+    }
 
 
 def _why_no_nll(model: Any) -> str:
@@ -91,5 +136,18 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("NLL", f"not defined: {result['nll_absent']}"))
     rows.append(("active units", f"{result['active_units']} of {result['latent_dim']}"))
     rows.append(("MSE / PSNR", f"{result['mse']:.4f} per pixel / {result['psnr']:.2f} dB"))
+    if "fd" in result:
+        rows.append(
+            (
+                "Fréchet distance",
+                f"{result['fd']:.2f} (train vs test images: {result['fd_train_vs_test']:.2f})",
+            )
+        )
+        rows.append(
+            (
+                "classifier accuracy",
+                f"{result['recon_accuracy']:.1%} on reconstructions, {result['classifier_accuracy']:.1%} on test images",
+            )
+        )
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

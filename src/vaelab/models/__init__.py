@@ -15,6 +15,6 @@ __all__ = ["AE", "MODEL_CLASSES", "VAE", "ModelOutput", "build_model"]
 
 def build_model(config: ModelConfig) -> AE | VAE:
     """Build the network a config describes (filling in conv channels from the image size)."""
-    if config.arch == "conv" and not config.conv_channels:
+    if config.arch in ("conv", "resnet") and not config.conv_channels:
         config.conv_channels = default_conv_channels(config.image_height, config.image_width)
     return MODEL_CLASSES[config.model](config)

@@ -44,9 +44,17 @@ class AE(nn.Module):
         return self.decode(z)
 
     def forward(
-        self, x: torch.Tensor, target: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        kl_weight: float | None = None,
     ) -> ModelOutput:
-        """Encode x, decode, and score against `target` (x itself unless denoising)."""
+        """Encode x, decode, and score against `target` (x itself unless denoising).
+
+        `generator` and `kl_weight` are accepted so every model has one signature; an AE draws
+        nothing and has no KL.
+        """
         z = self.encoder(x)
         logits = self.decoder(z)
         recon = self.pixel_loss(logits, x if target is None else target)

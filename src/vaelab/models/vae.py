@@ -1,8 +1,12 @@
 """The variational autoencoder (Kingma & Welling, 2014).
 
 The encoder outputs the mean and log-variance of q(z|x); z = mu + sigma * eps keeps the sample
-differentiable; the loss is the negative ELBO with a weight beta on the KL to the prior N(0, I):
-    loss = E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I)),  averaged over the batch.
+differentiable. Two objectives, both averaged over the batch:
+
+* elbo: E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I)). With free bits (Kingma et al., 2016)
+  each latent dimension's batch-averaged KL below the floor costs nothing, so no unit collapses.
+* iwae (Burda et al., 2015): -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) with K draws per image,
+  a tighter bound than the ELBO.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import torch
 from torch import nn
 
 from vaelab.config import ModelConfig
-from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, reparameterize
+from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, log_normal, reparameterize
+from vaelab.importance import log_mean_exp
 from vaelab.likelihoods import PIXEL_LOSSES, mean_image
 from vaelab.models.output import ModelOutput
 from vaelab.nets import build_decoder, build_encoder
@@ -51,13 +56,39 @@ class VAE(nn.Module):
         return self.decode(z)
 
     def forward(
-        self, x: torch.Tensor, target: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        kl_weight: float | None = None,
     ) -> ModelOutput:
-        """One-sample ELBO of x, scored against `target` (x itself unless denoising)."""
+        """The objective on x, scored against `target` (x itself unless denoising).
+
+        `kl_weight` replaces beta for this call (KL warm-up); recon and kl are always reported
+        unweighted, per image.
+        """
+        target = x if target is None else target
         mu, log_var = self.encode(x)
-        z = reparameterize(mu, log_var, generator)
-        logits = self.decoder(z)
-        recon = self.pixel_loss(logits, x if target is None else target)
-        kl = kl_to_standard_normal(mu, log_var).sum(1)
-        loss = (recon + self.config.beta * kl).mean()
+        kl_dims = kl_to_standard_normal(mu, log_var)  # [B, D]
+        if self.config.objective == "iwae":
+            k, (batch, dim) = self.config.iw_samples, mu.shape
+            z = reparameterize(
+                mu.unsqueeze(1).expand(batch, k, dim), log_var.unsqueeze(1).expand(batch, k, dim), generator
+            )
+            logits = self.decoder(z.reshape(batch * k, dim))  # [B*K, C, H, W]
+            log_px_z = -self.pixel_loss(logits, target.repeat_interleave(k, dim=0)).view(batch, k)
+            log_w = log_px_z + log_normal(z) - log_normal(z, mu.unsqueeze(1), log_var.unsqueeze(1))  # [B, K]
+            loss = -log_mean_exp(log_w).mean()
+            recon, logits, z = -log_px_z.mean(1), logits.view(batch, k, *logits.shape[1:])[:, 0], z[:, 0]
+        else:
+            z = reparameterize(mu, log_var, generator)
+            logits = self.decoder(z)
+            recon = self.pixel_loss(logits, target)
+            weight = self.config.beta if kl_weight is None else kl_weight
+            if self.config.free_bits > 0:
+                kl_term = kl_dims.mean(0).clamp_min(self.config.free_bits).sum()
+            else:
+                kl_term = kl_dims.sum(1).mean()
+            loss = recon.mean() + weight * kl_term
+        kl = kl_dims.sum(1)
         return ModelOutput(logits=logits, z=z, mu=mu, log_var=log_var, recon=recon, kl=kl, loss=loss)

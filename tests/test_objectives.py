@@ -1,0 +1,111 @@
+"""Each training objective and schedule on its defining property."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaelab
+from vaelab import ModelConfig, build_model
+from vaelab.checkpoint import read_metrics
+
+train_module = importlib.import_module("vaelab.train")
+FAST = {"arch": "mlp", "latent_dim": 4, "device": "cpu", "progress": False, "batch_size": 256}
+
+
+def _mean_loss(model, x: torch.Tensor, repeats: int, seed: int) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        losses = torch.stack([model(x, generator=g).loss for _ in range(repeats)]).double()
+    return float(losses.mean()), float(losses.std() / math.sqrt(repeats))
+
+
+def test_iwae_with_one_sample_is_the_elbo_and_more_samples_tighten_it() -> None:
+    torch.manual_seed(0)
+    elbo_model = build_model(ModelConfig(arch="mlp", latent_dim=3))
+    x = torch.rand(32, 1, 28, 28)
+    iwae_1 = build_model(ModelConfig(arch="mlp", latent_dim=3, objective="iwae", iw_samples=1))
+    iwae_20 = build_model(ModelConfig(arch="mlp", latent_dim=3, objective="iwae", iw_samples=20))
+    for m in (iwae_1, iwae_20):
+        m.load_state_dict(elbo_model.state_dict())
+    elbo, elbo_se = _mean_loss(elbo_model, x, 400, 1)
+    one, one_se = _mean_loss(iwae_1, x, 400, 2)
+    twenty, twenty_se = _mean_loss(iwae_20, x, 400, 3)
+    assert abs(one - elbo) < 4 * math.hypot(one_se, elbo_se)  # same expectation, other estimator
+    assert twenty < one - 4 * math.hypot(one_se, twenty_se)  # a tighter bound: a lower loss
+
+
+def test_free_bits_make_kl_below_the_floor_cost_exactly_the_floor() -> None:
+    model = build_model(ModelConfig(arch="mlp", latent_dim=3, free_bits=1000.0))
+    out = model(torch.rand(8, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    assert (out.kl < 1000).all()
+    torch.testing.assert_close(out.loss, out.recon.mean() + 3 * 1000.0)
+    mu_grad = torch.autograd.grad(
+        out.loss - out.recon.mean(), model.encoder.layers[-1].weight, allow_unused=True
+    )[0]
+    assert mu_grad is None or mu_grad.abs().max() == 0  # no pull towards the prior below the floor
+
+
+def test_kl_weight_argument_replaces_beta() -> None:
+    model = build_model(ModelConfig(arch="mlp", latent_dim=3, beta=4.0))
+    x = torch.rand(8, 1, 28, 28)
+    out = model(x, generator=torch.Generator().manual_seed(0), kl_weight=0.25)
+    torch.testing.assert_close(out.loss, (out.recon + 0.25 * out.kl).mean())
+
+
+def test_warmup_and_cosine_factors() -> None:
+    assert [train_module.warmup_factor(s, 10) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
+    assert train_module.warmup_factor(3, 0) == 1.0
+    assert train_module.lr_factor("cosine", 0, 100) == 1.0
+    assert train_module.lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert train_module.lr_factor("cosine", 100, 100) == pytest.approx(0.0)
+    assert train_module.lr_factor("constant", 70, 100) == 1.0
+
+
+def test_a_run_with_warmup_and_cosine_records_both(tmp_path: Path) -> None:
+    vaelab.train(tmp_path / "r", epochs=3, kl_warmup_epochs=2, lr_schedule="cosine", beta=2.0, **FAST)
+    rows = read_metrics(tmp_path / "r")
+    weights = [row["kl_weight"] for row in rows]
+    assert 0 < weights[0] < 1.0 < weights[1] < 2.0 and weights[2] == 2.0
+    lrs = [row["lr"] for row in rows]
+    assert 1e-3 > lrs[0] > lrs[1] > lrs[2] > 0
+
+
+def test_iwae_trains_and_reports_a_bound_tighter_than_its_elbo(tmp_path: Path) -> None:
+    result = vaelab.train(tmp_path / "r", epochs=2, objective="iwae", iw_samples=5, **FAST)
+    assert result["val_loss"] < result["val_recon"] + result["val_kl"]
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = train_module.mean_losses
+    val_losses = iter([300.0, 200.0, 250.0, 260.0, 270.0, 280.0])
+
+    def scripted(*args, **kwargs):
+        real(*args, **kwargs)
+        value = next(val_losses)
+        return {"loss": value, "recon": value, "kl": 0.0}
+
+    monkeypatch.setattr(train_module, "mean_losses", scripted)
+    result = vaelab.train(tmp_path / "r", epochs=6, patience=2, **FAST)
+    assert result["epochs"] == 4 and result["best_epoch"] == 2 and result["best_val_loss"] == 200.0
+    best = load_file(str(tmp_path / "r" / "model.safetensors"))
+    last = {
+        k.removeprefix("model."): v
+        for k, v in load_file(str(tmp_path / "r" / "training_state.safetensors")).items()
+        if k.startswith("model.")
+    }
+    assert set(best) == set(last) and not all(torch.equal(best[k], last[k]) for k in best)
+    loaded = vaelab.load(tmp_path / "r")
+    assert all(torch.equal(loaded.state_dict()[k], best[k]) for k in best)
+
+
+def test_iwae_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(vaelab.VaelabError, match="--objective iwae needs --model vae"):
+        vaelab.train(tmp_path / "r", objective="iwae", beta=2.0, **FAST)
+    with pytest.raises(vaelab.VaelabError, match="--iw-samples must be at least 1"):
+        vaelab.train(tmp_path / "r", objective="iwae", iw_samples=0, **FAST)
