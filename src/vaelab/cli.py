@@ -149,6 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser(
+        "embed", help="write latent means of a dataset or of image files to .npy/.npz/.csv"
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    _add_image_source(p)
+    p.add_argument("-o", "--output", default="embeddings.npz", help="file to write: .npy, .npz or .csv")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser(
+        "cluster", help="k-means on latents vs pixels vs PCA; NMI, ARI, accuracy; scatter PNG"
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--k", type=int, default=10, help="number of clusters (default: 10)")
+    _add_image_source(p)
+    p.add_argument(
+        "-o", "--output", default="clusters.png", help="scatter PNG; assignments go beside it as .csv"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means and PCA (default: 0)")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser(
         "demo", help="AE vs VAE on the embedded digits: trains 3 small models, writes index.html"
     )
     p.add_argument("--out", default="vaelab-demo", metavar="DIR", help="output folder (default: vaelab-demo)")
@@ -157,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_common(p)
     return parser
+
+
+def _add_image_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help="a dataset name (default: the run's own)")
+    parser.add_argument("--data-dir", help="folder with that dataset's files")
+    parser.add_argument("--split", choices=("train", "test"), default="test", help="(default: test)")
+    parser.add_argument(
+        "--input", nargs="+", metavar="PATH", help="image files or folders instead of a dataset"
+    )
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -227,6 +258,27 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _run_embed(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.embed import embed
+
+    return embed(
+        args.run, out=args.output, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        inputs=args.input, device=args.device,
+    )  # fmt: skip
+
+
+def _run_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.cluster import cluster, format_table
+
+    result = cluster(
+        args.run, k=args.k, out=args.output, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        inputs=args.input, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    if not args.json:
+        print(format_table(result))
+    return result
+
+
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from vaelab.apps.demo import demo
 
@@ -243,6 +295,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "latent-plot": _run_latent_plot,
     "latent-grid": _run_latent_grid,
     "evaluate": _run_evaluate,
+    "embed": _run_embed,
+    "cluster": _run_cluster,
     "demo": _run_demo,
 }
 

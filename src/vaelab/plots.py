@@ -76,8 +76,9 @@ class ScatterPanel:
     axis_labels: tuple[str, str] = ("z[0]", "z[1]")
 
 
-def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path) -> Path:
-    """Scatter plots of latent codes side by side, coloured by class, one shared legend."""
+def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path, shared_legend: bool = True) -> Path:
+    """Scatter plots of latent codes side by side, coloured by class: one legend for all panels,
+    or one inside each panel when they colour by different things (shared_legend=False)."""
     fig = Figure(figsize=(5.2 * len(panels) + 1.2, 5.0), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     handles = None
@@ -97,11 +98,13 @@ def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path) -> Pat
                     color=_class_colour(cls, len(classes)),
                 )  # fmt: skip
             handles = ax.get_legend_handles_labels()
+            if not shared_legend:
+                ax.legend(markerscale=3, fontsize=8, frameon=True, framealpha=0.8)
         ax.set_title(panel.title, fontsize=11)
         ax.set_xlabel(panel.axis_labels[0])
         ax.set_ylabel(panel.axis_labels[1])
         ax.grid(alpha=0.25)
-    if handles:
+    if handles and shared_legend:
         fig.legend(*handles, loc="outside right center", markerscale=3, title="class", frameon=False)
     return _save(fig, path)
 

@@ -14,7 +14,7 @@ import torch
 from vaelab import checkpoint, latent, plots
 from vaelab.config import TrainConfig
 from vaelab.data import ImageSet, load_images
-from vaelab.data.folder import read_image_files
+from vaelab.data.folder import list_images, read_image_files
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE
@@ -35,6 +35,36 @@ def run_images(model: AE | VAE, config: TrainConfig, split: str = "test") -> Ima
     images = load_images(config.dataset, split, config.data_dir, config.image_size)
     check_shape(model, images.images, config.dataset)
     return images
+
+
+def select_images(
+    model: AE | VAE,
+    config: TrainConfig,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    inputs: list[str | Path] | None = None,
+) -> ImageSet:
+    """The images a command works on: files and folders given as `inputs`, else a split of
+    `dataset` (default: the run's own), checked against the model's image shape."""
+    if inputs:
+        files: list[Path] = []
+        for item in map(Path, inputs):
+            if item.is_dir():
+                files += list_images(item)
+            elif item.is_file():
+                files.append(item)
+            else:
+                raise VaelabError(f"--input {item} does not exist; give image files or folders")
+        if not files:
+            raise VaelabError(f"--input {' '.join(map(str, inputs))} holds no images")
+        images = read_image_files(files, config.image_size, model.config.image_channels)
+        check_shape(model, images, "--input")
+        return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
+    name = dataset or config.dataset
+    image_set = load_images(name, split, data_dir if dataset else config.data_dir, config.image_size)
+    check_shape(model, image_set.images, name)
+    return image_set
 
 
 def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:
@@ -145,19 +175,23 @@ def endpoint_images(
     return test.images[indices]
 
 
+def scatter_coordinates(codes: torch.Tensor) -> tuple[torch.Tensor, tuple[str, str]]:
+    """2-D coordinates of latents [N, D] and their axis labels: the latents themselves up to two
+    dimensions, their first two principal components beyond."""
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], dim=1), ("z[0]", "(1-D latent)")
+    if codes.shape[1] == 2:
+        return codes, ("z[0]", "z[1]")
+    coords, share = latent.pca_2d(codes)
+    return coords, (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+
+
 def scatter_panel(model: AE | VAE, images: ImageSet, title: str) -> plots.ScatterPanel:
     """The latent scatter of a set of images; PCA when the latent has more than two dimensions."""
-    codes = latent.embed_images(model, images.images)
-    if codes.shape[1] == 1:
-        codes = torch.cat([codes, torch.zeros_like(codes)], dim=1)
-        axes = ("z[0]", "(1-D latent)")
-    elif codes.shape[1] == 2:
-        axes = ("z[0]", "z[1]")
-    else:
-        codes, share = latent.pca_2d(codes)
-        axes = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+    coords, axes = scatter_coordinates(latent.embed_images(model, images.images))
+    if model.config.latent_dim > 2:
         title = f"{title}, PCA of {model.config.latent_dim}-D latent"
-    return plots.ScatterPanel(title, codes, images.labels, images.class_names, axes)
+    return plots.ScatterPanel(title, coords, images.labels, images.class_names, axes)
 
 
 def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "auto") -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""`vaelab embed`: latent means of a dataset or of image files, out to .npy, .npz or .csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaelab import latent
+from vaelab.apps.visualize import open_run, select_images
+from vaelab.errors import VaelabError
+from vaelab.fileio import atomic_output, write_text
+
+FORMATS = (".npy", ".npz", ".csv")
+
+
+def embed(
+    run: str | Path,
+    out: str | Path = "embeddings.npz",
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    inputs: list[str | Path] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Write the deterministic latent (z for an AE, the posterior mean for a VAE) of every image.
+
+    .npy holds the latents [N, D] alone; .npz adds `labels` and `paths` when known; .csv has one
+    row per image: its name (file path or index), its label, then z0..z{D-1}.
+    """
+    out = Path(out)
+    if out.suffix not in FORMATS:
+        raise VaelabError(f"-o {out}: choose a file ending in {', '.join(FORMATS)}")
+    model, config = open_run(run, device)
+    images = select_images(model, config, dataset, data_dir, split, inputs)
+    codes = latent.embed_images(model, images.images).numpy().astype(np.float32)  # [N, D]
+    labels = images.labels.numpy() if images.labels is not None else None
+    names = images.paths or [str(i) for i in range(len(codes))]
+    if out.suffix == ".npy":
+        with atomic_output(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, codes)
+    elif out.suffix == ".npz":
+        arrays = {"latents": codes, "names": np.asarray(names)}
+        if labels is not None:
+            arrays["labels"] = labels
+        with atomic_output(out) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["name", "label", *[f"z{d}" for d in range(codes.shape[1])]])
+        for i, row in enumerate(codes):
+            writer.writerow([names[i], "" if labels is None else int(labels[i]), *(f"{v:.6g}" for v in row)])
+        write_text(out, buffer.getvalue())
+    return {
+        "output": str(out),
+        "n_images": len(codes),
+        "latent_dim": int(codes.shape[1]),
+        "labels": labels is not None,
+    }
