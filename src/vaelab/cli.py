@@ -149,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser(
+        "denoise", help="noisy / denoised / clean rows; PSNR and SSIM beside median and TV filters"
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (ideally trained with --noise)")
+    p.add_argument(
+        "--noise", metavar="SPEC", help="gaussian:SIGMA, salt-pepper:P or mask:FRACTION (default: the run's)"
+    )
+    _add_image_source(p)
+    p.add_argument("--n-images", type=int, help="score only the first N images (default: all)")
+    p.add_argument("-o", "--output", default="denoised.png", help="PNG to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser(
         "embed", help="write latent means of a dataset or of image files to .npy/.npz/.csv"
     )
     p.add_argument("run", metavar="RUN", help="run folder")
@@ -258,6 +272,18 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _run_denoise(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.denoise import denoise, format_table
+
+    result = denoise(
+        args.run, noise=args.noise, out=args.output, dataset=args.dataset, data_dir=args.data_dir,
+        split=args.split, inputs=args.input, n_images=args.n_images, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    if not args.json:
+        print(format_table(result))
+    return result
+
+
 def _run_embed(args: argparse.Namespace) -> dict[str, Any]:
     from vaelab.apps.embed import embed
 
@@ -295,6 +321,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "latent-plot": _run_latent_plot,
     "latent-grid": _run_latent_grid,
     "evaluate": _run_evaluate,
+    "denoise": _run_denoise,
     "embed": _run_embed,
     "cluster": _run_cluster,
     "demo": _run_demo,

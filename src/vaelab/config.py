@@ -94,6 +94,10 @@ class TrainConfig:
     )
     lr_schedule: str = _opt("constant", "constant, or cosine decay to 0 over --epochs", SCHEDULES)
     patience: int = _opt(0, "stop when the validation loss has not improved for this many epochs (0 = never)")
+    noise: str | None = _opt(
+        None,
+        "train a denoiser: corrupt inputs with gaussian:SIGMA, salt-pepper:P or mask:FRACTION, score clean",
+    )
 
     def validate(self) -> TrainConfig:
         """Raise VaelabError naming the first out-of-range setting; return self."""
@@ -121,6 +125,10 @@ class TrainConfig:
             raise VaelabError(f"--free-bits must be zero or positive, got {self.free_bits}")
         if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
             raise VaelabError("--objective iwae needs --model vae with --beta 1 and no --free-bits")
+        if self.noise is not None:
+            from vaelab.data.noise import parse_noise
+
+            parse_noise(self.noise)
         if not 0 < self.val_fraction < 1:
             raise VaelabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         return self

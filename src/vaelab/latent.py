@@ -95,3 +95,14 @@ def pca_2d(latents: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
 def grid_size(n: int) -> int:
     """Columns of a near-square grid of n images."""
     return max(1, math.ceil(math.sqrt(n)))
+
+
+@torch.no_grad()
+def reconstruct(model: AE | VAE, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """decode(embed(x)) of float images [N, C, H, W] in [0, 1], on CPU: the model's clean-up of x."""
+    device = next(model.parameters()).device
+    parts = [
+        model.decode(model.embed(images[start : start + batch_size].to(device))).float().cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts)

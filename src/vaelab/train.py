@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from vaelab import checkpoint
 from vaelab.config import TrainConfig
 from vaelab.data import load_images
+from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE, build_model
@@ -89,14 +90,21 @@ def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Te
 
 @torch.no_grad()
 def mean_losses(
-    model: AE | VAE, images: torch.Tensor, batch_size: int, generator: torch.Generator
+    model: AE | VAE,
+    images: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    noise: Noise | None = None,
 ) -> dict[str, float]:
-    """Loss, reconstruction and KL averaged over uint8 `images` (nats per image for bernoulli)."""
+    """Loss, reconstruction and KL averaged over uint8 `images` (nats per image for bernoulli);
+    with `noise`, the inputs are corrupted and scored against the clean images."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=images.device)
     for start in range(0, len(images), batch_size):
-        out = model(to_unit(images[start : start + batch_size]), generator=generator)
+        clean = to_unit(images[start : start + batch_size])
+        noisy = clean if noise is None else noise.apply(clean, generator)
+        out = model(noisy, target=clean, generator=generator)
         totals += torch.stack([out.loss * len(out.recon), out.recon.sum(), out.kl.sum()]).double()
     model.train(was_training)
     loss, recon, kl = (totals / len(images)).tolist()
@@ -133,6 +141,7 @@ def train(
     if config.amp and device.type != "cuda":
         logger.warning("--amp only applies on CUDA; training in float32 on %s", device.type)
     train_images, val_images = split_train_val(config, device)
+    noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])
 
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
@@ -182,8 +191,9 @@ def train(
             x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
             if config.binarize == "dynamic":
                 x = binarize(x, generator)
+            x_in = x if noise is None else noise.apply(x, generator)  # denoising: corrupt, score clean
             with autocast:
-                out = model(x, generator=generator, kl_weight=kl_weight)
+                out = model(x_in, target=x, generator=generator, kl_weight=kl_weight)
             loss = out.loss.item()
             if not math.isfinite(loss):
                 raise _diverged(run_dir, config, epoch, step, loss)
@@ -199,9 +209,8 @@ def train(
         seconds = time.perf_counter() - started
 
         # ---- validation, metrics, checkpoint
-        val = mean_losses(
-            model, val_images, 512, torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
-        )
+        val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
+        val = mean_losses(model, val_images, 512, val_generator, noise)
         row = {
             "epoch": epoch,
             "train_loss": totals[0] / n_train,
