@@ -163,6 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser(
+        "compress", help="store images as latent codes in one file; size, PSNR, JPEG comparison"
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="image files or folders (default: --dataset's split)"
+    )
+    p.add_argument("-o", "--output", required=True, help="compressed file to write")
+    p.add_argument("--dtype", choices=("float16", "int8"), default="float16",
+                   help="code precision: float16, or int8 with a per-dimension scale (default: float16)")  # fmt: skip
+    p.add_argument("--dataset", help="compress a dataset split instead of files (default: the run's)")
+    p.add_argument("--data-dir", help="folder with that dataset's files")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="(default: test)")
+    p.add_argument("--no-report", action="store_true", help="skip PSNR, PNG and JPEG comparison")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("decompress", help="restore PNGs from a compressed file (same run only)")
+    p.add_argument("run", metavar="RUN", help="run folder that compressed the file")
+    p.add_argument("file", metavar="FILE", help="compressed file")
+    p.add_argument(
+        "-o", "--output", default="decompressed", help="folder for the PNGs (default: decompressed)"
+    )
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser(
         "embed", help="write latent means of a dataset or of image files to .npy/.npz/.csv"
     )
     p.add_argument("run", metavar="RUN", help="run folder")
@@ -284,6 +310,24 @@ def _run_denoise(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _run_compress(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.compress import compress, format_table
+
+    result = compress(
+        args.run, inputs=args.inputs, out=args.output, dtype=args.dtype, dataset=args.dataset,
+        data_dir=args.data_dir, split=args.split, report=not args.no_report, device=args.device,
+    )  # fmt: skip
+    if not args.json:
+        print(format_table(result))
+    return result
+
+
+def _run_decompress(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.compress import decompress
+
+    return decompress(args.run, args.file, out=args.output, device=args.device)
+
+
 def _run_embed(args: argparse.Namespace) -> dict[str, Any]:
     from vaelab.apps.embed import embed
 
@@ -322,6 +366,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "latent-grid": _run_latent_grid,
     "evaluate": _run_evaluate,
     "denoise": _run_denoise,
+    "compress": _run_compress,
+    "decompress": _run_decompress,
     "embed": _run_embed,
     "cluster": _run_cluster,
     "demo": _run_demo,

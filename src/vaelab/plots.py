@@ -51,7 +51,7 @@ def save_labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Pat
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_titled_grids(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, nrow: int) -> Path:
@@ -62,7 +62,7 @@ def save_titled_grids(panels: Sequence[tuple[str, torch.Tensor]], path: str | Pa
         ax.imshow(to_grid(images, nrow=nrow), cmap="gray", interpolation="nearest")
         ax.set_title(title, fontsize=11)
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass
@@ -106,7 +106,7 @@ def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path, shared
         ax.grid(alpha=0.25)
     if handles and shared_legend:
         fig.legend(*handles, loc="outside right center", markerscale=3, title="class", frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass
@@ -132,7 +132,7 @@ def save_latent_grids(panels: Sequence[GridPanel], path: str | Path) -> Path:
         ax.set_title(panel.title, fontsize=11)
         ax.set_xlabel("z[0]")
         ax.set_ylabel("z[1]")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_loss_curves(runs: dict[str, list[dict]], path: str | Path, units: str = "nats per image") -> Path:
@@ -148,7 +148,7 @@ def save_loss_curves(runs: dict[str, list[dict]], path: str | Path, units: str =
     ax.set_ylabel(f"loss ({units})")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _class_colour(cls: int, n_classes: int) -> tuple[float, float, float, float]:
@@ -158,7 +158,8 @@ def _class_colour(cls: int, n_classes: int) -> tuple[float, float, float, float]
     return cmap(cls % cmap.N)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix)."""
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     return Path(path)
