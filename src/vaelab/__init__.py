@@ -9,7 +9,13 @@ The public API, mirroring the `vaelab` command one to one::
     vaelab.sample("runs/vae2", n=64, out="samples.png")
 """
 
+from vaelab.apps.anomaly import AnomalyDetector
+from vaelab.apps.cluster import cluster
+from vaelab.apps.compress import compress, decompress
 from vaelab.apps.demo import demo
+from vaelab.apps.denoise import denoise
+from vaelab.apps.embed import embed
+from vaelab.apps.measure import evaluate
 from vaelab.apps.visualize import interpolate, latent_grid, latent_plot, reconstruct, sample
 from vaelab.checkpoint import load
 from vaelab.config import ModelConfig, TrainConfig
@@ -21,13 +27,20 @@ from vaelab.train import TrainingDivergedError, train
 __all__ = [
     "AE",
     "VAE",
+    "AnomalyDetector",
     "ModelConfig",
     "ModelOutput",
     "TrainConfig",
     "TrainingDivergedError",
     "VaelabError",
     "build_model",
+    "cluster",
+    "compress",
+    "decompress",
     "demo",
+    "denoise",
+    "embed",
+    "evaluate",
     "interpolate",
     "latent_grid",
     "latent_plot",

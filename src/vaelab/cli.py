@@ -189,6 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser(
+        "anomaly", help="anomaly detection: fit a threshold on normal images, score new ones"
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("fit", help="fit a detector on normal images (default: the run's training split)")
+    q.add_argument("run", metavar="RUN", help="run folder")
+    q.add_argument("--score", choices=("recon", "elbo", "nll"), default="recon",
+                   help="reconstruction loss, negative ELBO (VAE) or importance-sampled NLL (default: recon)")  # fmt: skip
+    q.add_argument(
+        "--contamination", type=float, default=0.05, help="expected share of anomalies (default: 0.05)"
+    )
+    _add_image_source(q, default_split="train")
+    q.add_argument("-o", "--output", default="detector.json", help="detector file to write")
+    _add_device(q)
+    _add_common(q)
+    q = actions.add_parser("score", help="score images: CSV of name, score, flag, and a PNG of extremes")
+    q.add_argument("detector", metavar="DETECTOR", help="file written by `vaelab anomaly fit`")
+    _add_image_source(q)
+    q.add_argument("-o", "--output", default="scores.csv", help="CSV to write; the PNG goes beside it")
+    _add_device(q)
+    _add_common(q)
+
+    p = commands.add_parser(
         "embed", help="write latent means of a dataset or of image files to .npy/.npz/.csv"
     )
     p.add_argument("run", metavar="RUN", help="run folder")
@@ -221,10 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_image_source(parser: argparse.ArgumentParser) -> None:
+def _add_image_source(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
     parser.add_argument("--dataset", help="a dataset name (default: the run's own)")
     parser.add_argument("--data-dir", help="folder with that dataset's files")
-    parser.add_argument("--split", choices=("train", "test"), default="test", help="(default: test)")
+    parser.add_argument(
+        "--split", choices=("train", "test"), default=default_split, help=f"(default: {default_split})"
+    )
     parser.add_argument(
         "--input", nargs="+", metavar="PATH", help="image files or folders instead of a dataset"
     )
@@ -328,6 +352,16 @@ def _run_decompress(args: argparse.Namespace) -> dict[str, Any]:
     return decompress(args.run, args.file, out=args.output, device=args.device)
 
 
+def _run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
+    from vaelab.apps.anomaly import anomaly_fit, anomaly_score
+
+    source = {"dataset": args.dataset, "data_dir": args.data_dir, "split": args.split, "inputs": args.input}
+    if args.action == "fit":
+        return anomaly_fit(args.run, out=args.output, score=args.score, contamination=args.contamination,
+                           device=args.device, **source)  # fmt: skip
+    return anomaly_score(args.detector, out=args.output, device=args.device, **source)
+
+
 def _run_embed(args: argparse.Namespace) -> dict[str, Any]:
     from vaelab.apps.embed import embed
 
@@ -368,6 +402,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "denoise": _run_denoise,
     "compress": _run_compress,
     "decompress": _run_decompress,
+    "anomaly": _run_anomaly,
     "embed": _run_embed,
     "cluster": _run_cluster,
     "demo": _run_demo,

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vaelab import evaluate as ev
 from vaelab import latent
 from vaelab.apps.visualize import check_shape, open_run
 from vaelab.classifier import classifier_for, features, frechet_distance
@@ -17,6 +16,7 @@ from vaelab.config import TrainConfig
 from vaelab.data import load_images
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
+from vaelab.evaluate import TEST_BINARIZATION_SEED, evaluate_images, scoring_images, summary
 from vaelab.fileio import write_json
 from vaelab.models import AE, VAE
 
@@ -55,17 +55,17 @@ def evaluate(
     name = dataset or config.dataset
     test = load_images(name, "test", data_dir if dataset else config.data_dir, config.image_size)
     check_shape(model, test.images, name)
-    images = ev.scoring_images(test.images[:n_images], binarized=config.binarize != "none")
+    images = scoring_images(test.images[:n_images], binarized=config.binarize != "none")
     bar = tqdm(
         total=len(images), desc=f"evaluate (K={k})", unit="img", disable=not progress, dynamic_ncols=True
     )
     with bar:
-        evaluation = ev.evaluate_images(model, images, k if has_likelihood else 1, seed=seed, progress=bar)
+        evaluation = evaluate_images(model, images, k if has_likelihood else 1, seed=seed, progress=bar)
     result = {
-        **ev.summary(evaluation, k if has_likelihood else 0),
+        **summary(evaluation, k if has_likelihood else 0),
         "dataset": name,
         "split": "test",
-        "binarized_test_seed": ev.TEST_BINARIZATION_SEED if config.binarize != "none" else None,
+        "binarized_test_seed": TEST_BINARIZATION_SEED if config.binarize != "none" else None,
         "model": model.config.model,
         "loss": model.config.loss,
         "nll_absent": None if has_likelihood else _why_no_nll(model),

@@ -1,0 +1,223 @@
+"""Anomaly detection with a trained autoencoder, following scikit-learn's outlier-detector API.
+
+An input whose reconstruction loss (or negative ELBO, or importance-sampled NLL) is far above what
+the model sees on normal data is an anomaly. `score_samples` is higher for normal points (the
+negated loss), `offset_` is the `contamination` quantile of the training scores,
+`decision_function = score_samples - offset_`, and `predict` gives +1 (normal) or -1 (anomaly).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from vaelab import checkpoint, plots
+from vaelab.data.transforms import to_unit
+from vaelab.errors import VaelabError
+from vaelab.evaluate import evaluate_images
+from vaelab.fileio import write_json, write_text
+from vaelab.models import VAE
+from vaelab.train import resolve_device
+
+SCORES = ("recon", "elbo", "nll")
+
+
+def as_uint8_images(X: Any) -> torch.Tensor:
+    """Images as a uint8 tensor [N, C, H, W]: uint8 arrays pass through, floats in [0, 1] are scaled."""
+    images = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise VaelabError(f"expected images [N, C, H, W] (or [N, H, W]), got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images
+    if images.min() < 0 or images.max() > 1:
+        raise VaelabError("float images must lie in [0, 1]; pass uint8 images or divide by 255")
+    return (images.float() * 255).round().to(torch.uint8)
+
+
+class AnomalyDetector(OutlierMixin, BaseEstimator):
+    """Flags images a trained model reconstructs much worse than normal data.
+
+    Parameters
+    ----------
+    run : path of a vaelab run folder.
+    score : "recon" (reconstruction loss at the latent mean), "elbo" (negative ELBO, VAE) or
+        "nll" (importance-sampled negative log-likelihood, a VAE with the bernoulli loss).
+    contamination : expected share of anomalies in the data given to `fit`; sets `offset_`.
+    k : importance samples per image for score="nll".
+    device : "auto", "cpu", "cuda" or "mps".
+    seed : seed of the posterior samples (elbo, nll).
+    """
+
+    def __init__(
+        self, run: str | Path, score: str = "recon", contamination: float = 0.05, k: int = 100,
+        device: str = "auto", seed: int = 0,
+    ) -> None:  # fmt: skip
+        self.run = run
+        self.score = score
+        self.contamination = contamination
+        self.k = k
+        self.device = device
+        self.seed = seed
+
+    def fit(self, X: Any, y: Any = None) -> AnomalyDetector:
+        """Load the model, score X (normal data), and set offset_ from `contamination`."""
+        if self.score not in SCORES:
+            raise VaelabError(f"score {self.score!r} is not one of: {', '.join(SCORES)}")
+        if not 0 < self.contamination < 0.5:
+            raise VaelabError(f"contamination must be in (0, 0.5), got {self.contamination}")
+        model = checkpoint.load(self.run, resolve_device(self.device))
+        if self.score != "recon" and not isinstance(model, VAE):
+            raise VaelabError(
+                f"score {self.score!r} needs a VAE; {self.run} holds a plain autoencoder (use recon)"
+            )
+        if self.score == "nll" and model.config.loss != "bernoulli":
+            raise VaelabError(
+                f"score 'nll' needs the bernoulli loss; {self.run} uses {model.config.loss} (use recon)"
+            )
+        self.model_ = model
+        scores = self.score_samples(X)
+        self.offset_ = float(np.quantile(scores, self.contamination))
+        self.n_features_in_ = int(np.prod(as_uint8_images(X).shape[1:]))
+        return self
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Normality of each image: the negated loss in nats per image (lower = more abnormal)."""
+        check_is_fitted(self, "model_")
+        images = as_uint8_images(X)
+        c = self.model_.config
+        if tuple(images.shape[1:]) != (c.image_channels, c.image_height, c.image_width):
+            raise VaelabError(
+                f"images of shape {tuple(images.shape[1:])} given; the model expects "
+                f"{(c.image_channels, c.image_height, c.image_width)}"
+            )
+        if self.score == "recon":
+            return -self._recon_at_mean(images)
+        evaluation = evaluate_images(
+            self.model_, images, self.k if self.score == "nll" else 1, seed=self.seed
+        )
+        loss = evaluation.nll if self.score == "nll" else evaluation.neg_elbo
+        return -loss.numpy()
+
+    @torch.no_grad()
+    def _recon_at_mean(self, images: torch.Tensor) -> np.ndarray:
+        device = next(self.model_.parameters()).device
+        losses = []
+        for start in range(0, len(images), 512):
+            x = to_unit(images[start : start + 512].to(device))
+            losses.append(self.model_.pixel_loss(self.model_.decode_logits(self.model_.embed(x)), x).cpu())
+        return torch.cat(losses).double().numpy()
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """score_samples - offset_: negative for anomalies."""
+        check_is_fitted(self, "offset_")
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """+1 for normal images, -1 for anomalies."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+
+def anomaly_fit(
+    run: str | Path,
+    out: str | Path = "detector.json",
+    score: str = "recon",
+    contamination: float = 0.05,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "train",
+    inputs: list[str | Path] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Fit a detector on normal images (default: the run's training split) and save it as JSON."""
+    from vaelab.apps.compress import weights_hash
+    from vaelab.apps.visualize import open_run, select_images
+
+    model, config = open_run(run, device)
+    images = select_images(model, config, dataset, data_dir, split, inputs)
+    detector = AnomalyDetector(run, score=score, contamination=contamination, device=device).fit(
+        images.images
+    )
+    saved = {
+        **{k: v for k, v in detector.get_params().items() if k != "device"},
+        "run": str(Path(run).resolve()),
+        "model_sha256": weights_hash(run),
+        "offset": detector.offset_,
+        "n_fit_images": len(images),
+    }
+    write_json(out, saved)
+    return {"output": str(out), "offset": detector.offset_, "score": score, "n_images": len(images)}
+
+
+def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
+    """A fitted AnomalyDetector from the JSON that anomaly_fit wrote (its run must be unchanged)."""
+    from vaelab.apps.compress import weights_hash
+
+    try:
+        saved = json.loads(Path(path).read_text())
+        detector = AnomalyDetector(
+            saved["run"], score=saved["score"], contamination=saved["contamination"], k=saved["k"],
+            device=device, seed=saved["seed"],
+        )  # fmt: skip
+        offset, expected_hash = float(saved["offset"]), saved["model_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise VaelabError(f"{path} is not a detector saved by `vaelab anomaly fit` ({error})") from None
+    if weights_hash(detector.run) != expected_hash:
+        raise VaelabError(f"the weights of {detector.run} changed since {path} was fitted; fit it again")
+    detector.model_ = checkpoint.load(detector.run, resolve_device(device))
+    detector.offset_ = offset
+    return detector
+
+
+def anomaly_score(
+    detector_path: str | Path,
+    out: str | Path = "scores.csv",
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    inputs: list[str | Path] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score images with a saved detector: a CSV of name, score, flag, and a PNG beside it with the
+    most anomalous images (top rows) and the most normal ones (bottom rows)."""
+    from vaelab.apps.visualize import select_images
+
+    detector = load_detector(detector_path, device)
+    _, config = checkpoint.read_run_config(detector.run)
+    images = select_images(detector.model_, config, dataset, data_dir, split, inputs)
+    scores = detector.score_samples(images.images)
+    flags = np.where(scores - detector.offset_ >= 0, 1, -1)
+    names = images.paths or [str(i) for i in range(len(scores))]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["name", "score", "flag"])
+    for name, value, flag in zip(names, scores, flags):
+        writer.writerow([name, f"{value:.4f}", int(flag)])
+    write_text(out, buffer.getvalue())
+    order = np.argsort(scores)
+    show = min(12, max(1, len(order) // 2))
+    grid = Path(out).with_suffix(".png")
+    plots.save_labelled_rows(
+        [
+            ("most anomalous", to_unit(images.images[order[:show]])),
+            ("most normal", to_unit(images.images[order[-show:]])),
+        ],
+        grid,
+        f"{detector.score} score; threshold {detector.offset_:.1f}",
+    )
+    return {
+        "output": str(out),
+        "grid": str(grid),
+        "n_images": len(scores),
+        "n_anomalies": int((flags == -1).sum()),
+        "threshold": detector.offset_,
+    }
