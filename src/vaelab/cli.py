@@ -203,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", default="detector.json", help="detector file to write")
     _add_device(q)
     _add_common(q)
+    q = actions.add_parser(
+        "benchmark", help="AUROC/AUPRC of AE, VAE, PCA, IsolationForest, one class at a time"
+    )
+    q.add_argument("--dataset", default="mnist-mini", help="a labelled dataset (default: mnist-mini)")
+    q.add_argument("--protocol", choices=("held-out", "one-class"), default="held-out",
+                   help="held-out: train on all classes but one; one-class: train on one (default: held-out)")  # fmt: skip
+    q.add_argument("--classes", help="comma-separated classes to run (default: all)")
+    q.add_argument("--steps", type=int, default=1000, help="optimizer steps per model (default: 1000)")
+    q.add_argument("--arch", choices=("conv", "resnet", "mlp"), default="conv", help="(default: conv)")
+    q.add_argument(
+        "--latent-dim", type=int, default=16, help="latent size; also PCA's components (default: 16)"
+    )
+    q.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    _add_device(q)
+    _add_common(q)
     q = actions.add_parser("score", help="score images: CSV of name, score, flag, and a PNG of extremes")
     q.add_argument("detector", metavar="DETECTOR", help="file written by `vaelab anomaly fit`")
     _add_image_source(q)
@@ -355,6 +370,20 @@ def _run_decompress(args: argparse.Namespace) -> dict[str, Any]:
 def _run_anomaly(args: argparse.Namespace) -> dict[str, Any]:
     from vaelab.apps.anomaly import anomaly_fit, anomaly_score
 
+    if args.action == "benchmark":
+        from vaelab.apps.anomaly import benchmark, format_benchmark
+
+        try:
+            classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+        except ValueError:
+            raise VaelabError(f"--classes {args.classes!r} must be comma-separated integers") from None
+        result = benchmark(
+            args.dataset, args.protocol, classes, steps=args.steps, arch=args.arch, latent_dim=args.latent_dim,
+            seed=args.seed, device=args.device, progress=not args.quiet,
+        )  # fmt: skip
+        if not args.json:
+            print(format_benchmark(result))
+        return result
     source = {"dataset": args.dataset, "data_dir": args.data_dir, "split": args.split, "inputs": args.input}
     if args.action == "fit":
         return anomaly_fit(args.run, out=args.output, score=args.score, contamination=args.contamination,
@@ -415,6 +444,8 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         if "val_loss" in result:
             print(f"  (val loss {result['val_loss']:.2f} per image)", end="")
         print()
+    elif command == "anomaly" and "auroc" in result:
+        pass  # the table was printed
     elif command == "demo":
         print(f"demo written to {result['out']}; open {result['index']}")
     else:

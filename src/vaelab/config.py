@@ -94,6 +94,7 @@ class TrainConfig:
     )
     lr_schedule: str = _opt("constant", "constant, or cosine decay to 0 over --epochs", SCHEDULES)
     patience: int = _opt(0, "stop when the validation loss has not improved for this many epochs (0 = never)")
+    classes: str | None = _opt(None, "train only on these class labels, comma-separated (e.g. 0,1,2,3)")
     noise: str | None = _opt(
         None,
         "train a denoiser: corrupt inputs with gaussian:SIGMA, salt-pepper:P or mask:FRACTION, score clean",
@@ -125,6 +126,8 @@ class TrainConfig:
             raise VaelabError(f"--free-bits must be zero or positive, got {self.free_bits}")
         if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
             raise VaelabError("--objective iwae needs --model vae with --beta 1 and no --free-bits")
+        if self.classes is not None:
+            self.class_list()
         if self.noise is not None:
             from vaelab.data.noise import parse_noise
 
@@ -132,6 +135,20 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             raise VaelabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         return self
+
+    def class_list(self) -> list[int] | None:
+        """The labels of --classes as integers (None: every class)."""
+        if self.classes is None:
+            return None
+        try:
+            labels = sorted({int(part) for part in self.classes.split(",") if part.strip()})
+        except ValueError:
+            raise VaelabError(
+                f"--classes {self.classes!r} must be comma-separated integers, e.g. 0,1,2"
+            ) from None
+        if not labels:
+            raise VaelabError("--classes names no class; give e.g. 0,1,2")
+        return labels
 
     def model_config(self, image_shape: tuple[int, int, int]) -> ModelConfig:
         """The ModelConfig these settings build for images of shape (C, H, W)."""

@@ -67,7 +67,16 @@ def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Te
     Validation images of a binarized run are binarized once with a fixed draw, so validation
     losses of different epochs compare.
     """
-    images = load_images(config.dataset, "train", config.data_dir, config.image_size).images
+    source = load_images(config.dataset, "train", config.data_dir, config.image_size)
+    images, wanted = source.images, config.class_list()
+    if wanted is not None:
+        if source.labels is None:
+            raise VaelabError(f"--classes needs labels, and {config.dataset} has none")
+        images = images[torch.isin(source.labels, torch.tensor(wanted))]
+        if len(images) == 0:
+            raise VaelabError(
+                f"no training image of {config.dataset} has a label in --classes {config.classes}"
+            )
     n_val = max(1, round(len(images) * config.val_fraction))
     if len(images) - n_val < 1:
         raise VaelabError(
