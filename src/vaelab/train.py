@@ -131,8 +131,8 @@ def train(
     """Train a model into the run folder `out` and return its paths and final figures.
 
     Settings come from `config` and/or keyword arguments named like TrainConfig's fields (the CLI
-    flags). With resume=True the run's saved settings are used; only epochs, device and amp may
-    change.
+    flags). With resume=True the run's saved settings are used; only those in RESUMABLE (epochs,
+    device, amp, patience) may change.
     """
     run_dir = Path(out)
     requested = {**(config.to_dict() if config else {}), **settings}
