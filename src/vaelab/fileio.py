@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,12 @@ def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a CSV file (header, then rows) atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -8,8 +8,6 @@ negated loss), `offset_` is the `contamination` quantile of the training scores,
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from vaelab import checkpoint, plots
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.evaluate import evaluate_images
-from vaelab.fileio import write_json, write_text
+from vaelab.fileio import write_csv, write_json
 from vaelab.models import VAE
 from vaelab.train import resolve_device
 
@@ -197,12 +195,8 @@ def anomaly_score(
     scores = detector.score_samples(images.images)
     flags = np.where(scores - detector.offset_ >= 0, 1, -1)
     names = images.paths or [str(i) for i in range(len(scores))]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["name", "score", "flag"])
-    for name, value, flag in zip(names, scores, flags):
-        writer.writerow([name, f"{value:.4f}", int(flag)])
-    write_text(out, buffer.getvalue())
+    rows = ([name, f"{value:.4f}", int(flag)] for name, value, flag in zip(names, scores, flags))
+    write_csv(out, ["name", "score", "flag"], rows)
     order = np.argsort(scores)
     show = min(12, max(1, len(order) // 2))
     grid = Path(out).with_suffix(".png")

@@ -3,8 +3,6 @@ pixels with as many dimensions as the latent, scored against the labels when the
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from vaelab import latent, plots
 from vaelab.apps.visualize import open_run, scatter_coordinates, select_images
 from vaelab.errors import VaelabError
-from vaelab.fileio import write_text
+from vaelab.fileio import write_csv
 
 
 def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -79,14 +77,8 @@ def cluster(
     plots.save_latent_scatter(panels, out, shared_legend=images.labels is None)
     csv_path = out.with_suffix(".csv")
     names = images.paths or [str(i) for i in range(len(images))]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["name", "label", "cluster"])
-    for i, name in enumerate(names):
-        writer.writerow(
-            [name, "" if images.labels is None else int(images.labels[i]), int(assignments["latent"][i])]
-        )
-    write_text(csv_path, buffer.getvalue())
+    labels = [""] * len(names) if images.labels is None else images.labels.tolist()
+    write_csv(csv_path, ["name", "label", "cluster"], zip(names, labels, assignments["latent"].tolist()))
 
     result: dict[str, Any] = {
         "output": str(out),

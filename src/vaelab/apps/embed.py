@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import numpy as np
 from vaelab import latent
 from vaelab.apps.visualize import open_run, select_images
 from vaelab.errors import VaelabError
-from vaelab.fileio import atomic_output, write_text
+from vaelab.fileio import atomic_output, write_csv
 
 FORMATS = (".npy", ".npz", ".csv")
 
@@ -49,12 +47,12 @@ def embed(
         with atomic_output(out) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
     else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["name", "label", *[f"z{d}" for d in range(codes.shape[1])]])
-        for i, row in enumerate(codes):
-            writer.writerow([names[i], "" if labels is None else int(labels[i]), *(f"{v:.6g}" for v in row)])
-        write_text(out, buffer.getvalue())
+        header = ["name", "label", *[f"z{d}" for d in range(codes.shape[1])]]
+        rows = (
+            [names[i], "" if labels is None else int(labels[i]), *(f"{v:.6g}" for v in row)]
+            for i, row in enumerate(codes)
+        )
+        write_csv(out, header, rows)
     return {
         "output": str(out),
         "n_images": len(codes),
