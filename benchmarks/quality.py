@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py                      # mnist-mini (and Fashion-MNIST when installed)
     python benchmarks/quality.py --datasets mnist-mini --set latent_dim=64 --set epochs=50
+    python benchmarks/quality.py --datasets fashion-mnist --set epochs=10 --n-images 2000
 
 Trains `vaelab train --model vae --dataset D --binarize dynamic` (plus any --set overrides) on the
 CPU, timing the training, then scores the best-by-validation weights with `vaelab evaluate`
@@ -45,6 +46,7 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a default")
     parser.add_argument("--k", type=int, default=1000, help="importance samples per test image")
+    parser.add_argument("--n-images", type=int, help="score only the first N test images (default: all)")
     parser.add_argument("--keep", type=Path, help="keep the run folders under this folder")
     args = parser.parse_args()
     overrides = dict(parse_override(item) for item in args.set)
@@ -71,7 +73,9 @@ def main() -> None:
                 **overrides,
             )
             minutes = (time.perf_counter() - started) / 60
-            scores = evaluate(run, k=args.k, device="cpu", progress=False)
+            scores = evaluate(
+                run, k=args.k, n_images=args.n_images, device="cpu", progress=False, quality=False
+            )
             row = {
                 "dataset": dataset,
                 "train_minutes": round(minutes, 2),

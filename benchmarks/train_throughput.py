@@ -11,7 +11,7 @@ of epochs, interleaved and repeated; the median images/s of each is reported:
   metrics.jsonl and checkpoints after every epoch, progress bar all included); its in-loop
   figure (images/s of the training steps alone, from metrics.jsonl) is shown beside it.
 
-Usage:  python benchmarks/train_throughput.py [--repeats 5] [--quick]
+Usage:  python benchmarks/train_throughput.py [--repeats 5] [--quick] [--device cuda]
 The last line printed is one JSON object with every figure.
 """
 
@@ -53,10 +53,18 @@ class PilDataset(Dataset):
         return self.to_tensor(Image.fromarray(self.images[index].numpy(), mode="L")), 0
 
 
+DEVICE = torch.device("cpu")  # set from --device
+
+
 def build(case: dict, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = ModelConfig(model="vae", arch=case["arch"], latent_dim=case["latent_dim"])
-    return vaelab.build_model(config)
+    return vaelab.build_model(config).to(DEVICE)
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def dataloader_loop(case: dict, images: torch.Tensor, epochs: int) -> float:
@@ -67,23 +75,26 @@ def dataloader_loop(case: dict, images: torch.Tensor, epochs: int) -> float:
     for _ in range(epochs):
         for x, _ in loader:
             optimizer.zero_grad()
-            model(x).loss.backward()
+            model(x.to(DEVICE, non_blocking=True)).loss.backward()
             optimizer.step()
+    synchronize()
     return epochs * len(images) / (time.perf_counter() - started)
 
 
 def bare_loop(case: dict, images: torch.Tensor, epochs: int) -> float:
     model = build(case)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    data = images.float() / 255
+    data = images.to(DEVICE).float() / 255
     batch = case["batch_size"]
+    synchronize()
     started = time.perf_counter()
     for _ in range(epochs):
-        order = torch.randperm(len(data))
+        order = torch.randperm(len(data), device=DEVICE)
         for start in range(0, len(data), batch):
             optimizer.zero_grad()
             model(data[order[start : start + batch]]).loss.backward()
             optimizer.step()
+    synchronize()
     return epochs * len(images) / (time.perf_counter() - started)
 
 
@@ -94,7 +105,8 @@ def trainer_loop(case: dict, n_train: int, epochs: int, in_loop: list[float]) ->
         with contextlib.redirect_stderr(devnull):  # the progress bar still runs, unseen
             vaelab.train(
                 Path(tmp) / "run", dataset=case["dataset"], model="vae", arch=case["arch"],
-                latent_dim=case["latent_dim"], batch_size=case["batch_size"], epochs=epochs, device="cpu",
+                latent_dim=case["latent_dim"], batch_size=case["batch_size"], epochs=epochs, device=DEVICE.type,
+                hidden=0, ema=0.0, kl_warmup_epochs=0, lr_schedule="constant",  # what build() makes
             )  # fmt: skip
         seconds = time.perf_counter() - started
         in_loop.append(statistics.median(row["images_per_second"] for row in read_metrics(Path(tmp) / "run")))
@@ -109,7 +121,10 @@ def main() -> None:
         "--repeats", type=int, default=5, help="interleaved rounds per case (median reported)"
     )
     parser.add_argument("--quick", action="store_true", help="mnist-mini only, 3 rounds")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every loop trains")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
 
     cases = [
@@ -124,9 +139,10 @@ def main() -> None:
             {"dataset": "fashion-mnist", "arch": "conv", "latent_dim": 16, "batch_size": 128, "epochs": 1},
         ]
 
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    where = (
+        torch.cuda.get_device_name() if DEVICE.type == "cuda" else platform.processor() or platform.machine()
     )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
     print(f"{repeats} interleaved rounds per case, median images/s (VAE; MLP = 784-400-20)\n")
     header = (
         f"{'dataset':<14}{'model':<6}{'batch':>6}{'dataloader':>12}{'bare':>10}{'trainer':>10}{'(in loop)':>11}"
@@ -175,7 +191,7 @@ def main() -> None:
         "trainer_vs_bare_at_least_0.8": all(r["trainer_vs_bare"] >= 0.8 for r in results),
     }
     print(f"\ntargets: {targets}")
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": repeats,
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": where, "repeats": repeats,
                       "results": results, "targets": targets}))  # fmt: skip
 
 

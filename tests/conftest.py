@@ -11,6 +11,9 @@ from PIL import Image
 
 import vaelab
 
+# The small conv net and plain schedule of these fixtures, whatever `vaelab train` defaults to.
+SMALL_CONV = {"arch": "conv", "hidden": 0, "ema": 0.0, "kl_warmup_epochs": 0, "lr_schedule": "constant"}
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -22,7 +25,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 def vae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-D conv VAE trained for 2 epochs on mnist-mini (a few seconds on a laptop CPU)."""
     run = tmp_path_factory.mktemp("runs") / "vae2"
-    vaelab.train(run, model="vae", latent_dim=2, epochs=2, device="cpu", progress=False)
+    vaelab.train(run, model="vae", latent_dim=2, epochs=2, device="cpu", progress=False, **SMALL_CONV)
     return run
 
 

@@ -101,7 +101,9 @@ def test_benchmark_reports_every_method_per_class(capsys) -> None:
     code = main(["anomaly", "benchmark", "--classes", "0", "--steps", "10", "--arch", "mlp", "--protocol",
                  "one-class", "--json", "--quiet"])  # fmt: skip
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and set(result["auroc"]) == {"ae", "vae", "pca", "iforest"} == set(result["mean_auroc"])
+    assert code == 0 and set(result["auroc"]) == {"ae", "vae", "vae_recon", "pca", "iforest"} == set(
+        result["mean_auroc"]
+    )
     for method, per_class in result["auroc"].items():
         assert list(per_class) == ["0"] and 0 <= per_class["0"] <= 1
         assert result["mean_auroc"][method] == per_class["0"]

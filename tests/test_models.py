@@ -12,14 +12,17 @@ from vaelab.nets import default_conv_channels
 @settings(max_examples=15, deadline=None)
 @given(
     st.sampled_from(["ae", "vae"]),
-    st.sampled_from(["conv", "mlp"]),
+    st.sampled_from(["conv", "resnet", "mlp"]),
     st.integers(5, 70),
     st.integers(5, 70),
     st.sampled_from([1, 3]),
+    st.sampled_from([0, 16]),
 )
-def test_any_image_size_round_trips_to_its_own_shape(model: str, arch: str, h: int, w: int, c: int) -> None:
+def test_any_image_size_round_trips_to_its_own_shape(
+    model: str, arch: str, h: int, w: int, c: int, hidden: int
+) -> None:
     config = ModelConfig(
-        model=model, arch=arch, latent_dim=3, image_channels=c, image_height=h, image_width=w
+        model=model, arch=arch, latent_dim=3, image_channels=c, image_height=h, image_width=w, hidden=hidden
     )
     net = build_model(config)
     x = torch.rand(2, c, h, w)
@@ -33,6 +36,29 @@ def test_conv_stages_follow_the_image_size() -> None:
     assert default_conv_channels(28, 28) == [32, 64]  # 28 -> 14 -> 7
     assert default_conv_channels(64, 64) == [32, 64, 128]  # 64 -> 32 -> 16 -> 8
     assert default_conv_channels(8, 8) == [32]
+    assert default_conv_channels(64, 64, base=16) == [16, 32, 64]
+    assert default_conv_channels(1024, 1024, base=16)[-1] == 128  # capped at 8 x base
+
+
+def test_hidden_layer_adds_exactly_its_dense_weights() -> None:
+    plain = build_model(ModelConfig(model="vae", latent_dim=8))
+    wide = build_model(ModelConfig(model="vae", latent_dim=8, hidden=100))
+    flat = 64 * 7 * 7  # the encoder's conv features, and the decoder's first feature map
+    # encoder: flat->16 becomes flat->100->16; decoder: 8->flat becomes 8->100->flat
+    extra = (
+        (flat * 100 + 100 + 100 * 16 + 16)
+        - (flat * 16 + 16)
+        + (8 * 100 + 100 + 100 * flat + flat)
+        - (8 * flat + flat)
+    )
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(wide) - count(plain) == extra
+
+
+def test_a_saved_config_without_the_newer_fields_rebuilds_the_old_network() -> None:
+    old = {"model": "vae", "arch": "conv", "latent_dim": 4, "conv_channels": [32, 64]}  # before --hidden
+    net = build_model(ModelConfig.from_dict(old))
+    assert isinstance(net.encoder.head, torch.nn.Linear) and isinstance(net.decoder.head, torch.nn.Linear)
 
 
 @pytest.mark.parametrize("beta", [0.0, 1.0, 4.0])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -31,9 +32,12 @@ def test_same_seed_same_result_and_another_seed_differs(tmp_path: Path) -> None:
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
-    vaelab.train(tmp_path / "full", epochs=2, **FAST)
-    vaelab.train(tmp_path / "split", epochs=1, **FAST)
-    result = vaelab.train(tmp_path / "split", resume=True, epochs=2, **FAST)
+    # constant lr: a cosine schedule's horizon is --epochs, which the resumed run changes; the
+    # weight average (--ema, on by default) must carry over exactly
+    settings = {**FAST, "lr_schedule": "constant", "ema": 0.99}
+    vaelab.train(tmp_path / "full", epochs=2, **settings)
+    vaelab.train(tmp_path / "split", epochs=1, **settings)
+    result = vaelab.train(tmp_path / "split", resume=True, epochs=2, **settings)
     full, split = _weights(tmp_path / "full"), _weights(tmp_path / "split")
     assert all(torch.equal(full[k], split[k]) for k in full)
     assert result["epochs"] == 2 and [m["epoch"] for m in _metrics(tmp_path / "split")] == [1, 2]
@@ -100,6 +104,9 @@ def test_resume_refuses_changed_settings_and_missing_runs(tmp_path: Path) -> Non
         ({"loss": "mse"}, "--loss 'mse' is not one of"),
         ({"val_fraction": 1.0}, "--val-fraction"),
         ({"colour": "red"}, "unknown training settings: colour"),
+        ({"ema": 1.0}, "--ema must be in"),
+        ({"hidden": -1}, "--hidden zero or more"),
+        ({"channels": 0}, "--channels must be at least 1"),
     ],
 )
 def test_out_of_range_settings_are_refused_before_anything_is_written(
@@ -113,3 +120,33 @@ def test_out_of_range_settings_are_refused_before_anything_is_written(
 def test_static_binarization_trains_on_zeros_and_ones(tmp_path: Path) -> None:
     result = vaelab.train(tmp_path / "r", epochs=1, binarize="static", **FAST)
     assert result["val_loss"] < 544
+
+
+def test_ema_decay_starts_short_and_reaches_the_asked_decay() -> None:
+    train_module = importlib.import_module("vaelab.train")
+    assert train_module.ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert train_module.ema_decay(90, 0.999) == pytest.approx(0.91)
+    assert train_module.ema_decay(10**6, 0.999) == 0.999
+
+
+def test_update_average_is_the_exponential_moving_average() -> None:
+    train_module = importlib.import_module("vaelab.train")
+    average, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in average.parameters()]
+    train_module.update_average(average, model, 0.75)
+    for new, old, live in zip(average.parameters(), before, model.parameters()):
+        assert torch.allclose(new, 0.75 * old + 0.25 * live)
+
+
+def test_ema_run_saves_the_average_not_the_live_weights(tmp_path: Path) -> None:
+    vaelab.train(tmp_path / "ema", epochs=1, ema=0.9, **FAST)
+    saved, state = _weights(tmp_path / "ema"), load_file(str(tmp_path / "ema" / "training_state.safetensors"))
+    assert all(torch.equal(saved[k], state[f"ema.{k}"]) for k in saved)
+    assert not all(torch.equal(saved[k], state[f"model.{k}"]) for k in saved)
+    vaelab.train(tmp_path / "plain", epochs=1, ema=0.0, **FAST)
+    saved, state = (
+        _weights(tmp_path / "plain"),
+        load_file(str(tmp_path / "plain" / "training_state.safetensors")),
+    )
+    assert all(torch.equal(saved[k], state[f"model.{k}"]) for k in saved)
+    assert not any(name.startswith("ema.") for name in state)

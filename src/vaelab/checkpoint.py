@@ -101,13 +101,16 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     progress: dict[str, Any],
+    ema: AE | VAE | None = None,
 ) -> None:
     """Write what --resume needs: the latest weights (model.safetensors holds the best ones),
-    Adam's moments, the random generator, and `progress` (epoch, best validation loss, ...)."""
+    Adam's moments, the random generator, the weight average if any (`ema`), and `progress`
+    (epoch, best validation loss, ...)."""
     optim_state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state().cpu()}
-    for name, value in model.state_dict().items():
-        tensors[f"model.{name}"] = value.detach().contiguous().cpu()
+    for prefix, module in (("model", model), ("ema", ema)):
+        for name, value in module.state_dict().items() if module is not None else ():
+            tensors[f"{prefix}.{name}"] = value.detach().contiguous().cpu()
     for index, slots in optim_state["state"].items():
         for key, value in slots.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
@@ -117,9 +120,14 @@ def save_training_state(
 
 
 def load_training_state(
-    run_dir: Path, model: AE | VAE, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    run_dir: Path,
+    model: AE | VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    ema: AE | VAE | None = None,
 ) -> dict[str, Any]:
-    """Restore what save_training_state wrote into model, optimizer and generator; return `progress`."""
+    """Restore what save_training_state wrote into model, optimizer, generator and `ema` (left as
+    the restored model's weights if the state holds no average); return `progress`."""
     path = run_dir / STATE
     if not path.is_file():
         raise VaelabError(
@@ -135,6 +143,9 @@ def load_training_state(
         raise VaelabError(f"{path} is unreadable ({error}); train again without --resume") from None
     weights = {name.removeprefix("model."): v for name, v in tensors.items() if name.startswith("model.")}
     _load_state(model, weights, path)
+    if ema is not None:
+        averaged = {name.removeprefix("ema."): v for name, v in tensors.items() if name.startswith("ema.")}
+        _load_state(ema, averaged or weights, path)
     optim: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):

@@ -44,6 +44,7 @@ class ModelConfig:
     image_width: int = 28
     conv_channels: list[int] = field(default_factory=list)  # per stride-2 stage; [] = from image size
     mlp_hidden: int = 400  # hidden units of the mlp arch (400 as in the PyTorch VAE example)
+    hidden: int = 0  # conv/resnet: a dense layer of this many units around the latent (0 = none)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,7 +60,7 @@ class TrainConfig:
 
     model: str = _opt("vae", "ae = plain autoencoder, vae = variational autoencoder", MODELS)
     arch: str = _opt(
-        "conv",
+        "resnet",
         "network: conv (strided convolutions), resnet (plus residual blocks) or mlp (784-400-latent)",
         ARCHS,
     )
@@ -69,30 +70,35 @@ class TrainConfig:
     )
     data_dir: str | None = _opt(None, "folder holding the IDX files of mnist/fashion-mnist/kmnist")
     image_size: int | None = _opt(None, "resize every image to SIZE x SIZE (needed for mixed sizes)")
-    latent_dim: int = _opt(16, "size of the latent vector (2 to plot it, 16-64 for quality)")
+    latent_dim: int = _opt(32, "size of the latent vector (2 to plot it, 16-64 for quality)")
     loss: str = _opt("bernoulli", "pixel loss summed over pixels: bernoulli (cross-entropy), l2, l1", LOSSES)
     beta: float = _opt(1.0, "weight of the KL term of a VAE (1 = the plain VAE, >1 = beta-VAE)")
     binarize: str = _opt(
         "none", "none, dynamic (fresh 0/1 draw each time an image is seen) or static (one draw)", BINARIZE
     )
-    epochs: int = _opt(20, "passes over the training images")
+    epochs: int = _opt(70, "passes over the training images")
     batch_size: int = _opt(128, "images per optimizer step")
     lr: float = _opt(1e-3, "Adam learning rate")
     val_fraction: float = _opt(0.1, "share of the training split held out for validation")
     seed: int = _opt(0, "seed of every random draw (weights, shuffling, sampling, binarization)")
     device: str = _opt("auto", "auto picks CUDA, then Apple MPS, then CPU", DEVICES)
     amp: bool = _opt(False, "bfloat16 mixed precision (CUDA only)")
+    channels: int = _opt(32, "conv/resnet: channels of the first stride-2 stage; each next stage doubles")
+    hidden: int = _opt(512, "conv/resnet: units of a dense layer between the conv features and the latent")
     objective: str = _opt(
         "elbo", "elbo (the VAE bound, with --beta) or iwae (K-sample importance-weighted bound)", OBJECTIVES
     )
     iw_samples: int = _opt(5, "K, the samples per image of the iwae objective")
     kl_warmup_epochs: int = _opt(
-        0, "raise the KL weight linearly from 0 to --beta over this many epochs (0 = off)"
+        10, "raise the KL weight linearly from 0 to --beta over this many epochs (0 = off)"
     )
     free_bits: float = _opt(
         0.0, "nats of KL per latent dimension that cost nothing, so units stay in use (0 = off)"
     )
-    lr_schedule: str = _opt("constant", "constant, or cosine decay to 0 over --epochs", SCHEDULES)
+    lr_schedule: str = _opt("cosine", "cosine decay to 0 over --epochs, or constant", SCHEDULES)
+    ema: float = _opt(
+        0.999, "keep an exponential moving average of the weights with this decay (e.g. 0.999; 0 = off)"
+    )
     patience: int = _opt(0, "stop when the validation loss has not improved for this many epochs (0 = never)")
     classes: str | None = _opt(None, "train only on these class labels, comma-separated (e.g. 0,1,2,3)")
     noise: str | None = _opt(
@@ -113,6 +119,10 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise VaelabError(f"--{_flag(name)} must be at least 1, got {value}")
+        if self.channels < 1 or self.hidden < 0:
+            raise VaelabError(
+                f"--channels must be at least 1 and --hidden zero or more, got {self.channels} and {self.hidden}"
+            )
         if not self.lr > 0:
             raise VaelabError(f"--lr must be positive, got {self.lr}")
         if not self.beta >= 0:
@@ -122,6 +132,8 @@ class TrainConfig:
         for name in ("kl_warmup_epochs", "patience"):
             if getattr(self, name) < 0:
                 raise VaelabError(f"--{_flag(name)} must be zero or positive, got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise VaelabError(f"--ema must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema}")
         if not self.free_bits >= 0:
             raise VaelabError(f"--free-bits must be zero or positive, got {self.free_bits}")
         if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
@@ -152,6 +164,8 @@ class TrainConfig:
 
     def model_config(self, image_shape: tuple[int, int, int]) -> ModelConfig:
         """The ModelConfig these settings build for images of shape (C, H, W)."""
+        from vaelab.nets import default_conv_channels
+
         channels, height, width = image_shape
         return ModelConfig(
             model=self.model,
@@ -165,6 +179,8 @@ class TrainConfig:
             image_channels=channels,
             image_height=height,
             image_width=width,
+            conv_channels=default_conv_channels(height, width, self.channels) if self.arch != "mlp" else [],
+            hidden=self.hidden,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 The conv networks (``conv``, and ``resnet`` which adds a residual block at every resolution)
 halve the image with stride-2 convolutions until it is at most 8 pixels on its
-shorter side (28 -> 14 -> 7), doubling the channels each stage from 32 up to 256. Sizes that do not
-divide evenly are zero-padded on the way in and cropped on the way out, so any image size works.
+shorter side (28 -> 14 -> 7), doubling the channels each stage from `channels` (32) up to 8 times
+that. With `hidden` > 0 a dense layer of that many units sits between the conv features and the
+latent, in the encoder and in the decoder. Sizes that do not divide evenly are zero-padded on the
+way in and cropped on the way out, so any image size works.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from vaelab.config import ModelConfig
 MAX_FEATURE_SIZE = 8  # stop downsampling once the shorter side is at most this many pixels
 
 
-def default_conv_channels(height: int, width: int) -> list[int]:
-    """Channels per stride-2 stage for an image of this size: 28x28 -> [32, 64], 64x64 -> [32, 64, 128]."""
+def default_conv_channels(height: int, width: int, base: int = 32) -> list[int]:
+    """Channels per stride-2 stage for an image of this size: 28x28 -> [32, 64], 64x64 -> [32, 64, 128]
+    (with base 32; each stage doubles, up to 8 x base)."""
     side, stages = min(height, width), 0
     while side > MAX_FEATURE_SIZE and stages < 5:
         side = math.ceil(side / 2)
         stages += 1
-    return [min(32 * 2**i, 256) for i in range(max(stages, 1))]
+    return [min(base * 2**i, 8 * base) for i in range(max(stages, 1))]
 
 
 def _padded(size: int, stages: int) -> int:
@@ -68,7 +71,13 @@ class ConvEncoder(nn.Module):
             in_ch = out_ch
         self.convs = nn.Sequential(*layers)
         scale = 2 ** len(channels)
-        self.head = nn.Linear(in_ch * (self.padded_h // scale) * (self.padded_w // scale), out_features)
+        flat = in_ch * (self.padded_h // scale) * (self.padded_w // scale)
+        if config.hidden:
+            self.head = nn.Sequential(
+                nn.Linear(flat, config.hidden), nn.ReLU(), nn.Linear(config.hidden, out_features)
+            )
+        else:
+            self.head = nn.Linear(flat, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.padded_h, self.padded_w) != (self.height, self.width):
@@ -90,7 +99,13 @@ class ConvDecoder(nn.Module):
             _padded(self.height, len(channels)) // scale,
             _padded(self.width, len(channels)) // scale,
         )
-        self.head = nn.Linear(config.latent_dim, math.prod(self.start_shape))
+        start = math.prod(self.start_shape)
+        if config.hidden:
+            self.head = nn.Sequential(
+                nn.Linear(config.latent_dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, start)
+            )
+        else:
+            self.head = nn.Linear(config.latent_dim, start)
         layers: list[nn.Module] = [nn.ReLU()]
         for in_ch, out_ch in zip(channels, [*channels[1:], config.image_channels]):
             if residual:

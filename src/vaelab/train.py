@@ -9,6 +9,7 @@ optimizer state are saved atomically, so an interrupted or diverged run keeps it
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import math
@@ -158,10 +159,11 @@ def train(
         model = build_model(config.model_config(image_shape)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
+    ema = copy.deepcopy(model).requires_grad_(False) if config.ema else None  # validated and saved
     metrics: list[dict[str, Any]] = []
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}  # what --resume continues from
     if resume:
-        state = checkpoint.load_training_state(run_dir, model, optimizer, generator)
+        state = checkpoint.load_training_state(run_dir, model, optimizer, generator, ema)
         metrics = [row for row in checkpoint.read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
     start_epoch = state["epoch"] + 1
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +211,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
+            if ema is not None:
+                update_average(ema, model, ema_decay(done, config.ema))
             totals[0] += loss * len(x)
             totals[1] += out.recon.detach().sum().item()
             totals[2] += out.kl.detach().sum().item()
@@ -219,7 +223,8 @@ def train(
 
         # ---- validation, metrics, checkpoint
         val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
-        val = mean_losses(model, val_images, 512, val_generator, noise)
+        scored = model if ema is None else ema  # with --ema the average is what is kept and judged
+        val = mean_losses(scored, val_images, 512, val_generator, noise)
         row = {
             "epoch": epoch,
             "train_loss": totals[0] / n_train,
@@ -236,9 +241,9 @@ def train(
         metrics.append(row)
         if val["loss"] < state["best_val_loss"]:  # model.safetensors keeps the best weights
             state.update(best_val_loss=val["loss"], best_epoch=epoch)
-            checkpoint.save_model(run_dir, model, config, epoch)
+            checkpoint.save_model(run_dir, scored, config, epoch)
         state["epoch"] = epoch
-        checkpoint.save_training_state(run_dir, model, optimizer, generator, state)
+        checkpoint.save_training_state(run_dir, model, optimizer, generator, state, ema)
         checkpoint.write_metrics(run_dir, metrics)
         bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
         logger.info(
@@ -251,6 +256,18 @@ def train(
             break
     bar.close()
     return summarize(run_dir)
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """The averaging decay after `step` optimizer steps: (1 + step) / (10 + step) while that is
+    below `decay`, so the early average forgets the random initial weights quickly."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model, parameter by parameter."""
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - decay)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

@@ -32,6 +32,10 @@ COMMON = {
     "binarize": "none",
     "batch_size": 128,
     "lr": 1e-3,
+    "hidden": 0,
+    "ema": 0.0,
+    "kl_warmup_epochs": 0,
+    "lr_schedule": "constant",
 }
 RUNS = {
     "ae-2d": {"model": "ae", "latent_dim": 2},

@@ -1,0 +1,5 @@
+"""`python -m vaelab ...` runs the same command line as `vaelab ...`."""
+
+from vaelab.cli import main
+
+main()
