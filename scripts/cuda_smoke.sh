@@ -1,5 +1,5 @@
 # Every command on the GPU, end to end: run on a CUDA machine from the repository root.
-# Usage: bash scripts/cuda_smoke.sh [OUT=folder for the pictures]   (PYTHONPATH=src when vaelab is not installed)
+# Usage: bash scripts/cuda_smoke.sh   (set OUT=FOLDER to get the sample and latent-plot PNGs there)   (PYTHONPATH=src when vaelab is not installed)
 set -e -x
 V="python3 -m vaelab"
 R=${TMPDIR:-/tmp}/vaelab-cuda-smoke
