@@ -1,5 +1,6 @@
 # Every command on the GPU, end to end: run on a CUDA machine from the repository root.
-# Usage: bash scripts/cuda_smoke.sh   (set OUT=FOLDER to get the sample and latent-plot PNGs there)   (PYTHONPATH=src when vaelab is not installed)
+# Usage: bash scripts/cuda_smoke.sh   (PICTURES=FOLDER also copies the sample grid and latent plot there;
+# PYTHONPATH=src when vaelab is not installed)
 set -e -x
 V="python3 -m vaelab"
 R=${TMPDIR:-/tmp}/vaelab-cuda-smoke
@@ -16,5 +17,5 @@ $V denoise $R/ae --noise gaussian:0.3 -o $R/dn --device cuda --json | tail -n 1
 $V embed $R/vae -o $R/e.npz --device cuda --json | tail -n 1
 $V anomaly fit $R/ae --device cuda -o $R/det.json --json | tail -n 1
 $V evaluate $R/vae --k 100 --device cpu --json | tail -n 1
-if [ -n "${OUT:-}" ]; then cp $R/s.png $R/lp.png "$OUT"/; fi  # pictures to look at
+if [ -n "${PICTURES:-}" ]; then cp $R/s.png $R/lp.png "$PICTURES"/; fi  # pictures to look at
 echo "every command ran on CUDA; outputs in $R"
