@@ -35,7 +35,7 @@ from torchvision.transforms import ToTensor
 
 import vaelab
 from vaelab.checkpoint import read_metrics
-from vaelab.config import ModelConfig
+from vaelab.config import PLAIN_TRAINING, ModelConfig
 from vaelab.data.idx import find_idx_files
 
 
@@ -106,7 +106,7 @@ def trainer_loop(case: dict, n_train: int, epochs: int, in_loop: list[float]) ->
             vaelab.train(
                 Path(tmp) / "run", dataset=case["dataset"], model="vae", arch=case["arch"],
                 latent_dim=case["latent_dim"], batch_size=case["batch_size"], epochs=epochs, device=DEVICE.type,
-                hidden=0, ema=0.0, kl_warmup_epochs=0, lr_schedule="constant",  # what build() makes
+                **PLAIN_TRAINING,  # the plain net and schedule build() makes
             )  # fmt: skip
         seconds = time.perf_counter() - started
         in_loop.append(statistics.median(row["images_per_second"] for row in read_metrics(Path(tmp) / "run")))

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 import vaelab
+from vaelab.config import PLAIN_TRAINING
 
 # The small conv net and plain schedule of these fixtures, whatever `vaelab train` defaults to.
-SMALL_CONV = {"arch": "conv", "hidden": 0, "ema": 0.0, "kl_warmup_epochs": 0, "lr_schedule": "constant"}
+SMALL_CONV = {"arch": "conv", **PLAIN_TRAINING}
 
 
 @pytest.fixture(scope="session", autouse=True)

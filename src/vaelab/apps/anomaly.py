@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from vaelab import checkpoint, plots
+from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.evaluate import evaluate_images
@@ -222,8 +223,13 @@ METHODS = ("ae", "vae", "vae_recon", "pca", "iforest")  # vae: -ELBO; vae_recon:
 
 
 # Pinned so the benchmark's figures stay comparable whatever `vaelab train` defaults to.
-BENCHMARK_TRAINING = {"batch_size": 128, "lr": 1e-3, "hidden": 0, "ema": 0.0, "kl_warmup_epochs": 0,
-                      "lr_schedule": "constant", "binarize": "none", "loss": "bernoulli"}  # fmt: skip
+BENCHMARK_TRAINING = {
+    "batch_size": 128,
+    "lr": 1e-3,
+    "binarize": "none",
+    "loss": "bernoulli",
+    **PLAIN_TRAINING,
+}
 
 
 def benchmark(

@@ -17,6 +17,7 @@ import torch
 
 from vaelab import checkpoint, latent, plots
 from vaelab.apps.visualize import grid_panel, open_run, run_images, scatter_panel
+from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.report import Section, write_report
@@ -32,10 +33,7 @@ COMMON = {
     "binarize": "none",
     "batch_size": 128,
     "lr": 1e-3,
-    "hidden": 0,
-    "ema": 0.0,
-    "kl_warmup_epochs": 0,
-    "lr_schedule": "constant",
+    **PLAIN_TRAINING,
 }
 RUNS = {
     "ae-2d": {"model": "ae", "latent_dim": 2},
