@@ -16,12 +16,21 @@ LOSSES = ("bernoulli", "l2", "l1")
 BINARIZE = ("none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
+DECODERS = ("auto", "factorized", "pixelcnn")
 SCHEDULES = ("constant", "cosine")
 
 
+PIXELCNN_FREE_BITS = 0.5  # nats per latent dimension: 16 of the default 32-D latent's are free
+
 # The small net and plain schedule that `vaelab train` defaulted to before its quality defaults:
 # what the demo and the benchmarks pin, so their figures and time budgets do not move with them.
-PLAIN_TRAINING: dict[str, Any] = {"hidden": 0, "ema": 0.0, "kl_warmup_epochs": 0, "lr_schedule": "constant"}
+PLAIN_TRAINING: dict[str, Any] = {
+    "hidden": 0,
+    "ema": 0.0,
+    "kl_warmup_epochs": 0,
+    "lr_schedule": "constant",
+    "decoder": "factorized",
+}
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
@@ -50,6 +59,9 @@ class ModelConfig:
     conv_channels: list[int] = field(default_factory=list)  # per stride-2 stage; [] = from image size
     mlp_hidden: int = 400  # hidden units of the mlp arch (400 as in the PyTorch VAE example)
     hidden: int = 0  # conv/resnet: a dense layer of this many units around the latent (0 = none)
+    decoder: str = "factorized"  # "factorized": pixels independent given z; "pixelcnn": autoregressive
+    ar_channels: int = 16  # pixelcnn: channels of the masked convolutions (and of the features they read)
+    ar_layers: int = 2  # pixelcnn: masked 3x3 layers after the first 7x7 one
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +93,7 @@ class TrainConfig:
     binarize: str = _opt(
         "none", "none, dynamic (fresh 0/1 draw each time an image is seen) or static (one draw)", BINARIZE
     )
-    epochs: int = _opt(70, "passes over the training images")
+    epochs: int = _opt(50, "passes over the training images")
     batch_size: int = _opt(128, "images per optimizer step")
     lr: float = _opt(1e-3, "Adam learning rate")
     val_fraction: float = _opt(0.1, "share of the training split held out for validation")
@@ -90,6 +102,15 @@ class TrainConfig:
     amp: bool = _opt(False, "bfloat16 mixed precision (CUDA only)")
     channels: int = _opt(32, "conv/resnet: channels of the first stride-2 stage; each next stage doubles")
     hidden: int = _opt(512, "conv/resnet: units of a dense layer between the conv features and the latent")
+    decoder: str = _opt(
+        "auto",
+        "factorized (pixels independent given z), pixelcnn (each pixel also sees those above and to its "
+        "left: far better likelihoods on 0/1 images, slower to draw) or auto (pixelcnn for a VAE on "
+        "--binarize'd images, else factorized)",
+        DECODERS,
+    )
+    ar_channels: int = _opt(16, "pixelcnn: channels of its masked convolutions")
+    ar_layers: int = _opt(2, "pixelcnn: masked 3x3 layers after its first 7x7 one")
     objective: str = _opt(
         "elbo", "elbo (the VAE bound, with --beta) or iwae (K-sample importance-weighted bound)", OBJECTIVES
     )
@@ -97,8 +118,10 @@ class TrainConfig:
     kl_warmup_epochs: int = _opt(
         10, "raise the KL weight linearly from 0 to --beta over this many epochs (0 = off)"
     )
-    free_bits: float = _opt(
-        0.0, "nats of KL per latent dimension that cost nothing, so units stay in use (0 = off)"
+    free_bits: float | None = _opt(
+        None,
+        "nats of KL per latent dimension that cost nothing, so units stay in use (0 = off; "
+        f"default {PIXELCNN_FREE_BITS} with --decoder pixelcnn, which otherwise learns to ignore z, else 0)",
     )
     lr_schedule: str = _opt("cosine", "cosine decay to 0 over --epochs, or constant", SCHEDULES)
     ema: float = _opt(
@@ -139,10 +162,19 @@ class TrainConfig:
                 raise VaelabError(f"--{_flag(name)} must be zero or positive, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
             raise VaelabError(f"--ema must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema}")
-        if not self.free_bits >= 0:
+        if self.free_bits is not None and not self.free_bits >= 0:
             raise VaelabError(f"--free-bits must be zero or positive, got {self.free_bits}")
         if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
             raise VaelabError("--objective iwae needs --model vae with --beta 1 and no --free-bits")
+        if self.ar_channels < 1 or self.ar_layers < 0:
+            raise VaelabError(
+                f"--ar-channels must be at least 1 and --ar-layers zero or more, got {self.ar_channels} and {self.ar_layers}"
+            )
+        if self.decoder == "pixelcnn" and (self.model != "vae" or self.loss != "bernoulli"):
+            raise VaelabError(
+                "--decoder pixelcnn needs --model vae and --loss bernoulli (it models each pixel's probability); "
+                "use --decoder factorized"
+            )
         if self.classes is not None:
             self.class_list()
         if self.noise is not None:
@@ -180,13 +212,33 @@ class TrainConfig:
             beta=self.beta,
             objective=self.objective,
             iw_samples=self.iw_samples,
-            free_bits=self.free_bits,
+            free_bits=self.resolved_free_bits(),
             image_channels=channels,
             image_height=height,
             image_width=width,
             conv_channels=default_conv_channels(height, width, self.channels) if self.arch != "mlp" else [],
             hidden=self.hidden,
+            decoder=self.resolved_decoder(),
+            ar_channels=self.ar_channels,
+            ar_layers=self.ar_layers,
         )
+
+    def resolved_free_bits(self) -> float:
+        """--free-bits, or when not given: PIXELCNN_FREE_BITS for an elbo-trained pixelcnn decoder
+        (it would otherwise model the pixels alone and leave z unused: posterior collapse), else 0."""
+        if self.free_bits is not None:
+            return self.free_bits
+        return (
+            PIXELCNN_FREE_BITS if self.resolved_decoder() == "pixelcnn" and self.objective == "elbo" else 0.0
+        )
+
+    def resolved_decoder(self) -> str:
+        """What --decoder auto means for these settings: pixelcnn for a VAE with the Bernoulli
+        likelihood on binarized images (where that likelihood is exact), else factorized."""
+        if self.decoder != "auto":
+            return self.decoder
+        binary_vae = self.model == "vae" and self.loss == "bernoulli" and self.binarize != "none"
+        return "pixelcnn" if binary_vae else "factorized"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -52,17 +52,17 @@ def evaluate_images(
             mu, log_var = model.encode(x)
             if likelihood:
                 log_w, log_px_z = importance_log_weights(  # chunked over K: memory stays bounded
-                    x, mu, log_var, lambda xs, z: -model.pixel_loss(model.decode_logits(z), xs), k, generator
+                    x, mu, log_var, lambda xs, z: -model.reconstruction_loss(z, xs), k, generator
                 )
                 parts["nll"].append(-log_mean_exp(log_w))
                 parts["recon"].append(-log_px_z.mean(1))
             else:
                 z = reparameterize(mu, log_var, generator)
-                parts["recon"].append(model.pixel_loss(model.decode_logits(z), x))
+                parts["recon"].append(model.reconstruction_loss(z, x))
             parts["kl"].append(kl_to_standard_normal(mu, log_var).sum(1))
         else:
             mu = model.encode(x)
-            parts["recon"].append(model.pixel_loss(model.decode_logits(mu), x))
+            parts["recon"].append(model.reconstruction_loss(mu, x))
         parts["mu"].append(mu)
         parts["mse"].append((model.decode(mu) - x).pow(2).flatten(1).mean(1))
         if progress is not None:

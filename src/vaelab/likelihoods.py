@@ -35,6 +35,13 @@ PIXEL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
 }
 
 
+def bernoulli_floor(target: torch.Tensor) -> torch.Tensor:
+    """The least bernoulli loss any logits reach on `target`, [B]: its own entropy sum_i H(x_i),
+    which is 0 for 0/1 images but grows with every grey pixel of a greyscale one."""
+    x = target.clamp(0, 1)
+    return -(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x)).flatten(1).sum(1)
+
+
 def mean_image(logits: torch.Tensor) -> torch.Tensor:
     """The decoder's mean image in [0, 1]."""
     return torch.sigmoid(logits)

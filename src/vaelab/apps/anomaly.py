@@ -1,7 +1,10 @@
 """Anomaly detection with a trained autoencoder, following scikit-learn's outlier-detector API.
 
 An input whose reconstruction loss (or negative ELBO, or importance-sampled NLL) is far above what
-the model sees on normal data is an anomaly. `score_samples` is higher for normal points (the
+the model sees on normal data is an anomaly. With the bernoulli loss every score is the loss above
+its floor for that image (its own pixel entropy, zero for 0/1 images): on greyscale images the raw
+cross-entropy also counts each grey edge pixel, so an image with more stroke would look more
+abnormal however well it is rebuilt. `score_samples` is higher for normal points (the
 negated loss), `offset_` is the `contamination` quantile of the training scores,
 `decision_function = score_samples - offset_`, and `predict` gives +1 (normal) or -1 (anomaly).
 """
@@ -23,6 +26,7 @@ from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.evaluate import evaluate_images
 from vaelab.fileio import write_csv, write_json
+from vaelab.likelihoods import bernoulli_floor
 from vaelab.models import VAE
 from vaelab.train import resolve_device
 
@@ -100,12 +104,15 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 f"{(c.image_channels, c.image_height, c.image_width)}"
             )
         if self.score == "recon":
-            return -self._recon_at_mean(images)
-        evaluation = evaluate_images(
-            self.model_, images, self.k if self.score == "nll" else 1, seed=self.seed
-        )
-        loss = evaluation.nll if self.score == "nll" else evaluation.neg_elbo
-        return -loss.numpy()
+            loss = self._recon_at_mean(images)
+        else:
+            evaluation = evaluate_images(
+                self.model_, images, self.k if self.score == "nll" else 1, seed=self.seed
+            )
+            loss = (evaluation.nll if self.score == "nll" else evaluation.neg_elbo).numpy()
+        if c.loss == "bernoulli":
+            loss = loss - bernoulli_floor(to_unit(images)).double().numpy()
+        return -loss
 
     @torch.no_grad()
     def _recon_at_mean(self, images: torch.Tensor) -> np.ndarray:
@@ -113,7 +120,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         losses = []
         for start in range(0, len(images), 512):
             x = to_unit(images[start : start + 512].to(device))
-            losses.append(self.model_.pixel_loss(self.model_.decode_logits(self.model_.embed(x)), x).cpu())
+            losses.append(self.model_.reconstruction_loss(self.model_.embed(x), x).cpu())
         return torch.cat(losses).double().numpy()
 
     def decision_function(self, X: Any) -> np.ndarray:

@@ -29,9 +29,14 @@ class AE(nn.Module):
         """The deterministic embedding of each image (z itself for an AE), [B, D]."""
         return self.encoder(x)
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixel logits for latents z, [B, C, H, W]."""
+    def logits(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Pixel logits for latents z, [B, C, H, W] (`target` is unused: kept so every model has
+        the VAE's signature)."""
         return self.decoder(z)
+
+    def reconstruction_loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The pixel loss of `target` given z, [B]."""
+        return self.pixel_loss(self.decoder(z), target)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean image in [0, 1] for latents z."""

@@ -1,0 +1,80 @@
+"""An autoregressive decoder head: p(x | z) = prod_i p(x_i | x_<i, z) over pixels in raster order.
+
+A factorized decoder predicts every pixel from z alone, so z must carry every stroke detail; here a
+few masked convolutions (PixelCNN, van den Oord et al., 2016) also see the pixels above and to the
+left, so local texture costs z nothing and z keeps the global shape (PixelVAE, Gulrajani et al.,
+2017). Training and scoring take one pass (the real image supplies the context); drawing an image
+takes one pass per pixel, each over only the small window the masks let the next pixel see.
+
+Every colour channel of pixel i is predicted from pixels before i (all channels) and z, so the
+channels of one pixel are independent given that context: a valid factorization for any C.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A same-size convolution that sees only rows above and, on its own row, columns to the left;
+    the centre pixel too when `include_center` (every layer after the first)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, include_center: bool) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        mask = torch.ones_like(self.weight)
+        centre = kernel_size // 2
+        mask[:, :, centre, centre + int(include_center) :] = 0
+        mask[:, :, centre + 1 :] = 0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+class AutoregressiveHead(nn.Module):
+    """Pixel logits [B, C, H, W] from the image itself (masked) and decoder features [B, F, H, W]."""
+
+    def __init__(
+        self, image_channels: int, features: int, channels: int, layers: int, kernel_size: int = 7
+    ) -> None:
+        super().__init__()
+        self.layers = layers
+        self.input = MaskedConv2d(image_channels, channels, kernel_size, include_center=False)
+        self.condition = nn.Conv2d(features, channels * (layers + 1), kernel_size=1)
+        self.blocks = nn.ModuleList(
+            MaskedConv2d(channels, channels, 3, include_center=True) for _ in range(layers)
+        )
+        self.output = nn.Conv2d(channels, image_channels, kernel_size=1)
+        # How far (in pixels up, left or right) the logits of one pixel can see: the generation window.
+        self.reach = kernel_size // 2 + layers
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Logits of every pixel given the pixels before it in `x` (teacher forcing) and `features`."""
+        conditions = self.condition(features).chunk(self.layers + 1, dim=1)
+        y = self.input(x) + conditions[0]
+        for block, condition in zip(self.blocks, conditions[1:]):
+            y = y + block(F.silu(y)) + condition
+        return self.output(F.silu(y))
+
+    @torch.no_grad()
+    def generate(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw images pixel by pixel: the 0/1 images [B, C, H, W] and the probability each pixel
+        was drawn with (what one pass of forward() gives on the drawn images)."""
+        batch, _, height, width = features.shape
+        channels = self.output.out_channels
+        x = features.new_zeros(batch, channels, height, width)
+        probs = torch.zeros_like(x)
+        r = self.reach
+        for i in range(height):
+            top = max(0, i - r)
+            for j in range(width):
+                left, right = max(0, j - r), min(width, j + r + 1)
+                window = self(x[:, :, top : i + 1, left:right], features[:, :, top : i + 1, left:right])
+                p = torch.sigmoid(window[:, :, -1, j - left])
+                probs[:, :, i, j] = p
+                x[:, :, i, j] = torch.bernoulli(p, generator=generator)
+        return x, probs
