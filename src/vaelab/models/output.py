@@ -11,7 +11,9 @@ import torch
 class ModelOutput:
     """What a forward pass computed; per-image terms are in nats (bernoulli) or pixel-sum units."""
 
-    logits: torch.Tensor  # decoder output before the sigmoid, [B, C, H, W]
+    logits: (
+        torch.Tensor
+    )  # pixel logits the loss scored, [B, C, H, W] (pixelcnn: each given the true pixels before it)
     z: torch.Tensor  # the latent that was decoded, [B, D]
     mu: torch.Tensor | None  # posterior mean (VAE), [B, D]
     log_var: torch.Tensor | None  # posterior log sigma^2 (VAE), [B, D]
@@ -21,5 +23,6 @@ class ModelOutput:
 
     @property
     def reconstruction(self) -> torch.Tensor:
-        """The mean reconstructed image in [0, 1], [B, C, H, W]."""
+        """sigmoid(logits) in [0, 1], [B, C, H, W]: the mean reconstruction of a factorized decoder
+        (for pixelcnn, next-pixel predictions given the true image; use model.decode for images)."""
         return torch.sigmoid(self.logits)

@@ -104,10 +104,9 @@ class VAE(nn.Module):
             z = reparameterize(
                 mu.unsqueeze(1).expand(batch, k, dim), log_var.unsqueeze(1).expand(batch, k, dim), generator
             )
-            logits = self.logits(
-                z.reshape(batch * k, dim), target.repeat_interleave(k, dim=0)
-            )  # [B*K, C, H, W]
-            log_px_z = -self.pixel_loss(logits, target.repeat_interleave(k, dim=0)).view(batch, k)
+            targets = target.repeat_interleave(k, dim=0)  # [B*K, C, H, W]
+            logits = self.logits(z.reshape(batch * k, dim), targets)
+            log_px_z = -self.pixel_loss(logits, targets).view(batch, k)
             log_w = log_px_z + log_normal(z) - log_normal(z, mu.unsqueeze(1), log_var.unsqueeze(1))  # [B, K]
             loss = -log_mean_exp(log_w).mean()
             recon, logits, z = -log_px_z.mean(1), logits.view(batch, k, *logits.shape[1:])[:, 0], z[:, 0]
