@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vaelab.autoregressive import AutoregressiveHead
-from vaelab.config import ModelConfig, TrainConfig
+from vaelab.config import DEFAULT_LR, PIXELCNN_FREE_BITS, PIXELCNN_LR, ModelConfig, TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.likelihoods import bernoulli
 from vaelab.models import build_model
@@ -70,6 +70,16 @@ def test_auto_decoder_follows_binarization_and_refuses_models_without_a_likeliho
         TrainConfig(decoder="pixelcnn", model="ae").validate()
     with pytest.raises(VaelabError, match="--ar-channels"):
         TrainConfig(ar_channels=0).validate()
+
+
+def test_learning_rate_and_free_bits_follow_the_decoder_unless_given() -> None:
+    pixelcnn = TrainConfig(binarize="dynamic").validate()
+    assert (pixelcnn.resolved_lr(), pixelcnn.resolved_free_bits()) == (PIXELCNN_LR, PIXELCNN_FREE_BITS)
+    factorized = TrainConfig(binarize="dynamic", decoder="factorized").validate()
+    assert (factorized.resolved_lr(), factorized.resolved_free_bits()) == (DEFAULT_LR, 0.0)
+    given = TrainConfig(binarize="dynamic", lr=5e-4, free_bits=0.0).validate()
+    assert (given.resolved_lr(), given.resolved_free_bits()) == (5e-4, 0.0)
+    assert TrainConfig(binarize="dynamic", objective="iwae").validate().resolved_free_bits() == 0.0
 
 
 def test_a_pixelcnn_vae_scores_decodes_and_samples_any_image_size() -> None:

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
+from vaelab.config import PIXELCNN_FREE_BITS, PIXELCNN_LR
 from vaelab.models import VAE
 
 FAST = {"arch": "mlp", "latent_dim": 4, "device": "cpu", "progress": False, "batch_size": 256}
@@ -94,6 +95,19 @@ def test_resume_refuses_changed_settings_and_missing_runs(tmp_path: Path) -> Non
         vaelab.train(tmp_path / "r", resume=True, epochs=2, lr=0.1, **FAST)
     with pytest.raises(vaelab.VaelabError, match="nothing to resume"):
         vaelab.train(tmp_path / "none", resume=True, epochs=2, **FAST)
+
+
+def test_a_run_keeps_the_learning_rate_and_free_bits_it_started_with(tmp_path: Path) -> None:
+    settings = {**FAST, "decoder": "pixelcnn", "binarize": "dynamic", "epochs": 1}
+    vaelab.train(tmp_path / "r", **settings)
+    config_path = tmp_path / "r" / "config.json"
+    saved = json.loads(config_path.read_text())
+    assert (saved["train"]["lr"], saved["train"]["free_bits"]) == (PIXELCNN_LR, PIXELCNN_FREE_BITS)
+    # A run saved before the defaults were pinned (free_bits null) resumes with the floor its model had.
+    saved["train"]["free_bits"], saved["model"]["free_bits"] = None, 0.5
+    config_path.write_text(json.dumps(saved))
+    resumed = importlib.import_module("vaelab.train")._resume_config(tmp_path / "r", {"epochs": 2})
+    assert (resumed.resolved_free_bits(), resumed.resolved_lr()) == (0.5, PIXELCNN_LR)
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,17 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution computed as a product over channels: the same weights as nn.Conv2d, and on
+    the CPU several times faster for the few channels used here."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bihw,oi->bohw", x, self.weight[:, :, 0, 0]) + self.bias[:, None, None]
+
+
 class AutoregressiveHead(nn.Module):
     """Pixel logits [B, C, H, W] from the image itself (masked) and decoder features [B, F, H, W]."""
 
@@ -42,11 +53,11 @@ class AutoregressiveHead(nn.Module):
         super().__init__()
         self.layers = layers
         self.input = MaskedConv2d(image_channels, channels, kernel_size, include_center=False)
-        self.condition = nn.Conv2d(features, channels * (layers + 1), kernel_size=1)
+        self.condition = PointwiseConv2d(features, channels * (layers + 1))
         self.blocks = nn.ModuleList(
             MaskedConv2d(channels, channels, 3, include_center=True) for _ in range(layers)
         )
-        self.output = nn.Conv2d(channels, image_channels, kernel_size=1)
+        self.output = PointwiseConv2d(channels, image_channels)
         # How far (in pixels up, left or right) the logits of one pixel can see: the generation window.
         self.reach = kernel_size // 2 + layers
 

@@ -46,7 +46,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
-        help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
+        help_text = field.metadata.get("help", "")
+        if not (field.default is None and "default" in help_text):  # else the help says it
+            help_text += f" (default: {field.default})"
         if kind is bool:
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -141,6 +142,8 @@ def train(
         config = _resume_config(run_dir, requested)
     else:
         config = TrainConfig.from_dict(requested).validate()
+        # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
+        config = dataclasses.replace(config, lr=config.resolved_lr(), free_bits=config.resolved_free_bits())
         if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
             raise VaelabError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
@@ -157,7 +160,8 @@ def train(
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
         torch.manual_seed(derive_seed(config.seed, "init"))
         model = build_model(config.model_config(image_shape)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
+    lr = config.resolved_lr()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema else None  # validated and saved
     metrics: list[dict[str, Any]] = []
@@ -198,7 +202,7 @@ def train(
             done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
             kl_weight = config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(config.lr_schedule, done, total_steps)
+                group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps)
             x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
             if config.binarize == "dynamic":
                 x = binarize(x, generator)
@@ -311,8 +315,10 @@ def _best(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
     if not checkpoint.is_run(run_dir):
         raise VaelabError(f"nothing to resume: {run_dir} holds no saved run; drop --resume to start one")
-    _, saved = checkpoint.read_run_config(run_dir)
+    saved_model, saved = checkpoint.read_run_config(run_dir)
     merged = saved.to_dict()
+    if merged["free_bits"] is None:  # saved before runs pinned it: the floor the model was built with
+        merged["free_bits"] = saved_model.free_bits
     for key, value in requested.items():
         if key not in merged:
             TrainConfig.from_dict({key: value})  # raises the unknown-setting error
@@ -336,5 +342,5 @@ def _diverged(
     )
     return TrainingDivergedError(
         f"loss became {loss} at epoch {epoch}, step {step}; {kept}. Usual causes: a learning rate too high "
-        f"(try --lr {config.lr / 10:g}) or inputs outside [0, 1]"
+        f"(try --lr {config.resolved_lr() / 10:g}) or inputs outside [0, 1]"
     )
