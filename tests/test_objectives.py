@@ -65,15 +65,33 @@ def test_warmup_and_cosine_factors() -> None:
     assert train_module.lr_factor("cosine", 50, 100) == pytest.approx(0.5)
     assert train_module.lr_factor("cosine", 100, 100) == pytest.approx(0.0)
     assert train_module.lr_factor("constant", 70, 100) == 1.0
+    # lr warm-up: step s of a 4-step ramp runs at (s + 1) / 4, times the schedule's own factor.
+    assert [train_module.lr_factor("constant", s, 100, 4) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]
+    cosine_at_1 = 0.5 * (1.0 + math.cos(math.pi * 1 / 100))
+    assert train_module.lr_factor("cosine", 1, 100, 4) == pytest.approx(0.5 * cosine_at_1)
 
 
 def test_a_run_with_warmup_and_cosine_records_both(tmp_path: Path) -> None:
-    vaelab.train(tmp_path / "r", epochs=3, kl_warmup_epochs=2, lr_schedule="cosine", beta=2.0, **FAST)
+    vaelab.train(
+        tmp_path / "r",
+        epochs=3,
+        kl_warmup_epochs=2,
+        lr_schedule="cosine",
+        lr_warmup_epochs=0,
+        beta=2.0,
+        **FAST,
+    )
     rows = read_metrics(tmp_path / "r")
     weights = [row["kl_weight"] for row in rows]
     assert 0 < weights[0] < 1.0 < weights[1] < 2.0 and weights[2] == 2.0
     lrs = [row["lr"] for row in rows]
     assert 1e-3 > lrs[0] > lrs[1] > lrs[2] > 0
+
+
+def test_the_learning_rate_ramps_up_over_its_warmup_epochs(tmp_path: Path) -> None:
+    vaelab.train(tmp_path / "r", epochs=3, lr=1e-3, lr_warmup_epochs=2, lr_schedule="constant", **FAST)
+    lrs = [row["lr"] for row in read_metrics(tmp_path / "r")]  # each at its epoch's last step
+    assert lrs == pytest.approx([0.5e-3, 1e-3, 1e-3])  # halfway up after epoch 1 of 2, then flat
 
 
 def test_iwae_trains_and_reports_a_bound_tighter_than_its_elbo(tmp_path: Path) -> None:
@@ -102,6 +120,27 @@ def test_early_stopping_keeps_the_best_weights(tmp_path: Path, monkeypatch: pyte
     assert set(best) == set(last) and not all(torch.equal(best[k], last[k]) for k in best)
     loaded = vaelab.load(tmp_path / "r")
     assert all(torch.equal(loaded.state_dict()[k], best[k]) for k in best)
+
+
+@pytest.mark.parametrize("model", ["vae", "ae"])
+def test_a_collapsed_latent_is_warned_about_once_after_the_lr_warmup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, model: str
+) -> None:
+    real = train_module.mean_losses
+    val_kls = iter([0.5, 0.4, 0.3])  # nats per image: below COLLAPSED_KL from the first epoch on
+
+    def scripted(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        return {**losses, "kl": next(val_kls)}
+
+    monkeypatch.setattr(train_module, "mean_losses", scripted)
+    with caplog.at_level("WARNING", logger="vaelab.train"):
+        vaelab.train(tmp_path / "r", epochs=3, lr_warmup_epochs=1, model=model, **FAST)
+    warnings = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
+    if model == "ae":  # an AE has no KL to collapse
+        assert warnings == []
+    else:  # not during the warm-up (epoch 1), then once, not again at epoch 3
+        assert len(warnings) == 1 and warnings[0].startswith("epoch 2: validation KL is 0.40")
 
 
 def test_iwae_settings_are_checked(tmp_path: Path) -> None:

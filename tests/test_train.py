@@ -108,6 +108,11 @@ def test_a_run_keeps_the_learning_rate_and_free_bits_it_started_with(tmp_path: P
     config_path.write_text(json.dumps(saved))
     resumed = importlib.import_module("vaelab.train")._resume_config(tmp_path / "r", {"epochs": 2})
     assert (resumed.resolved_free_bits(), resumed.resolved_lr()) == (0.5, PIXELCNN_LR)
+    assert resumed.lr_warmup_epochs == 2  # saved with the run
+    # One saved before the lr warm-up existed trained without one, and resumes without one.
+    del saved["train"]["lr_warmup_epochs"]
+    config_path.write_text(json.dumps(saved))
+    assert importlib.import_module("vaelab.train")._resume_config(tmp_path / "r", {}).lr_warmup_epochs == 0
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ PLAIN_TRAINING: dict[str, Any] = {
     "ema": 0.0,
     "kl_warmup_epochs": 0,
     "lr_schedule": "constant",
+    "lr_warmup_epochs": 0,
     "decoder": "factorized",
 }
 
@@ -127,6 +128,11 @@ class TrainConfig:
         f"default {PIXELCNN_FREE_BITS} with --decoder pixelcnn, which otherwise learns to ignore z, else 0)",
     )
     lr_schedule: str = _opt("cosine", "cosine decay to 0 over --epochs, or constant", SCHEDULES)
+    lr_warmup_epochs: int = _opt(
+        2,
+        "raise the learning rate linearly from near 0 to --lr over this many epochs (0 = off): large "
+        "first steps can leave a VAE's latent unused for good",
+    )
     ema: float = _opt(
         0.999, "keep an exponential moving average of the weights with this decay (e.g. 0.999; 0 = off)"
     )
@@ -160,7 +166,7 @@ class TrainConfig:
             raise VaelabError(f"--beta must be zero or positive, got {self.beta}")
         if self.iw_samples < 1:
             raise VaelabError(f"--iw-samples must be at least 1, got {self.iw_samples}")
-        for name in ("kl_warmup_epochs", "patience"):
+        for name in ("kl_warmup_epochs", "lr_warmup_epochs", "patience"):
             if getattr(self, name) < 0:
                 raise VaelabError(f"--{_flag(name)} must be zero or positive, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import time
@@ -32,6 +33,7 @@ from vaelab.models import AE, VAE, build_model
 logger = logging.getLogger(__name__)
 
 RESUMABLE = ("epochs", "device", "amp", "patience")  # settings a resumed run may change
+COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
 
 class TrainingDivergedError(VaelabError):
@@ -170,11 +172,13 @@ def train(
         state = checkpoint.load_training_state(run_dir, model, optimizer, generator, ema)
         metrics = [row for row in checkpoint.read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
     start_epoch = state["epoch"] + 1
+    warned_collapse = False
     run_dir.mkdir(parents=True, exist_ok=True)
 
     n_train, batch_size = len(train_images), config.batch_size
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = config.epochs * steps_per_epoch
+    lr_warmup_steps = config.lr_warmup_epochs * steps_per_epoch
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if config.amp and device.type == "cuda"
@@ -202,7 +206,7 @@ def train(
             done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
             kl_weight = config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps)
+                group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
             x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
             if config.binarize == "dynamic":
                 x = binarize(x, generator)
@@ -255,6 +259,15 @@ def train(
             epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"], row["val_loss"],
             " (best)" if state["best_epoch"] == epoch else "", row["images_per_second"],
         )  # fmt: skip
+        collapsed = config.model == "vae" and epoch > config.lr_warmup_epochs and val["kl"] < COLLAPSED_KL
+        if collapsed and not warned_collapse:  # once per run
+            logger.warning(
+                "epoch %d: validation KL is %.2f nats per image, so the decoder is modelling the images "
+                "without z (posterior collapse); retrain with a longer --lr-warmup-epochs, a lower --lr "
+                "or more --free-bits",
+                epoch, val["kl"],
+            )  # fmt: skip
+            warned_collapse = True
         if config.patience and epoch - state["best_epoch"] >= config.patience:
             logger.info("early stop: no better validation loss for %d epochs", config.patience)
             break
@@ -279,11 +292,13 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
-def lr_factor(schedule: str, step: int, total_steps: int) -> float:
-    """Learning-rate multiplier at `step` of `total_steps`: constant, or half a cosine from 1 to 0."""
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Learning-rate multiplier at `step` of `total_steps`: constant, or half a cosine from 1 to 0;
+    times a linear ramp from 1/warmup_steps at step 0 to 1 at step warmup_steps - 1 (none if 0)."""
+    ramp = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    return 1.0
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return ramp
 
 
 def summarize(run_dir: Path) -> dict[str, Any]:
@@ -319,6 +334,8 @@ def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
     merged = saved.to_dict()
     if merged["free_bits"] is None:  # saved before runs pinned it: the floor the model was built with
         merged["free_bits"] = saved_model.free_bits
+    if "lr_warmup_epochs" not in json.loads((run_dir / checkpoint.CONFIG).read_text())["train"]:
+        merged["lr_warmup_epochs"] = 0  # saved before the lr warm-up existed: it trained without one
     for key, value in requested.items():
         if key not in merged:
             TrainConfig.from_dict({key: value})  # raises the unknown-setting error
