@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
 import vaelab
-from vaelab.fileio import atomic_output
 
 
 def test_load_rebuilds_the_model_in_eval_mode_from_json_and_safetensors(vae_run: Path) -> None:
@@ -52,10 +53,8 @@ def test_corrupt_weights(vae_run: Path, tmp_path: Path) -> None:
         vaelab.load(run)
 
 
-def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("crash")
-    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+def test_run_files_can_be_shared(vae_run: Path) -> None:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in vae_run.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path.name

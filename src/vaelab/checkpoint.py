@@ -49,9 +49,11 @@ def read_run_config(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
 def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch: int) -> None:
     """Write the weights (as of `epoch`) and config.json of `model` into run_dir, atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_output(run_dir / WEIGHTS) as tmp:
+    with atomic_output(run_dir / WEIGHTS, durable=True) as tmp:
         save_file(state, str(tmp), metadata={"epoch": str(epoch), "format": "vaelab"})
-    write_json(run_dir / CONFIG, {"model": model.config.to_dict(), "train": train_config.to_dict()})
+    write_json(
+        run_dir / CONFIG, {"model": model.config.to_dict(), "train": train_config.to_dict()}, durable=True
+    )
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> AE | VAE:
@@ -115,7 +117,7 @@ def save_training_state(
         for key, value in slots.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
     metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(optim_state["param_groups"])}
-    with atomic_output(run_dir / STATE) as tmp:
+    with atomic_output(run_dir / STATE, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
@@ -168,5 +170,5 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl atomically (it is small: one line per epoch)."""
-    with atomic_output(run_dir / METRICS) as tmp:
+    with atomic_output(run_dir / METRICS, durable=True) as tmp:
         tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))

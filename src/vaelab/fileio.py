@@ -1,4 +1,5 @@
-"""Atomic file output: every file vaelab writes appears whole or not at all."""
+"""Atomic file output: every file vaelab writes appears whole or not at all, with the permissions
+the user's umask gives any new file (so a colleague or a web server can read it)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
 
     The temporary name keeps the suffix, so writers that infer a format from it (PIL, matplotlib)
-    still work.
+    still work. The file gets mode 0666 less the umask, as `open()` would give it (a temporary
+    file starts at 0600). With `durable` its bytes, then the rename, are flushed to disk (fsync),
+    so a power cut leaves the old file or the new one, never an empty one: for checkpoints.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,15 +36,28 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON with sorted keys, atomically."""
-    with atomic_output(path) as tmp:
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | Path, data: Any, durable: bool = False) -> None:
+    """Write `data` as indented JSON with sorted keys, atomically (see atomic_output for `durable`)."""
+    with atomic_output(path, durable) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
