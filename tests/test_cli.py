@@ -94,12 +94,12 @@ def test_latent_plot_of_a_wide_latent_says_pca(tmp_path: Path, capsys) -> None:
         (["train", "--latent-dim", "0", "--out", "{tmp}/r"], "--latent-dim must be at least 1"),
         (["train", "--dataset", "folder:{tmp}/missing", "--out", "{tmp}/r"], "is not a directory"),
         (["sample", "{tmp}", "-o", "{tmp}/s.png"], "is not a vaelab run"),
-        (["interpolate", "{run}", "-o", "{tmp}/i.png"], "give --from-class A --to-class B"),
+        (["interpolate", "{run}", "-o", "{tmp}/i.png"], "give from_class and to_class"),
         (
             ["interpolate", "{run}", "--from-class", "1", "--to-class", "12", "-o", "{tmp}/i.png"],
             "class 12 has no",
         ),
-        (["sample", "{run}", "-n", "0", "-o", "{tmp}/s.png"], "-n must be at least 1"),
+        (["sample", "{run}", "-n", "0", "-o", "{tmp}/s.png"], "n must be at least 1, got 0"),
         (["latent-grid", "{run16}", "-o", "{tmp}/g.png"], "needs a 2-D latent"),
     ],
 )

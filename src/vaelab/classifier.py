@@ -21,6 +21,7 @@ from torch import nn
 from vaelab.data import load_images
 from vaelab.data.idx import cache_dir
 from vaelab.data.transforms import to_unit
+from vaelab.device import map_batches, model_device
 from vaelab.fileio import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -94,16 +95,9 @@ def _fit(model: LeNet, images: torch.Tensor, labels: torch.Tensor, device: torch
     model.eval()
 
 
-@torch.no_grad()
-def features(model: LeNet, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Features [N, 128] (float64, CPU) of float images [N, C, H, W] in [0, 1]."""
-    device = next(model.parameters()).device
-    return torch.cat(
-        [
-            model.embed(images[s : s + batch_size].to(device)).double().cpu()
-            for s in range(0, len(images), batch_size)
-        ]
-    )
+def features(model: LeNet, images: torch.Tensor) -> torch.Tensor:
+    """Features [N, 128] (float64, CPU) of uint8 or [0, 1] float images [N, C, H, W]."""
+    return map_batches(model.embed, images, model_device(model)).double()
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:

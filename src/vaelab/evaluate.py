@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vaelab.data.transforms import binarize, to_unit
+from vaelab.device import model_device
 from vaelab.gaussian import kl_to_standard_normal, reparameterize
 from vaelab.importance import importance_log_weights, log_mean_exp
 from vaelab.models import AE, VAE
@@ -42,7 +43,7 @@ def evaluate_images(
     model: AE | VAE, images: torch.Tensor, k: int, seed: int = 0, batch_size: int = 64, progress: Any = None
 ) -> Evaluation:
     """Score uint8 images [N, C, H, W] (already binarized if the model expects it)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
     likelihood = model.config.loss == "bernoulli" and isinstance(model, VAE)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("nll", "recon", "kl", "mu", "mse")}

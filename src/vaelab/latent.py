@@ -9,30 +9,22 @@ import math
 
 import torch
 
-from vaelab.data.transforms import to_unit
+from vaelab import plots
+from vaelab.data import ImageSet
+from vaelab.device import map_batches, model_device
 from vaelab.models import AE, VAE
 
 
-@torch.no_grad()
-def embed_images(model: AE | VAE, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Deterministic latents (z for an AE, the posterior mean for a VAE) of uint8 images, [N, D] on CPU."""
-    device = next(model.parameters()).device
-    parts = [
-        model.embed(to_unit(images[start : start + batch_size].to(device))).float().cpu()
-        for start in range(0, len(images), batch_size)
-    ]
-    return torch.cat(parts) if parts else torch.empty(0, model.config.latent_dim)
+def embed_images(model: AE | VAE, images: torch.Tensor) -> torch.Tensor:
+    """Deterministic latents (z for an AE, the posterior mean for a VAE) of uint8 or [0, 1] float
+    images, [N, D] on CPU."""
+    codes = map_batches(model.embed, images, model_device(model))
+    return codes if len(codes) else torch.empty(0, model.config.latent_dim)
 
 
-@torch.no_grad()
-def decode_latents(model: AE | VAE, latents: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def decode_latents(model: AE | VAE, latents: torch.Tensor) -> torch.Tensor:
     """Mean images in [0, 1] for latents [N, D], on CPU."""
-    device = next(model.parameters()).device
-    parts = [
-        model.decode(latents[s : s + batch_size].to(device)).float().cpu()
-        for s in range(0, len(latents), batch_size)
-    ]
-    return torch.cat(parts)
+    return map_batches(model.decode, latents.float(), model_device(model))
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
@@ -97,12 +89,32 @@ def grid_size(n: int) -> int:
     return max(1, math.ceil(math.sqrt(n)))
 
 
-@torch.no_grad()
-def reconstruct(model: AE | VAE, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """decode(embed(x)) of float images [N, C, H, W] in [0, 1], on CPU: the model's clean-up of x."""
-    device = next(model.parameters()).device
-    parts = [
-        model.decode(model.embed(images[start : start + batch_size].to(device))).float().cpu()
-        for start in range(0, len(images), batch_size)
-    ]
-    return torch.cat(parts)
+def reconstruct(model: AE | VAE, images: torch.Tensor) -> torch.Tensor:
+    """decode(embed(x)) of uint8 or [0, 1] float images [N, C, H, W], on CPU: the model's clean-up of x."""
+    return map_batches(lambda x: model.decode(model.embed(x)), images, model_device(model))
+
+
+def scatter_coordinates(codes: torch.Tensor) -> tuple[torch.Tensor, tuple[str, str]]:
+    """2-D coordinates of latents [N, D] and their axis labels: the latents themselves up to two
+    dimensions, their first two principal components beyond."""
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], dim=1), ("z[0]", "(1-D latent)")
+    if codes.shape[1] == 2:
+        return codes, ("z[0]", "z[1]")
+    coords, share = pca_2d(codes)
+    return coords, (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+
+
+def scatter_panel(model: AE | VAE, images: ImageSet, title: str) -> plots.ScatterPanel:
+    """The latent scatter of a set of images; PCA when the latent has more than two dimensions."""
+    coords, axes = scatter_coordinates(embed_images(model, images.images))
+    if model.config.latent_dim > 2:
+        title = f"{title}, PCA of {model.config.latent_dim}-D latent"
+    return plots.ScatterPanel(title, coords, images.labels, images.class_names, axes)
+
+
+def grid_panel(model: AE | VAE, codes: torch.Tensor, n: int, title: str) -> plots.GridPanel:
+    """Images decoded over the central 98% box of a model's 2-D test latents."""
+    x_range, y_range = latent_extent(codes)
+    images = decode_latents(model, plane_grid(x_range, y_range, n))
+    return plots.GridPanel(title, images, x_range, y_range)

@@ -27,6 +27,7 @@ from vaelab.config import TrainConfig
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
+from vaelab.device import resolve_device
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE, build_model
 
@@ -46,23 +47,6 @@ def derive_seed(seed: int, stream: str) -> int:
     """An independent, stable seed for one named random stream of a run."""
     digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA, then Apple MPS, then CPU; a named device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VaelabError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise VaelabError(
-            "--device mps was asked for but Apple MPS is not available; use --device auto or cpu"
-        )
-    return torch.device(name)
 
 
 def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,12 +23,13 @@ from sklearn.utils.validation import check_is_fitted
 from vaelab import checkpoint, plots
 from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
+from vaelab.device import map_batches, model_device, resolve_device
 from vaelab.errors import VaelabError
 from vaelab.evaluate import evaluate_images
 from vaelab.fileio import write_csv, write_json
 from vaelab.likelihoods import bernoulli_floor
 from vaelab.models import VAE
-from vaelab.train import resolve_device
+from vaelab.runs import open_run, select_images, weights_hash
 
 SCORES = ("recon", "elbo", "nll")
 
@@ -114,14 +115,12 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             loss = loss - bernoulli_floor(to_unit(images)).double().numpy()
         return -loss
 
-    @torch.no_grad()
     def _recon_at_mean(self, images: torch.Tensor) -> np.ndarray:
-        device = next(self.model_.parameters()).device
-        losses = []
-        for start in range(0, len(images), 512):
-            x = to_unit(images[start : start + 512].to(device))
-            losses.append(self.model_.reconstruction_loss(self.model_.embed(x), x).cpu())
-        return torch.cat(losses).double().numpy()
+        model = self.model_
+        losses = map_batches(
+            lambda x: model.reconstruction_loss(model.embed(x), x), images, model_device(model)
+        )
+        return losses.double().numpy()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """score_samples - offset_: negative for anomalies."""
@@ -145,9 +144,6 @@ def anomaly_fit(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Fit a detector on normal images (default: the run's training split) and save it as JSON."""
-    from vaelab.apps.compress import weights_hash
-    from vaelab.apps.visualize import open_run, select_images
-
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
     detector = AnomalyDetector(run, score=score, contamination=contamination, device=device).fit(
@@ -166,8 +162,6 @@ def anomaly_fit(
 
 def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
     """A fitted AnomalyDetector from the JSON that anomaly_fit wrote (its run must be unchanged)."""
-    from vaelab.apps.compress import weights_hash
-
     try:
         saved = json.loads(Path(path).read_text())
         detector = AnomalyDetector(
@@ -195,8 +189,6 @@ def anomaly_score(
 ) -> dict[str, Any]:
     """Score images with a saved detector: a CSV of name, score, flag, and a PNG beside it with the
     most anomalous images (top rows) and the most normal ones (bottom rows)."""
-    from vaelab.apps.visualize import select_images
-
     detector = load_detector(detector_path, device)
     _, config = checkpoint.read_run_config(detector.run)
     images = select_images(detector.model_, config, dataset, data_dir, split, inputs)

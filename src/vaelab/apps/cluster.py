@@ -14,9 +14,9 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from vaelab import latent, plots
-from vaelab.apps.visualize import open_run, scatter_coordinates, select_images
 from vaelab.errors import VaelabError
 from vaelab.fileio import write_csv
+from vaelab.runs import open_run, select_images
 
 
 def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -69,7 +69,7 @@ def cluster(
     assignments = {name: kmeans(features, k, seed) for name, features in representations.items()}
 
     out = Path(out)
-    coords, axes = scatter_coordinates(codes)
+    coords, axes = latent.scatter_coordinates(codes)
     panels = [plots.ScatterPanel(f"k-means on the latent, k={k}", coords, torch.from_numpy(assignments["latent"]),
                                  [f"cluster {i}" for i in range(k)], axes)]  # fmt: skip
     if images.labels is not None:

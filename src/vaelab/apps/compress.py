@@ -13,7 +13,6 @@ The header is shared by every image in the file; decoding with another model is 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import struct
@@ -26,21 +25,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from PIL import Image
 
-from vaelab import checkpoint, latent
-from vaelab.apps.visualize import open_run, select_images
+from vaelab import latent
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
 from vaelab.plots import save_figure
+from vaelab.runs import open_run, select_images, weights_hash
 
 MAGIC = b"VAELATNT"
 VERSION = 1
 DTYPES = {"float16": np.float16, "int8": np.int8}
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
-
-
-def weights_hash(run: str | Path) -> str:
-    """SHA-256 of the run's model.safetensors: what a compressed file is bound to."""
-    return hashlib.sha256((Path(run) / checkpoint.WEIGHTS).read_bytes()).hexdigest()
 
 
 def quantize(codes: np.ndarray, dtype: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -144,7 +138,7 @@ def compress(
     """Store each image as its latent code in one file; report size, ratio to PNG, PSNR, and JPEG
     at matching sizes (a table in the result and a rate-distortion plot beside the file)."""
     if dtype not in DTYPES:
-        raise VaelabError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+        raise VaelabError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
     codes = latent.embed_images(model, images.images).numpy()
@@ -249,7 +243,7 @@ def decompress(
     targets = [out / (Path(name).stem + ".png") for name in names]
     clashes = [str(t) for t in targets if t.exists()]
     if clashes:
-        raise VaelabError(f"{clashes[0]} already exists; choose an empty -o folder")
+        raise VaelabError(f"{clashes[0]} already exists; choose an empty output folder")
     images = _decode(model, values, header)
     for target, image in zip(targets, images):
         with atomic_output(target) as tmp:

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 
 from vaelab import checkpoint, latent, plots
-from vaelab.apps.visualize import grid_panel, open_run, run_images, scatter_panel
 from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
+from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.report import Section, write_report
+from vaelab.runs import open_run, run_images
 from vaelab.train import train
 
 logger = logging.getLogger(__name__)
@@ -72,11 +73,14 @@ def demo(
         "samples": _samples(models, out / "samples.png", seed),
         "reconstructions": _reconstructions(models, test.images, out / "reconstructions.png", seed),
         "latent_scatter": plots.save_latent_scatter(
-            [scatter_panel(models[name], test, LABELS[name]) for name in RUNS], out / "latent_scatter.png"
+            [latent.scatter_panel(models[name], test, LABELS[name]) for name in RUNS],
+            out / "latent_scatter.png",
         ),
         "latent_grid": plots.save_latent_grids(
             [
-                grid_panel(models[name], latent.embed_images(models[name], test.images), 15, LABELS[name])
+                latent.grid_panel(
+                    models[name], latent.embed_images(models[name], test.images), 15, LABELS[name]
+                )
                 for name in ("ae-2d", "vae-2d")
             ],
             out / "latent_grid.png",
@@ -111,7 +115,7 @@ def _check_out(out: Path) -> None:
 def _samples(models: dict, path: Path, seed: int) -> Path:
     panels = []
     for name, model in models.items():
-        generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+        generator = torch.Generator(model_device(model)).manual_seed(seed)
         with torch.no_grad():
             panels.append((f"{LABELS[name]}: decode z ~ N(0, I)", model.sample(64, generator).cpu()))
     return plots.save_titled_grids(panels, path, nrow=8)

@@ -13,10 +13,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import denoise_tv_chambolle
 
 from vaelab import latent, plots
-from vaelab.apps.visualize import open_run, select_images
 from vaelab.data.noise import parse_noise
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
+from vaelab.runs import open_run, select_images
 
 TV_WEIGHT = 0.1  # scikit-image's default strength for total-variation denoising
 

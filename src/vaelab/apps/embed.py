@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from vaelab import latent
-from vaelab.apps.visualize import open_run, select_images
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, write_csv
+from vaelab.runs import open_run, select_images
 
 FORMATS = (".npy", ".npz", ".csv")
 

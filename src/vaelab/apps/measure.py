@@ -10,15 +10,16 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import latent
-from vaelab.apps.visualize import check_shape, open_run
 from vaelab.classifier import classifier_for, features, frechet_distance
 from vaelab.config import TrainConfig
 from vaelab.data import load_images
 from vaelab.data.transforms import to_unit
+from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.evaluate import TEST_BINARIZATION_SEED, evaluate_images, scoring_images, summary
 from vaelab.fileio import write_json
 from vaelab.models import AE, VAE
+from vaelab.runs import check_shape, open_run
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def sample_quality(
     the feature space of the dataset's cached LeNet classifier; the same distance from training
     images (the floor a perfect generator would reach); the classifier's accuracy on the test
     images and on their reconstructions."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     classifier = classifier_for(config.dataset, config.data_dir, config.image_size, device)
     real = to_unit(images)
     generator = torch.Generator(device).manual_seed(seed)

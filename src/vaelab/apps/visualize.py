@@ -11,80 +11,25 @@ from typing import Any
 
 import torch
 
-from vaelab import checkpoint, latent, plots
+from vaelab import latent, plots
 from vaelab.config import TrainConfig
-from vaelab.data import ImageSet, load_images
-from vaelab.data.folder import list_images, read_image_files
+from vaelab.data.folder import read_image_files
 from vaelab.data.transforms import to_unit
+from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE
-from vaelab.train import resolve_device
+from vaelab.runs import check_shape, open_run, run_images
 
 METHODS = ("linear", "slerp")
-
-
-def open_run(run: str | Path, device: str = "auto") -> tuple[AE | VAE, TrainConfig]:
-    """The model of a run folder on `device`, and the settings it was trained with."""
-    model = checkpoint.load(run, resolve_device(device))
-    _, train_config = checkpoint.read_run_config(run)
-    return model, train_config
-
-
-def run_images(model: AE | VAE, config: TrainConfig, split: str = "test") -> ImageSet:
-    """A split of the dataset the run was trained on, checked against the model's image shape."""
-    images = load_images(config.dataset, split, config.data_dir, config.image_size)
-    check_shape(model, images.images, config.dataset)
-    return images
-
-
-def select_images(
-    model: AE | VAE,
-    config: TrainConfig,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "test",
-    inputs: list[str | Path] | None = None,
-) -> ImageSet:
-    """The images a command works on: files and folders given as `inputs`, else a split of
-    `dataset` (default: the run's own), checked against the model's image shape."""
-    if inputs:
-        files: list[Path] = []
-        for item in map(Path, inputs):
-            if item.is_dir():
-                files += list_images(item)
-            elif item.is_file():
-                files.append(item)
-            else:
-                raise VaelabError(f"--input {item} does not exist; give image files or folders")
-        if not files:
-            raise VaelabError(f"--input {' '.join(map(str, inputs))} holds no images")
-        images = read_image_files(files, config.image_size, model.config.image_channels)
-        check_shape(model, images, "--input")
-        return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
-    name = dataset or config.dataset
-    image_set = load_images(name, split, data_dir if dataset else config.data_dir, config.image_size)
-    check_shape(model, image_set.images, name)
-    return image_set
-
-
-def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:
-    """Refuse images whose [C, H, W] differs from what the model was trained on."""
-    c = model.config
-    expected = (c.image_channels, c.image_height, c.image_width)
-    if tuple(images.shape[1:]) != expected:
-        raise VaelabError(
-            f"{source} gives images of shape {tuple(images.shape[1:])} but the model expects {expected} "
-            "(channels, height, width); use the data it was trained on or resize with --image-size"
-        )
 
 
 def sample(
     run: str | Path, n: int = 64, out: str | Path = "samples.png", seed: int = 0, device: str = "auto"
 ) -> dict[str, Any]:
     """Decode n latents drawn from N(0, I) into a PNG grid."""
-    _positive("-n", n)
+    _positive("n", n)
     model, _ = open_run(run, device)
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    generator = torch.Generator(model_device(model)).manual_seed(seed)
     with torch.no_grad():
         images = model.sample(n, generator).cpu()
     plots.save_image_grid(images, out, nrow=latent.grid_size(n))
@@ -95,7 +40,7 @@ def reconstruct(
     run: str | Path, n: int = 16, out: str | Path = "reconstructions.png", seed: int = 0, device: str = "auto"
 ) -> dict[str, Any]:
     """Encode n random test images and decode them: inputs above their reconstructions, in a PNG."""
-    _positive("-n", n)
+    _positive("n", n)
     model, config = open_run(run, device)
     test = run_images(model, config)
     n = min(n, len(test))
@@ -129,9 +74,9 @@ def interpolate(
 ) -> dict[str, Any]:
     """Decode `steps` latents between two images (given files, or typical test images of two classes)."""
     if steps < 2:
-        raise VaelabError(f"--steps must be at least 2, got {steps}")
+        raise VaelabError(f"steps must be at least 2, got {steps}")
     if method not in METHODS:
-        raise VaelabError(f"--method {method!r} is not one of: {', '.join(METHODS)}")
+        raise VaelabError(f"method {method!r} is not one of: {', '.join(METHODS)}")
     model, config = open_run(run, device)
     ends = endpoint_images(model, config, from_class, to_class, from_image, to_image)
     z = latent.embed_images(model, ends)
@@ -158,13 +103,13 @@ def endpoint_images(
     if from_image is not None and to_image is not None:
         channels = model.config.image_channels
         images = read_image_files([Path(from_image), Path(to_image)], config.image_size, channels)
-        check_shape(model, images, "--from-image/--to-image")
+        check_shape(model, images, "from_image/to_image")
         return images
     if from_class is None or to_class is None:
-        raise VaelabError("give --from-class A --to-class B, or --from-image FILE --to-image FILE")
+        raise VaelabError("give from_class and to_class (two labels), or from_image and to_image (two files)")
     test = run_images(model, config)
     if test.labels is None:
-        raise VaelabError(f"{config.dataset} has no class labels; use --from-image and --to-image instead")
+        raise VaelabError(f"{config.dataset} has no class labels; give from_image and to_image instead")
     latents = latent.embed_images(model, test.images)
     indices = []
     for cls in (from_class, to_class):
@@ -175,44 +120,18 @@ def endpoint_images(
     return test.images[indices]
 
 
-def scatter_coordinates(codes: torch.Tensor) -> tuple[torch.Tensor, tuple[str, str]]:
-    """2-D coordinates of latents [N, D] and their axis labels: the latents themselves up to two
-    dimensions, their first two principal components beyond."""
-    if codes.shape[1] == 1:
-        return torch.cat([codes, torch.zeros_like(codes)], dim=1), ("z[0]", "(1-D latent)")
-    if codes.shape[1] == 2:
-        return codes, ("z[0]", "z[1]")
-    coords, share = latent.pca_2d(codes)
-    return coords, (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
-
-
-def scatter_panel(model: AE | VAE, images: ImageSet, title: str) -> plots.ScatterPanel:
-    """The latent scatter of a set of images; PCA when the latent has more than two dimensions."""
-    coords, axes = scatter_coordinates(latent.embed_images(model, images.images))
-    if model.config.latent_dim > 2:
-        title = f"{title}, PCA of {model.config.latent_dim}-D latent"
-    return plots.ScatterPanel(title, coords, images.labels, images.class_names, axes)
-
-
 def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "auto") -> dict[str, Any]:
     """Scatter the test set's latent means coloured by class (PCA when latent_dim > 2)."""
     model, config = open_run(run, device)
     test = run_images(model, config)
     name = f"{model.config.model.upper()} latent space ({config.dataset} test set)"
-    panel = scatter_panel(model, test, name)
+    panel = latent.scatter_panel(model, test, name)
     plots.save_latent_scatter([panel], out)
     return {
         "output": str(out),
         "n_points": len(test),
         "projection": "pca" if model.config.latent_dim > 2 else "none",
     }
-
-
-def grid_panel(model: AE | VAE, codes: torch.Tensor, n: int, title: str) -> plots.GridPanel:
-    """Images decoded over the central 98% box of a model's 2-D test latents."""
-    x_range, y_range = latent.latent_extent(codes)
-    images = latent.decode_latents(model, latent.plane_grid(x_range, y_range, n))
-    return plots.GridPanel(title, images, x_range, y_range)
 
 
 def latent_grid(
@@ -222,9 +141,9 @@ def latent_grid(
     model, config = open_run(run, device)
     if model.config.latent_dim != 2:
         raise VaelabError(f"latent-grid needs a 2-D latent; this run has {model.config.latent_dim}")
-    _positive("-n", n)
+    _positive("n", n)
     codes = latent.embed_images(model, run_images(model, config).images)
-    panel = grid_panel(model, codes, n, f"{model.config.model.upper()}: decoded latent plane")
+    panel = latent.grid_panel(model, codes, n, f"{model.config.model.upper()}: decoded latent plane")
     plots.save_latent_grids([panel], out)
     return {"output": str(out), "n": n, "x_range": panel.x_range, "y_range": panel.y_range}
 

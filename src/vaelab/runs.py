@@ -1,0 +1,77 @@
+"""A trained run, opened for use: its model on a device, its settings, the images it works on.
+
+Every command that uses a run goes through here, so opening, shape checks and image selection
+are decided once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from vaelab import checkpoint
+from vaelab.config import TrainConfig
+from vaelab.data import ImageSet, load_images
+from vaelab.data.folder import list_images, read_image_files
+from vaelab.device import resolve_device
+from vaelab.errors import VaelabError
+from vaelab.models import AE, VAE
+
+
+def open_run(run: str | Path, device: str | torch.device = "auto") -> tuple[AE | VAE, TrainConfig]:
+    """The model of a run folder on `device` (eval mode), and the settings it was trained with."""
+    model = checkpoint.load(run, resolve_device(device))
+    return model, checkpoint.read_run_config(run)[1]
+
+
+def weights_hash(run: str | Path) -> str:
+    """SHA-256 of the run's model.safetensors: what compressed files and saved detectors are bound to."""
+    return hashlib.sha256((Path(run) / checkpoint.WEIGHTS).read_bytes()).hexdigest()
+
+
+def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:
+    """Refuse images whose [C, H, W] differs from what the model was trained on."""
+    c = model.config
+    expected = (c.image_channels, c.image_height, c.image_width)
+    if tuple(images.shape[1:]) != expected:
+        raise VaelabError(
+            f"{source} gives images of shape {tuple(images.shape[1:])} but the model expects {expected} "
+            "(channels, height, width); use the data it was trained on or resize with image_size"
+        )
+
+
+def run_images(model: AE | VAE, config: TrainConfig, split: str = "test") -> ImageSet:
+    """A split of the dataset the run was trained on, checked against the model's image shape."""
+    return select_images(model, config, split=split)
+
+
+def select_images(
+    model: AE | VAE,
+    config: TrainConfig,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    inputs: list[str | Path] | None = None,
+) -> ImageSet:
+    """The images a command works on: files and folders given as `inputs`, else a split of
+    `dataset` (default: the run's own), checked against the model's image shape."""
+    if inputs:
+        files: list[Path] = []
+        for item in map(Path, inputs):
+            if item.is_dir():
+                files += list_images(item)
+            elif item.is_file():
+                files.append(item)
+            else:
+                raise VaelabError(f"input {item} does not exist; give image files or folders")
+        if not files:
+            raise VaelabError(f"input {' '.join(map(str, inputs))} holds no images")
+        images = read_image_files(files, config.image_size, model.config.image_channels)
+        check_shape(model, images, "input")
+        return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
+    name = dataset or config.dataset
+    image_set = load_images(name, split, data_dir if dataset else config.data_dir, config.image_size)
+    check_shape(model, image_set.images, name)
+    return image_set
