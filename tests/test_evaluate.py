@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_with_the_exact_posterior_every_weight_is_p_of_x() -> None:
     w, b = ppca(orthogonal=True)  # orthogonal loadings: the exact posterior is diagonal
     x = data(w, b, 8)
     mu, log_var = exact_posterior(x, w, b)
-    log_w, _ = importance_log_weights(x, mu, log_var, gaussian_log_likelihood(w, b), 3, torch.Generator())
+    log_w, _, _ = importance_log_weights(x, mu, log_var, gaussian_log_likelihood(w, b), 3, torch.Generator())
     torch.testing.assert_close(log_w, exact_log_px(x, w, b).unsqueeze(1).expand(8, 3), atol=1e-9, rtol=0)
 
 
@@ -64,7 +65,7 @@ def test_estimate_converges_to_the_exact_log_likelihood() -> None:
     x = data(w, b, 6)
     mu, log_var = exact_posterior(x, w, b)
     mu, log_var = mu + 0.3, log_var + 0.5  # a deliberately imperfect, wider posterior
-    log_w, _ = importance_log_weights(
+    log_w, _, _ = importance_log_weights(
         x, mu, log_var, gaussian_log_likelihood(w, b), 50_000, torch.Generator().manual_seed(0)
     )
     estimate = log_mean_exp(log_w)
@@ -80,7 +81,7 @@ def test_bound_rises_with_k_and_never_falls_below_the_elbo() -> None:
     x = data(w, b, 400, seed=3)
     mu, log_var = exact_posterior(x, w, b)
     mu, log_var = mu - 0.4, log_var - 0.7  # too narrow and off-centre: a loose ELBO
-    log_w, log_px_z = importance_log_weights(
+    log_w, log_px_z, _ = importance_log_weights(
         x, mu, log_var, gaussian_log_likelihood(w, b), 1000, torch.Generator().manual_seed(4)
     )
     elbo = log_px_z.mean(1) - kl_to_standard_normal(mu, log_var).sum(1)  # MC recon, closed-form KL
@@ -136,7 +137,7 @@ def test_an_autoencoder_gets_psnr_and_the_reason_nll_is_absent(ae_run: Path, cap
 def test_evaluate_bad_input(vae_run: Path, tmp_path: Path, capsys) -> None:
     (vae_run / "eval.json").unlink(missing_ok=True)
     code, _, err = run_cli(["evaluate", str(vae_run), "--k", "0"], capsys)
-    assert code == 2 and "--k must be at least 1" in err
+    assert code == 2 and "k must be at least 1, got 0" in err
     write_images(tmp_path / "imgs", 6, (10, 10))
     code, _, err = run_cli(["evaluate", str(vae_run), "--dataset", f"folder:{tmp_path / 'imgs'}"], capsys)
     assert code == 2 and "model expects (1, 28, 28)" in err
@@ -164,3 +165,21 @@ def test_sample_quality_of_a_trained_vae(tmp_path: Path, capsys) -> None:
     assert result["classifier_accuracy"] > 0.9  # the feature classifier itself works
     assert result["recon_accuracy"] > 0.5  # reconstructions keep most digits' identity (chance: ~0.1)
     assert 0 < result["fd_train_vs_test"] < result["fd"]  # real images are closer to real images
+
+
+def test_a_pixelcnn_run_is_scored_without_drawing_a_single_image(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaelab.distributions import PixelCNN
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluate drew images pixel by pixel")
+
+    monkeypatch.setattr(PixelCNN, "generate", refuse)
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run-0.1.0", run)  # saved by vaelab 0.1.0
+    code, result, _ = run_cli(["evaluate", str(run), "--k", "20", "--n-images", "100"], capsys)
+    assert code == 0 and result["k"] == 20 and result["n_images"] == 100
+    assert result["nll"] <= result["neg_elbo"] + 3 * result["neg_elbo_se"]
+    assert result["mse"] is None and "no closed-form mean" in result["mse_absent"]
+    assert "fd" not in result and "--quality" in result["quality_absent"]

@@ -1,4 +1,4 @@
-"""The maths pieces: pixel losses, the Gaussian posterior, latent-space walks."""
+"""The maths pieces: the Gaussian posterior, latent-space walks."""
 
 from __future__ import annotations
 
@@ -11,41 +11,6 @@ from hypothesis import strategies as st
 
 from vaelab import latent
 from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, log_normal, reparameterize
-from vaelab.likelihoods import bernoulli, bernoulli_floor, l1, l2
-
-
-def test_pixel_losses_match_their_definitions() -> None:
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 1, 4, 5, generator=g, dtype=torch.float64)
-    target = torch.rand(3, 1, 4, 5, generator=g, dtype=torch.float64)
-    p = torch.sigmoid(logits)
-    expected_bce = -(target * p.log() + (1 - target) * (1 - p).log()).flatten(1).sum(1)
-    torch.testing.assert_close(bernoulli(logits, target), expected_bce)
-    torch.testing.assert_close(l2(logits, target), ((p - target) ** 2).flatten(1).sum(1))
-    torch.testing.assert_close(l1(logits, target), (p - target).abs().flatten(1).sum(1))
-
-
-def test_bernoulli_of_a_binary_image_is_its_negative_log_likelihood() -> None:
-    # One pixel, p = 0.8: -log 0.8 if it is on, -log 0.2 if off.
-    logits = torch.full((2, 1, 1, 1), math.log(0.8 / 0.2))
-    target = torch.tensor([1.0, 0.0]).view(2, 1, 1, 1)
-    torch.testing.assert_close(bernoulli(logits, target), torch.tensor([-math.log(0.8), -math.log(0.2)]))
-
-
-def test_bernoulli_floor_is_the_least_loss_and_zero_for_binary_images() -> None:
-    g = torch.Generator().manual_seed(2)
-    grey = torch.rand(4, 1, 5, 5, generator=g, dtype=torch.float64).clamp(0.01, 0.99)
-    floor = bernoulli_floor(grey)
-    # The loss is smallest where the predicted probabilities equal the target's grey values.
-    torch.testing.assert_close(bernoulli(torch.logit(grey), grey), floor)
-    for _ in range(5):
-        other = torch.logit(grey) + 0.3 * torch.randn(grey.shape, generator=g, dtype=torch.float64)
-        assert (bernoulli(other, grey) > floor).all()
-    binary = (grey > 0.5).double()
-    torch.testing.assert_close(bernoulli_floor(binary), torch.zeros(4, dtype=torch.float64))
-    torch.testing.assert_close(
-        bernoulli_floor(torch.full((1, 1, 2, 2), 0.5)), torch.tensor([4 * math.log(2)])
-    )
 
 
 def test_closed_form_kl_equals_monte_carlo_kl() -> None:

@@ -6,6 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaelab import ModelConfig, build_model
+from vaelab.config import TrainConfig
+from vaelab.distributions import Bernoulli, bernoulli_nll
+from vaelab.errors import VaelabError
 from vaelab.nets import default_conv_channels
 
 
@@ -27,7 +30,8 @@ def test_any_image_size_round_trips_to_its_own_shape(
     net = build_model(config)
     x = torch.rand(2, c, h, w)
     out = net(x, generator=torch.Generator().manual_seed(0))
-    assert out.logits.shape == (2, c, h, w) and out.z.shape == (2, 3)
+    assert out.reconstruction is not None and out.reconstruction.shape == (2, c, h, w)
+    assert out.z.shape == (2, 3)
     decoded = net.decode(out.z)
     assert decoded.shape == (2, c, h, w) and decoded.min() >= 0 and decoded.max() <= 1
 
@@ -76,7 +80,7 @@ def test_ae_has_no_kl_and_encodes_to_one_tensor() -> None:
     x = torch.rand(5, 1, 28, 28)
     out = net(x)
     assert torch.equal(out.kl, torch.zeros(5)) and out.mu is None
-    torch.testing.assert_close(out.loss, ((torch.sigmoid(out.logits) - x) ** 2).flatten(1).sum(1).mean())
+    torch.testing.assert_close(out.loss, ((out.reconstruction - x) ** 2).flatten(1).sum(1).mean())
     torch.testing.assert_close(net.encode(x), out.z)
 
 
@@ -84,10 +88,39 @@ def test_denoising_target_is_what_the_loss_compares_with() -> None:
     net = build_model(ModelConfig(model="ae", latent_dim=4, loss="l1"))
     noisy, clean = torch.rand(3, 1, 28, 28), torch.zeros(3, 1, 28, 28)
     out = net(noisy, target=clean)
-    torch.testing.assert_close(out.recon, torch.sigmoid(out.logits).flatten(1).sum(1))
+    torch.testing.assert_close(out.recon, out.reconstruction.flatten(1).sum(1))
 
 
 def test_mlp_vae_matches_the_pytorch_example_size() -> None:
     net = build_model(ModelConfig(model="vae", arch="mlp", latent_dim=20))
     # 784-400-(20+20) encoder, 20-400-784 decoder: the PyTorch VAE example's 652,824 parameters.
     assert sum(p.numel() for p in net.parameters()) == 652_824
+
+
+def test_a_pixelcnn_vae_scores_decodes_and_samples_any_image_size() -> None:
+    config = TrainConfig(binarize="dynamic", arch="conv", hidden=0).validate().model_config((1, 11, 9))
+    model = build_model(config).eval()
+    x = (torch.rand(4, 1, 11, 9) > 0.5).float()
+    out = model(x)
+    assert out.recon.shape == (4,) and torch.isfinite(out.loss)
+    mu, _ = model.encode(x)
+    torch.testing.assert_close(model.reconstruction_loss(mu, x), bernoulli_nll(model.logits(mu, x), x))
+    with pytest.raises(VaelabError, match="no closed-form mean image"):
+        model.decode(mu)  # no hidden draws: the caller asks for them
+    mean = model.decode(mu, draws=4, generator=torch.Generator().manual_seed(0))
+    assert mean.shape == x.shape
+    assert torch.equal(mean, model.decode(mu, draws=4, generator=torch.Generator().manual_seed(0)))
+    assert ((mean * 4) - (mean * 4).round()).abs().max() < 1e-5  # an average of four 0/1 draws
+    first = model.sample(4, torch.Generator().manual_seed(3))
+    again = model.sample(4, torch.Generator().manual_seed(3))
+    assert first.shape == x.shape and torch.equal(first, again)
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(VaelabError, match="no closed-form mean"):
+        model.sample(4, draw=False)
+
+
+def test_configs_saved_before_the_pixelcnn_option_rebuild_a_factorized_decoder() -> None:
+    old = ModelConfig(model="vae", arch="conv").to_dict()
+    for key in ("decoder", "ar_channels", "ar_layers"):
+        old.pop(key)
+    assert isinstance(build_model(ModelConfig.from_dict(old)).pixels, Bernoulli)

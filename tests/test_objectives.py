@@ -148,3 +148,23 @@ def test_iwae_settings_are_checked(tmp_path: Path) -> None:
         vaelab.train(tmp_path / "r", objective="iwae", beta=2.0, **FAST)
     with pytest.raises(vaelab.VaelabError, match="--iw-samples must be at least 1"):
         vaelab.train(tmp_path / "r", objective="iwae", iw_samples=0, **FAST)
+
+
+def test_the_iwae_objective_is_the_evaluation_estimator() -> None:
+    from vaelab.importance import importance_log_weights, log_mean_exp
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mlp", latent_dim=3, objective="iwae", iw_samples=7))
+    x = (torch.rand(6, 1, 28, 28) > 0.5).float()
+    with torch.no_grad():
+        loss = model(x, generator=torch.Generator().manual_seed(4)).loss
+        mu, log_var = model.encode(x)
+        log_w, _, _ = importance_log_weights(
+            x,
+            mu,
+            log_var,
+            lambda xs, z: -model.reconstruction_loss(z, xs),
+            7,
+            torch.Generator().manual_seed(4),
+        )
+    torch.testing.assert_close(loss, -log_mean_exp(log_w).mean())

@@ -69,8 +69,16 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> AE | VAE:
             f"{path} is not a readable safetensors file ({error}); retrain or restore it"
         ) from None
     model = build_model(model_config)
-    _load_state(model, state, path)
+    _load_state(model, upgrade_weights(state), path)
     return model.to(device).eval()
+
+
+def upgrade_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved by earlier releases under today's names: the pixelcnn layers were `head.*`
+    before pixel distributions became modules of their own (`pixels.*`)."""
+    return {
+        ("pixels." + k.removeprefix("head.") if k.startswith("head.") else k): v for k, v in state.items()
+    }
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -143,10 +151,14 @@ def load_training_state(
         param_groups = json.loads(metadata["param_groups"])
     except (SafetensorError, OSError, KeyError, ValueError) as error:
         raise VaelabError(f"{path} is unreadable ({error}); train again without --resume") from None
-    weights = {name.removeprefix("model."): v for name, v in tensors.items() if name.startswith("model.")}
+    weights = upgrade_weights(
+        {name.removeprefix("model."): v for name, v in tensors.items() if name.startswith("model.")}
+    )
     _load_state(model, weights, path)
     if ema is not None:
-        averaged = {name.removeprefix("ema."): v for name, v in tensors.items() if name.startswith("ema.")}
+        averaged = upgrade_weights(
+            {name.removeprefix("ema."): v for name, v in tensors.items() if name.startswith("ema.")}
+        )
         _load_state(ema, averaged or weights, path)
     optim: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():

@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (default: 0)")
     p.add_argument("--no-quality", action="store_true",
                    help="skip sample quality (Fréchet distance, classifier accuracy on reconstructions)")  # fmt: skip
+    p.add_argument("--quality", action="store_true",
+                   help="measure sample quality even for a pixelcnn decoder, which draws images pixel by pixel")  # fmt: skip
     _add_device(p)
     _add_common(p)
 
@@ -332,7 +334,8 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     result = evaluate(
         args.run, k=args.k, n_images=args.n_images, dataset=args.dataset, data_dir=args.data_dir,
-        seed=args.seed, device=args.device, progress=not args.quiet, quality=not args.no_quality,
+        seed=args.seed, device=args.device, progress=not args.quiet,
+        quality=True if args.quality else (False if args.no_quality else None),
     )  # fmt: skip
     if not args.json:
         print(format_table(result))

@@ -35,24 +35,32 @@ class Evaluation:
     recon: torch.Tensor  # E_q[-log p(x|z)] (VAE) or the pixel loss at z (AE), [N]
     kl: torch.Tensor | None  # closed-form KL(q || N(0, I)), [N]
     latent_means: torch.Tensor  # E_q[z], [N, D]
-    mse: torch.Tensor  # mean squared error per pixel of the mean reconstruction, [N]
+    mse: (
+        torch.Tensor | None
+    )  # mean squared error per pixel of the mean reconstruction, [N] (None: no closed-form mean)
 
 
 @torch.no_grad()
 def evaluate_images(
     model: AE | VAE, images: torch.Tensor, k: int, seed: int = 0, batch_size: int = 64, progress: Any = None
 ) -> Evaluation:
-    """Score uint8 images [N, C, H, W] (already binarized if the model expects it)."""
+    """Score uint8 images [N, C, H, W] (already binarized if the model expects it).
+
+    One pass over the images: encode, then K posterior draws decoded and scored per image (the
+    importance-sampled NLL, for a VAE with a likelihood), the KL in closed form, and the mean
+    reconstruction at the posterior mean where the decoder has a closed-form mean. Nothing is
+    drawn pixel by pixel.
+    """
     device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
-    likelihood = model.config.loss == "bernoulli" and isinstance(model, VAE)
+    likelihood = isinstance(model, VAE) and model.pixels.likelihood
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("nll", "recon", "kl", "mu", "mse")}
     for start in range(0, len(images), batch_size):
         x = to_unit(images[start : start + batch_size].to(device))
         if isinstance(model, VAE):
             mu, log_var = model.encode(x)
             if likelihood:
-                log_w, log_px_z = importance_log_weights(  # chunked over K: memory stays bounded
+                log_w, log_px_z, _ = importance_log_weights(  # chunked over K: memory stays bounded
                     x, mu, log_var, lambda xs, z: -model.reconstruction_loss(z, xs), k, generator
                 )
                 parts["nll"].append(-log_mean_exp(log_w))
@@ -61,16 +69,24 @@ def evaluate_images(
                 z = reparameterize(mu, log_var, generator)
                 parts["recon"].append(model.reconstruction_loss(z, x))
             parts["kl"].append(kl_to_standard_normal(mu, log_var).sum(1))
+            params = model.decoder(mu)
         else:
             mu = model.encode(x)
-            parts["recon"].append(model.reconstruction_loss(mu, x))
+            params = model.decoder(mu)
+            parts["recon"].append(model.pixels.loss(x, params))
         parts["mu"].append(mu)
-        parts["mse"].append((model.decode(mu) - x).pow(2).flatten(1).mean(1))
+        if model.pixels.closed_form_mean:
+            parts["mse"].append(mean_squared_error(model.pixels.mean(params), x))
         if progress is not None:
             progress.update(len(x))
     cat = {name: torch.cat(values).double().cpu() if values else None for name, values in parts.items()}
     neg_elbo = cat["recon"] + cat["kl"] if cat["kl"] is not None else None
     return Evaluation(cat["nll"], neg_elbo, cat["recon"], cat["kl"], cat["mu"], cat["mse"])
+
+
+def mean_squared_error(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per pixel of each image [B, C, H, W] (values in [0, 1]), [B]."""
+    return (estimate.double() - target.double()).pow(2).flatten(1).mean(1)
 
 
 def active_units(latent_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -79,7 +95,7 @@ def active_units(latent_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRE
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for images in [0, 1], per image."""
+    """Peak signal-to-noise ratio in dB of images in [0, 1], from their mean squared errors per pixel."""
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
@@ -109,6 +125,9 @@ def summary(evaluation: Evaluation, k: int) -> dict[str, Any]:
             out[name] = out[f"{name}_se"] = None
     out["active_units"] = active_units(evaluation.latent_means)
     out["latent_dim"] = int(evaluation.latent_means.shape[1])
-    out["mse"], out["mse_se"] = mean_and_se(evaluation.mse)
-    out["psnr"], out["psnr_se"] = mean_and_se(psnr(evaluation.mse))
+    if evaluation.mse is not None:
+        out["mse"], out["mse_se"] = mean_and_se(evaluation.mse)
+        out["psnr"], out["psnr_se"] = mean_and_se(psnr(evaluation.mse))
+    else:
+        out["mse"] = out["mse_se"] = out["psnr"] = out["psnr_se"] = None
     return out

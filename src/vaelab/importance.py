@@ -25,26 +25,29 @@ def importance_log_weights(
     log_likelihood: LogLikelihood,
     k: int,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log w_k for K draws per image, [B, K], and log p(x|z_k), [B, K].
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log w_k for K draws per image, [B, K], log p(x|z_k), [B, K], and the first draw z_1, [B, D].
 
     `log_likelihood(x_rep, z)` scores images repeated to match the latents z, returning [N]. The
     draws are decoded in chunks of at most MAX_DECODES_PER_CHUNK images; gradients flow when
-    called outside torch.no_grad (the IWAE objective).
+    called outside torch.no_grad (the IWAE objective uses this same function).
     """
     batch = len(x)
     chunk = max(1, MAX_DECODES_PER_CHUNK // batch)
-    log_w, log_px_z = [], []
+    log_w, log_px_z, first = [], [], None
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
         mu_n = mu.unsqueeze(1).expand(batch, n, -1).reshape(batch * n, -1)  # [B*n, D]
         lv_n = log_var.unsqueeze(1).expand(batch, n, -1).reshape(batch * n, -1)
         z = reparameterize(mu_n, lv_n, generator)
+        if first is None:
+            first = z.view(batch, n, -1)[:, 0]
         x_n = x.unsqueeze(1).expand(batch, n, *x.shape[1:]).reshape(batch * n, *x.shape[1:])
         ll = log_likelihood(x_n, z)
         log_px_z.append(ll.view(batch, n))
         log_w.append((ll + log_normal(z) - log_normal(z, mu_n, lv_n)).view(batch, n))
-    return torch.cat(log_w, 1), torch.cat(log_px_z, 1)
+    assert first is not None, "k must be at least 1"
+    return torch.cat(log_w, 1), torch.cat(log_px_z, 1), first
 
 
 def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ Latents are [N, D] float tensors; images [N, C, H, W] in [0, 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -22,9 +23,20 @@ def embed_images(model: AE | VAE, images: torch.Tensor) -> torch.Tensor:
     return codes if len(codes) else torch.empty(0, model.config.latent_dim)
 
 
-def decode_latents(model: AE | VAE, latents: torch.Tensor) -> torch.Tensor:
-    """Mean images in [0, 1] for latents [N, D], on CPU."""
-    return map_batches(model.decode, latents.float(), model_device(model))
+def decode_latents(
+    model: AE | VAE, latents: torch.Tensor, draws: int | None = None, seed: int = 0
+) -> torch.Tensor:
+    """Mean images in [0, 1] for latents [N, D], on CPU. A decoder without a closed-form mean
+    (pixelcnn) needs `draws`: each mean is then the average of that many images drawn from p(x|z),
+    seeded by `seed` (slow: one network pass per pixel)."""
+    return map_batches(_decoder(model, draws, seed), latents.float(), model_device(model))
+
+
+def _decoder(model: AE | VAE, draws: int | None, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    if model.pixels.closed_form_mean:
+        return model.decode
+    generator = torch.Generator(model_device(model)).manual_seed(seed)
+    return lambda z: model.decode(z, draws=draws, generator=generator)
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
@@ -89,9 +101,13 @@ def grid_size(n: int) -> int:
     return max(1, math.ceil(math.sqrt(n)))
 
 
-def reconstruct(model: AE | VAE, images: torch.Tensor) -> torch.Tensor:
-    """decode(embed(x)) of uint8 or [0, 1] float images [N, C, H, W], on CPU: the model's clean-up of x."""
-    return map_batches(lambda x: model.decode(model.embed(x)), images, model_device(model))
+def reconstruct(
+    model: AE | VAE, images: torch.Tensor, draws: int | None = None, seed: int = 0
+) -> torch.Tensor:
+    """decode(embed(x)) of uint8 or [0, 1] float images [N, C, H, W], on CPU: the model's clean-up
+    of x (`draws` and `seed` as for decode_latents)."""
+    decode = _decoder(model, draws, seed)
+    return map_batches(lambda x: decode(model.embed(x)), images, model_device(model))
 
 
 def scatter_coordinates(codes: torch.Tensor) -> tuple[torch.Tensor, tuple[str, str]]:
@@ -113,8 +129,10 @@ def scatter_panel(model: AE | VAE, images: ImageSet, title: str) -> plots.Scatte
     return plots.ScatterPanel(title, coords, images.labels, images.class_names, axes)
 
 
-def grid_panel(model: AE | VAE, codes: torch.Tensor, n: int, title: str) -> plots.GridPanel:
+def grid_panel(
+    model: AE | VAE, codes: torch.Tensor, n: int, title: str, draws: int | None = None
+) -> plots.GridPanel:
     """Images decoded over the central 98% box of a model's 2-D test latents."""
     x_range, y_range = latent_extent(codes)
-    images = decode_latents(model, plane_grid(x_range, y_range, n))
+    images = decode_latents(model, plane_grid(x_range, y_range, n), draws)
     return plots.GridPanel(title, images, x_range, y_range)

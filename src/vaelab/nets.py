@@ -86,10 +86,10 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """[B, D] -> logits [B, C, H, W] (or `out_channels` feature maps) through one linear layer and
+    """[B, D] -> `out_channels` maps [B, out_channels, H, W] through one linear layer and
     stride-2 transposed convolutions (each preceded by a residual block when `residual`)."""
 
-    def __init__(self, config: ModelConfig, residual: bool = False, out_channels: int | None = None) -> None:
+    def __init__(self, config: ModelConfig, residual: bool, out_channels: int) -> None:
         super().__init__()
         channels = list(reversed(config.conv_channels))
         self.height, self.width = config.image_height, config.image_width
@@ -107,11 +107,11 @@ class ConvDecoder(nn.Module):
         else:
             self.head = nn.Linear(config.latent_dim, start)
         layers: list[nn.Module] = [nn.ReLU()]
-        for in_ch, out_ch in zip(channels, [*channels[1:], out_channels or config.image_channels]):
+        for in_ch, out_ch in zip(channels, [*channels[1:], out_channels]):
             if residual:
                 layers.append(ResidualBlock(in_ch))
             layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
-        self.deconvs = nn.Sequential(*layers[:-1])  # no activation on the output logits
+        self.deconvs = nn.Sequential(*layers[:-1])  # no activation on the output
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.deconvs(self.head(z).view(-1, *self.start_shape))
@@ -158,17 +158,9 @@ def build_encoder(config: ModelConfig, out_features: int) -> nn.Module:
     return ConvEncoder(config, out_features, residual=config.arch == "resnet")
 
 
-def decoder_features(config: ModelConfig) -> int:
-    """Channels of the decoder's output: the pixel logits' C, or with an autoregressive head the
-    feature maps it is conditioned on (conv/resnet: config.ar_channels; mlp: C)."""
-    if config.decoder == "pixelcnn" and config.arch != "mlp":
-        return config.ar_channels
-    return config.image_channels
-
-
-def build_decoder(config: ModelConfig) -> nn.Module:
-    """The decoder named by config.arch, mapping latents to pixel logits (or to the feature maps
-    an autoregressive head reads, see decoder_features)."""
+def build_decoder(config: ModelConfig, out_channels: int) -> nn.Module:
+    """The decoder named by config.arch, mapping latents to `out_channels` maps of the image's size
+    (the parameters of the pixel distribution). The mlp decoder gives one map per image channel."""
     if config.arch == "mlp":
         return MLPDecoder(config)
-    return ConvDecoder(config, residual=config.arch == "resnet", out_channels=decoder_features(config))
+    return ConvDecoder(config, residual=config.arch == "resnet", out_channels=out_channels)

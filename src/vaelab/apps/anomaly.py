@@ -24,10 +24,10 @@ from vaelab import checkpoint, plots
 from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
 from vaelab.device import map_batches, model_device, resolve_device
+from vaelab.distributions import entropy_floor
 from vaelab.errors import VaelabError
 from vaelab.evaluate import evaluate_images
 from vaelab.fileio import write_csv, write_json
-from vaelab.likelihoods import bernoulli_floor
 from vaelab.models import VAE
 from vaelab.runs import open_run, select_images, weights_hash
 
@@ -112,7 +112,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             )
             loss = (evaluation.nll if self.score == "nll" else evaluation.neg_elbo).numpy()
         if c.loss == "bernoulli":
-            loss = loss - bernoulli_floor(to_unit(images)).double().numpy()
+            loss = loss - entropy_floor(to_unit(images)).double().numpy()
         return -loss
 
     def _recon_at_mean(self, images: torch.Tensor) -> np.ndarray:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from vaelab import latent
 from vaelab.errors import VaelabError
+from vaelab.evaluate import mean_squared_error, psnr
 from vaelab.fileio import atomic_output
 from vaelab.plots import save_figure
 from vaelab.runs import open_run, select_images, weights_hash
@@ -34,6 +35,7 @@ from vaelab.runs import open_run, select_images, weights_hash
 MAGIC = b"VAELATNT"
 VERSION = 1
 DTYPES = {"float16": np.float16, "int8": np.int8}
+DECODE_DRAWS = 8  # pixelcnn decoders: images drawn (seed 0, so repeatable) to estimate each mean image
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
 
@@ -96,9 +98,8 @@ def _pil(image: np.ndarray) -> Image.Image:
 
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over images of the PSNR (dB) between uint8 image stacks."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2
-    per_image = mse.reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(1.0 / np.maximum(per_image, 1e-12))))
+    mse = mean_squared_error(torch.from_numpy(a) / 255.0, torch.from_numpy(b) / 255.0)
+    return float(psnr(mse).mean())
 
 
 def jpeg_curve(images: np.ndarray) -> list[dict[str, float]]:
@@ -216,7 +217,13 @@ def _report(
 def _decode(model: Any, values: np.ndarray, header: dict[str, Any]) -> np.ndarray:
     """uint8 images [N, C, H, W] decoded from stored codes."""
     codes = torch.from_numpy(dequantize(values, header))
-    return (latent.decode_latents(model, codes) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return (
+        (latent.decode_latents(model, codes, DECODE_DRAWS, seed=0) * 255)
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .numpy()
+    )
 
 
 def decompress(

@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.ndimage import median_filter
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 from skimage.restoration import denoise_tv_chambolle
 
 from vaelab import latent, plots
 from vaelab.data.noise import parse_noise
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
+from vaelab.evaluate import mean_squared_error, psnr
 from vaelab.runs import open_run, select_images
 
 TV_WEIGHT = 0.1  # scikit-image's default strength for total-variation denoising
@@ -33,14 +34,14 @@ def total_variation(images: np.ndarray) -> np.ndarray:
 
 def image_scores(clean: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image PSNR (dB) and SSIM of estimates against clean images, both [N, C, H, W] in [0, 1]."""
-    psnr = np.array([peak_signal_noise_ratio(c, e, data_range=1.0) for c, e in zip(clean, estimate)])
+    psnr_db = psnr(mean_squared_error(torch.from_numpy(estimate), torch.from_numpy(clean))).numpy()
     ssim = np.array(
         [
             structural_similarity(c, e, data_range=1.0, channel_axis=0, win_size=7)
             for c, e in zip(clean, estimate)
         ]
     )
-    return psnr, ssim
+    return psnr_db, ssim
 
 
 def denoise(
@@ -53,24 +54,26 @@ def denoise(
     inputs: list[str | Path] | None = None,
     n_images: int | None = None,
     seed: int = 0,
+    draws: int = 8,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Add `noise` (default: the noise the run was trained with) to clean images, denoise them with
     the model and with two classical filters, and report PSNR and SSIM of each; rows of noisy /
-    model / median / clean images go to a PNG."""
+    model / median / clean images go to a PNG. A pixelcnn decoder's clean image is the average of
+    `draws` images drawn from p(x|z)."""
     model, config = open_run(run, device)
     spec = noise or config.noise
     if spec is None:
-        raise VaelabError(f"{run} was not trained with --noise; give --noise SPEC (e.g. gaussian:0.3)")
+        raise VaelabError(f"{run} was not trained with noise; give noise (e.g. gaussian:0.3)")
     corruption = parse_noise(spec)
     if n_images is not None and n_images < 1:
-        raise VaelabError(f"--n-images must be at least 1, got {n_images}")
+        raise VaelabError(f"n_images must be at least 1, got {n_images}")
     images = select_images(model, config, dataset, data_dir, split, inputs)
     clean = to_unit(images.images[:n_images])
     noisy = corruption.apply(clean, torch.Generator().manual_seed(seed))
     estimates = {
         "noisy": noisy.numpy(),
-        "model": latent.reconstruct(model, noisy).numpy(),
+        "model": latent.reconstruct(model, noisy, draws, seed).numpy(),
         "median": median3(noisy.numpy()),
         "tv": total_variation(noisy.numpy().astype(np.float64)).astype(np.float32),
     }

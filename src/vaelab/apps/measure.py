@@ -14,7 +14,7 @@ from vaelab.classifier import classifier_for, features, frechet_distance
 from vaelab.config import TrainConfig
 from vaelab.data import load_images
 from vaelab.data.transforms import to_unit
-from vaelab.device import model_device
+from vaelab.device import map_batches, model_device
 from vaelab.errors import VaelabError
 from vaelab.evaluate import TEST_BINARIZATION_SEED, evaluate_images, scoring_images, summary
 from vaelab.fileio import write_json
@@ -35,7 +35,7 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
-    quality: bool = True,
+    quality: bool | None = None,
 ) -> dict[str, Any]:
     """Negative ELBO, its parts, the importance-sampled NLL (K samples per image, 1000 by
     default), active units, MSE and PSNR on the test split; written to RUN/eval.json.
@@ -43,16 +43,19 @@ def evaluate(
     NLL needs a likelihood: a VAE with the bernoulli loss. For other runs the figures that make
     sense are reported and `nll_absent` says why NLL is not; asking for `k` then is an error.
     With `quality` and a labelled dataset, sample quality is measured too (see sample_quality).
+    `quality` None (the default) measures it when the decoder has a closed-form mean image; a
+    pixelcnn decoder must draw every image pixel by pixel (about a minute for 2,000 digits on
+    2 CPU cores), so it then needs quality=True and `quality_absent` says so.
     """
     model, config = open_run(run, device)
-    has_likelihood = isinstance(model, VAE) and model.config.loss == "bernoulli"
+    has_likelihood = isinstance(model, VAE) and model.pixels.likelihood
     if k is not None and k < 1:
-        raise VaelabError(f"--k must be at least 1, got {k}")
+        raise VaelabError(f"k must be at least 1, got {k}")
     if k is not None and not has_likelihood:
-        raise VaelabError(f"{run} has no likelihood ({_why_no_nll(model)}), so NLL is undefined; drop --k")
+        raise VaelabError(f"{run} has no likelihood ({_why_no_nll(model)}), so NLL is undefined; drop k")
     k = 1000 if k is None else k
     if n_images is not None and n_images < 1:
-        raise VaelabError(f"--n-images must be at least 1, got {n_images}")
+        raise VaelabError(f"n_images must be at least 1, got {n_images}")
     name = dataset or config.dataset
     test = load_images(name, "test", data_dir if dataset else config.data_dir, config.image_size)
     check_shape(model, test.images, name)
@@ -71,8 +74,16 @@ def evaluate(
         "loss": model.config.loss,
         "nll_absent": None if has_likelihood else _why_no_nll(model),
     }
-    if quality and test.labels is not None:
+    drawn = not model.pixels.closed_form_mean
+    if quality is None and drawn:
+        result["quality_absent"] = (
+            f"a {model.pixels.name} decoder draws images pixel by pixel; pass quality=True (--quality) to "
+            "measure sample quality anyway (about a minute per 2,000 images on 2 CPU cores)"
+        )
+    elif quality is not False and test.labels is not None:
         result.update(sample_quality(model, config, test.images[:n_images], test.labels[:n_images], seed))
+    if drawn:
+        result["mse_absent"] = f"a {model.pixels.name} decoder has no closed-form mean image"
     if has_likelihood and config.binarize == "none":
         result["note"] = (
             "trained and scored on grayscale images: the Bernoulli 'likelihood' of non-binary pixels is "
@@ -91,7 +102,11 @@ def sample_quality(
     """Fréchet distance between as many samples as test images and the (grayscale) test images, in
     the feature space of the dataset's cached LeNet classifier; the same distance from training
     images (the floor a perfect generator would reach); the classifier's accuracy on the test
-    images and on their reconstructions."""
+    images and on their reconstructions.
+
+    Samples and reconstructions are mean images where the decoder has a closed form; with a
+    pixelcnn decoder they are drawn (one image per latent), so FD compares like with like.
+    """
     device = model_device(model)
     classifier = classifier_for(config.dataset, config.data_dir, config.image_size, device)
     real = to_unit(images)
@@ -99,7 +114,11 @@ def sample_quality(
     samples = torch.cat(
         [model.sample(min(500, len(real) - s), generator).cpu() for s in range(0, len(real), 500)]
     )
-    reconstructions = latent.decode_latents(model, latent.embed_images(model, images))
+    codes = latent.embed_images(model, images)
+    if model.pixels.closed_form_mean:
+        reconstructions = latent.decode_latents(model, codes)
+    else:
+        reconstructions = map_batches(lambda z: model.decode(z, draws=1, generator=generator), codes, device)
     train = load_images(config.dataset, "train", config.data_dir, config.image_size).images
     floor_images = to_unit(
         train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(real)]]
@@ -123,7 +142,7 @@ def sample_quality(
 def _why_no_nll(model: Any) -> str:
     if not isinstance(model, VAE):
         return "a plain autoencoder defines no p(x): it has no prior and no posterior"
-    return f"the {model.config.loss} loss is a distance, not a normalized likelihood"
+    return f"the {model.pixels.name} loss is a distance, not a normalized likelihood"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -136,7 +155,12 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("nll_absent"):
         rows.append(("NLL", f"not defined: {result['nll_absent']}"))
     rows.append(("active units", f"{result['active_units']} of {result['latent_dim']}"))
-    rows.append(("MSE / PSNR", f"{result['mse']:.4f} per pixel / {result['psnr']:.2f} dB"))
+    if result.get("mse") is not None:
+        rows.append(("MSE / PSNR", f"{result['mse']:.4f} per pixel / {result['psnr']:.2f} dB"))
+    else:
+        rows.append(("MSE / PSNR", f"not computed: {result['mse_absent']}"))
+    if result.get("quality_absent"):
+        rows.append(("sample quality", f"not measured: {result['quality_absent']}"))
     if "fd" in result:
         rows.append(
             (

@@ -21,25 +21,34 @@ from vaelab.models import AE, VAE
 from vaelab.runs import check_shape, open_run, run_images
 
 METHODS = ("linear", "slerp")
+DRAWS = 8  # images drawn per latent to show the mean of a pixelcnn decoder (no closed form)
 
 
 def sample(
     run: str | Path, n: int = 64, out: str | Path = "samples.png", seed: int = 0, device: str = "auto"
 ) -> dict[str, Any]:
-    """Decode n latents drawn from N(0, I) into a PNG grid."""
+    """Decode n latents drawn from N(0, I) into a PNG grid: the mean image of each where the decoder
+    has a closed form, else (pixelcnn) pixels drawn from p(x|z); `pixels` in the result says which."""
     _positive("n", n)
     model, _ = open_run(run, device)
     generator = torch.Generator(model_device(model)).manual_seed(seed)
+    drawn = not model.pixels.closed_form_mean
     with torch.no_grad():
         images = model.sample(n, generator).cpu()
     plots.save_image_grid(images, out, nrow=latent.grid_size(n))
-    return {"output": str(out), "n": n, "seed": seed}
+    return {"output": str(out), "n": n, "seed": seed, "pixels": "drawn" if drawn else "mean"}
 
 
 def reconstruct(
-    run: str | Path, n: int = 16, out: str | Path = "reconstructions.png", seed: int = 0, device: str = "auto"
+    run: str | Path,
+    n: int = 16,
+    out: str | Path = "reconstructions.png",
+    seed: int = 0,
+    draws: int = DRAWS,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Encode n random test images and decode them: inputs above their reconstructions, in a PNG."""
+    """Encode n random test images and decode them: inputs above their reconstructions, in a PNG.
+    A pixelcnn decoder shows the average of `draws` images drawn per latent (seeded by `seed`)."""
     _positive("n", n)
     model, config = open_run(run, device)
     test = run_images(model, config)
@@ -47,7 +56,7 @@ def reconstruct(
     chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
     inputs = to_unit(test.images[chosen])
     with torch.no_grad():
-        recon = latent.decode_latents(model, latent.embed_images(model, test.images[chosen]))
+        recon = latent.reconstruct(model, test.images[chosen], draws, seed)
     columns = min(n, 10)
     rows = []
     for start in range(0, n, columns):  # pairs of rows: inputs, then their reconstructions
@@ -70,9 +79,11 @@ def interpolate(
     to_image: str | Path | None = None,
     steps: int = 10,
     method: str = "linear",
+    draws: int = DRAWS,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Decode `steps` latents between two images (given files, or typical test images of two classes)."""
+    """Decode `steps` latents between two images (given files, or typical test images of two
+    classes). A pixelcnn decoder shows the average of `draws` images drawn per latent."""
     if steps < 2:
         raise VaelabError(f"steps must be at least 2, got {steps}")
     if method not in METHODS:
@@ -81,7 +92,7 @@ def interpolate(
     ends = endpoint_images(model, config, from_class, to_class, from_image, to_image)
     z = latent.embed_images(model, ends)
     path = (latent.slerp if method == "slerp" else latent.lerp)(z[0], z[1], steps)
-    images = latent.decode_latents(model, path)
+    images = latent.decode_latents(model, path, draws)
     plots.save_image_grid(images, out, nrow=steps)
     return {
         "output": str(out),
@@ -135,15 +146,20 @@ def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "
 
 
 def latent_grid(
-    run: str | Path, out: str | Path = "latent_grid.png", n: int = 15, device: str = "auto"
+    run: str | Path,
+    out: str | Path = "latent_grid.png",
+    n: int = 15,
+    draws: int = DRAWS,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Decode an n x n grid over the part of the 2-D latent plane that the test set occupies."""
+    """Decode an n x n grid over the part of the 2-D latent plane that the test set occupies (a
+    pixelcnn decoder: the average of `draws` images drawn per point)."""
     model, config = open_run(run, device)
     if model.config.latent_dim != 2:
         raise VaelabError(f"latent-grid needs a 2-D latent; this run has {model.config.latent_dim}")
     _positive("n", n)
     codes = latent.embed_images(model, run_images(model, config).images)
-    panel = latent.grid_panel(model, codes, n, f"{model.config.model.upper()}: decoded latent plane")
+    panel = latent.grid_panel(model, codes, n, f"{model.config.model.upper()}: decoded latent plane", draws)
     plots.save_latent_grids([panel], out)
     return {"output": str(out), "n": n, "x_range": panel.x_range, "y_range": panel.y_range}
 

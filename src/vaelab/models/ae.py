@@ -1,12 +1,13 @@
-"""The plain autoencoder: x -> z = encoder(x) -> logits = decoder(z), trained on a pixel loss."""
+"""The plain autoencoder: x -> z = encoder(x) -> decoder(z), trained on a pixel loss."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from vaelab import distributions
 from vaelab.config import ModelConfig
-from vaelab.likelihoods import PIXEL_LOSSES, mean_image
+from vaelab.errors import VaelabError
 from vaelab.models.output import ModelOutput
 from vaelab.nets import build_decoder, build_encoder
 
@@ -18,8 +19,8 @@ class AE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config, config.latent_dim)
-        self.decoder = build_decoder(config)
-        self.pixel_loss = PIXEL_LOSSES[config.loss]
+        self.pixels = distributions.for_model(config)
+        self.decoder = build_decoder(config, self.pixels.param_channels)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The latent code z of each image, [B, D]."""
@@ -29,18 +30,19 @@ class AE(nn.Module):
         """The deterministic embedding of each image (z itself for an AE), [B, D]."""
         return self.encoder(x)
 
-    def logits(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Pixel logits for latents z, [B, C, H, W] (`target` is unused: kept so every model has
-        the VAE's signature)."""
-        return self.decoder(z)
+    def logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixel logits for latents z, [B, C, H, W] (Bernoulli pixels; x is not needed)."""
+        if not hasattr(self.pixels, "logits"):
+            raise VaelabError(f"the {self.pixels.name} loss has no pixel logits; use decode for images")
+        return self.pixels.logits(x, self.decoder(z))
 
     def reconstruction_loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The pixel loss of `target` given z, [B]."""
-        return self.pixel_loss(self.decoder(z), target)
+        return self.pixels.loss(target, self.decoder(z))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean image in [0, 1] for latents z."""
-        return mean_image(self.decoder(z))
+        return self.pixels.mean(self.decoder(z))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode n latents drawn from N(0, I). An AE has no prior, so expect poor images: that is the point."""
@@ -61,7 +63,9 @@ class AE(nn.Module):
         nothing and has no KL.
         """
         z = self.encoder(x)
-        logits = self.decoder(z)
-        recon = self.pixel_loss(logits, x if target is None else target)
-        kl = torch.zeros_like(recon)
-        return ModelOutput(logits=logits, z=z, mu=None, log_var=None, recon=recon, kl=kl, loss=recon.mean())
+        params = self.decoder(z)
+        recon = self.pixels.loss(x if target is None else target, params)
+        return ModelOutput(
+            z=z, mu=None, log_var=None, recon=recon, kl=torch.zeros_like(recon), loss=recon.mean(),
+            reconstruction=self.pixels.mean(params.detach()),
+        )  # fmt: skip

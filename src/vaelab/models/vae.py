@@ -1,16 +1,13 @@
 """The variational autoencoder (Kingma & Welling, 2014).
 
 The encoder outputs the mean and log-variance of q(z|x); z = mu + sigma * eps keeps the sample
-differentiable. Two objectives, both averaged over the batch:
+differentiable. The decoder maps z to the parameters of a pixel distribution p(x|z)
+(vaelab.distributions). Two objectives, both averaged over the batch:
 
 * elbo: E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I)). With free bits (Kingma et al., 2016)
   each latent dimension's batch-averaged KL below the floor costs nothing, so no unit collapses.
 * iwae (Burda et al., 2015): -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) with K draws per image,
-  a tighter bound than the ELBO.
-
-With config.decoder "pixelcnn" the decoder's feature maps feed an autoregressive head (see
-vaelab.autoregressive): p(x|z) is then scored in one pass with the image as its own context, and
-decoding draws pixels one at a time.
+  a tighter bound than the ELBO (the same estimator vaelab.evaluate uses for the NLL).
 """
 
 from __future__ import annotations
@@ -18,15 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vaelab.autoregressive import AutoregressiveHead
+from vaelab import distributions
 from vaelab.config import ModelConfig
-from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, log_normal, reparameterize
-from vaelab.importance import log_mean_exp
-from vaelab.likelihoods import PIXEL_LOSSES, mean_image
+from vaelab.errors import VaelabError
+from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, reparameterize
+from vaelab.importance import importance_log_weights, log_mean_exp
 from vaelab.models.output import ModelOutput
-from vaelab.nets import build_decoder, build_encoder, decoder_features
-
-DECODE_DRAWS = 8  # images drawn from an autoregressive decoder to estimate its mean image
+from vaelab.nets import build_decoder, build_encoder
 
 
 class VAE(nn.Module):
@@ -36,15 +31,8 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config, 2 * config.latent_dim)  # mu and log sigma^2
-        self.decoder = build_decoder(config)
-        self.head = (
-            AutoregressiveHead(
-                config.image_channels, decoder_features(config), config.ar_channels, config.ar_layers
-            )
-            if config.decoder == "pixelcnn"
-            else None
-        )
-        self.pixel_loss = PIXEL_LOSSES[config.loss]
+        self.pixels = distributions.for_model(config)
+        self.decoder = build_decoder(config, self.pixels.param_channels)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior (mu, log_var) of each image, each [B, D]."""
@@ -55,34 +43,51 @@ class VAE(nn.Module):
         """The posterior mean of each image, [B, D]."""
         return self.encode(x)[0]
 
-    def logits(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Pixel logits of `target` given latents z, [B, C, H, W] (an autoregressive head reads the
-        pixels of `target` before each one; a factorized decoder ignores `target`)."""
-        features = self.decoder(z)
-        return features if self.head is None else self.head(target, features)
+    def logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixel logits given latents z, [B, C, H, W], for Bernoulli pixels. A pixelcnn decoder
+        predicts each pixel of `x` from the pixels before it, so it needs x; a factorized one not."""
+        if not hasattr(self.pixels, "logits"):
+            raise VaelabError(f"the {self.pixels.name} loss has no pixel logits; use decode for images")
+        return self.pixels.logits(x, self.decoder(z))
 
     def reconstruction_loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The pixel loss of `target` given z, [B]: -log p(x|z) in nats for bernoulli."""
-        return self.pixel_loss(self.logits(z, target), target)
+        """The pixel loss of `target` given z, [B]: -log p(x|z) in nats for bernoulli and pixelcnn."""
+        return self.pixels.loss(target, self.decoder(z))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean image in [0, 1] for latents z. With an autoregressive head it has no closed form:
-        the average of DECODE_DRAWS images drawn from p(x|z) (with a fixed seed, so repeatable)."""
-        features = self.decoder(z)
-        if self.head is None:
-            return mean_image(features)
-        generator = torch.Generator(features.device).manual_seed(0)
-        drawn, _ = self.head.generate(features.repeat_interleave(DECODE_DRAWS, dim=0), generator)
-        return drawn.view(len(z), DECODE_DRAWS, *drawn.shape[1:]).mean(1)
+    def decode(
+        self, z: torch.Tensor, draws: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The mean image E[x|z] in [0, 1] for latents z.
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode n latents drawn from the prior N(0, I): new images (with an autoregressive head,
-        pixels drawn from p(x|z), so 0/1 images)."""
+        A pixelcnn decoder has no closed form: pass `draws` to estimate the mean as the average of
+        that many images drawn with `generator` (each costs one network pass per pixel).
+        """
+        params = self.decoder(z)
+        if self.pixels.closed_form_mean:
+            return self.pixels.mean(params)
+        if draws is None or draws < 1:
+            raise VaelabError(
+                f"a {self.pixels.name} decoder has no closed-form mean image: pass draws=N (and a generator) "
+                "to average N drawn images, or call sample"
+            )
+        drawn = self.pixels.sample(params.repeat_interleave(draws, dim=0), generator)
+        return drawn.view(len(z), draws, *drawn.shape[1:]).mean(1)
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, draw: bool | None = None
+    ) -> torch.Tensor:
+        """n new images from latents drawn from the prior N(0, I).
+
+        draw=False: the mean image of each p(x|z) (smooth; needs a closed-form mean); draw=True:
+        pixels drawn from p(x|z) (0/1 images for Bernoulli pixels). None: the mean where it has a
+        closed form, else drawn (pixelcnn: one pass per pixel).
+        """
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
-        if self.head is None:
-            return self.decode(z)
-        return self.head.generate(self.decoder(z), generator)[0]
+        params = self.decoder(z)
+        if draw is None:
+            draw = not self.pixels.closed_form_mean
+        return self.pixels.sample(params, generator) if draw else self.pixels.mean(params)
 
     def forward(
         self,
@@ -99,26 +104,32 @@ class VAE(nn.Module):
         target = x if target is None else target
         mu, log_var = self.encode(x)
         kl_dims = kl_to_standard_normal(mu, log_var)  # [B, D]
+        reconstruction = None
         if self.config.objective == "iwae":
-            k, (batch, dim) = self.config.iw_samples, mu.shape
-            z = reparameterize(
-                mu.unsqueeze(1).expand(batch, k, dim), log_var.unsqueeze(1).expand(batch, k, dim), generator
+            k = self.config.iw_samples
+            log_w, log_px_z, z = importance_log_weights(
+                target, mu, log_var, lambda xs, zs: -self.reconstruction_loss(zs, xs), k, generator
             )
-            targets = target.repeat_interleave(k, dim=0)  # [B*K, C, H, W]
-            logits = self.logits(z.reshape(batch * k, dim), targets)
-            log_px_z = -self.pixel_loss(logits, targets).view(batch, k)
-            log_w = log_px_z + log_normal(z) - log_normal(z, mu.unsqueeze(1), log_var.unsqueeze(1))  # [B, K]
             loss = -log_mean_exp(log_w).mean()
-            recon, logits, z = -log_px_z.mean(1), logits.view(batch, k, *logits.shape[1:])[:, 0], z[:, 0]
+            recon = -log_px_z.mean(1)
         else:
             z = reparameterize(mu, log_var, generator)
-            logits = self.logits(z, target)
-            recon = self.pixel_loss(logits, target)
+            params = self.decoder(z)
+            recon = self.pixels.loss(target, params)
             weight = self.config.beta if kl_weight is None else kl_weight
             if self.config.free_bits > 0:
                 kl_term = kl_dims.mean(0).clamp_min(self.config.free_bits).sum()
             else:
                 kl_term = kl_dims.sum(1).mean()
             loss = recon.mean() + weight * kl_term
-        kl = kl_dims.sum(1)
-        return ModelOutput(logits=logits, z=z, mu=mu, log_var=log_var, recon=recon, kl=kl, loss=loss)
+            if self.pixels.closed_form_mean:
+                reconstruction = self.pixels.mean(params.detach())
+        return ModelOutput(
+            z=z,
+            mu=mu,
+            log_var=log_var,
+            recon=recon,
+            kl=kl_dims.sum(1),
+            loss=loss,
+            reconstruction=reconstruction,
+        )

@@ -1,4 +1,4 @@
-"""An autoregressive decoder head: p(x | z) = prod_i p(x_i | x_<i, z) over pixels in raster order.
+"""Autoregressive Bernoulli pixels: p(x | z) = prod_i p(x_i | x_<i, z) over pixels in raster order.
 
 A factorized decoder predicts every pixel from z alone, so z must carry every stroke detail; here a
 few masked convolutions (PixelCNN, van den Oord et al., 2016) also see the pixels above and to the
@@ -15,6 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vaelab.distributions.base import PixelDistribution
+from vaelab.distributions.bernoulli import bernoulli_nll
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -44,13 +47,21 @@ class PointwiseConv2d(nn.Conv2d):
         return torch.einsum("bihw,oi->bohw", x, self.weight[:, :, 0, 0]) + self.bias[:, None, None]
 
 
-class AutoregressiveHead(nn.Module):
-    """Pixel logits [B, C, H, W] from the image itself (masked) and decoder features [B, F, H, W]."""
+class PixelCNN(PixelDistribution):
+    """Pixel logits [B, C, H, W] from the image itself (masked) and decoder features
+    params [B, features, H, W]; `channels` wide, `layers` masked 3x3 layers after a 7x7 one.
+
+    There is no closed-form mean image: `sample` draws one pixel at a time, one pass each.
+    """
+
+    name = "pixelcnn"
+    closed_form_mean = False
 
     def __init__(
         self, image_channels: int, features: int, channels: int, layers: int, kernel_size: int = 7
     ) -> None:
-        super().__init__()
+        super().__init__(image_channels)
+        self.features = features
         self.layers = layers
         self.input = MaskedConv2d(image_channels, channels, kernel_size, include_center=False)
         self.condition = PointwiseConv2d(features, channels * (layers + 1))
@@ -60,6 +71,24 @@ class AutoregressiveHead(nn.Module):
         self.output = PointwiseConv2d(channels, image_channels)
         # How far (in pixels up, left or right) the logits of one pixel can see: the generation window.
         self.reach = kernel_size // 2 + layers
+
+    @property
+    def param_channels(self) -> int:
+        return self.features
+
+    def loss(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """-log p(x | z) in nats, [B], in one pass: x is its own context."""
+        return bernoulli_nll(self.logits(x, params), x)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """0/1 images drawn pixel by pixel: H x W sequential passes over a small window each."""
+        return self.generate(params, generator)[0]
+
+    def logits(self, x: torch.Tensor | None, params: torch.Tensor) -> torch.Tensor:
+        """The logit of every pixel of x given the pixels before it in x (teacher forcing)."""
+        if x is None:
+            raise ValueError("a pixelcnn's logits depend on the image: pass the x they predict")
+        return self(x, params)
 
     def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Logits of every pixel given the pixels before it in `x` (teacher forcing) and `features`."""

@@ -1,0 +1,48 @@
+"""Pixel distributions p(x | z): what a decoder's output means, one small module each.
+
+Every distribution takes the decoder's output for z (`params`) and images x [B, C, H, W] in
+[0, 1], and gives:
+
+* ``loss(x, params)``: summed over pixels, [B]; -log p(x|z) in nats when ``likelihood``;
+* ``log_prob(x, params)``: -loss, only for likelihoods (l1/l2 are distances and refuse);
+* ``mean(params)``: E[x | z], only where ``closed_form_mean`` (not for pixelcnn);
+* ``sample(params, generator)``: images drawn from p(x|z) (likelihoods only).
+
+``bernoulli``: factorized Bernoulli pixels; ``l2``/``l1``: distances of sigmoid(params) to x;
+``pixelcnn``: autoregressive Bernoulli pixels (each also sees the pixels before it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vaelab.distributions.base import PixelDistribution
+from vaelab.distributions.bernoulli import Bernoulli, bernoulli_nll, entropy_floor
+from vaelab.distributions.distance import L1Distance, L2Distance
+from vaelab.distributions.pixelcnn import PixelCNN
+
+if TYPE_CHECKING:
+    from vaelab.config import ModelConfig
+
+FACTORIZED: dict[str, type[PixelDistribution]] = {"bernoulli": Bernoulli, "l2": L2Distance, "l1": L1Distance}
+
+__all__ = [
+    "FACTORIZED",
+    "Bernoulli",
+    "L1Distance",
+    "L2Distance",
+    "PixelCNN",
+    "PixelDistribution",
+    "bernoulli_nll",
+    "entropy_floor",
+    "for_model",
+]
+
+
+def for_model(config: ModelConfig) -> PixelDistribution:
+    """The pixel distribution a model config names: its loss, or the pixelcnn decoder (conditioned
+    on `ar_channels` feature maps from a conv decoder; an mlp decoder gives one map per channel)."""
+    if config.decoder == "pixelcnn":
+        features = config.image_channels if config.arch == "mlp" else config.ar_channels
+        return PixelCNN(config.image_channels, features, config.ar_channels, config.ar_layers)
+    return FACTORIZED[config.loss](config.image_channels)

@@ -1,0 +1,118 @@
+"""Pixel distributions: each loss matches its definition, and the pixelcnn is causal, normalized,
+and drawn exactly as it is scored."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from vaelab.distributions import Bernoulli, L1Distance, L2Distance, PixelCNN, bernoulli_nll, entropy_floor
+from vaelab.errors import VaelabError
+
+
+def test_pixel_losses_match_their_definitions() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 4, 5, generator=g, dtype=torch.float64)
+    target = torch.rand(3, 1, 4, 5, generator=g, dtype=torch.float64)
+    p = torch.sigmoid(logits)
+    expected_bce = -(target * p.log() + (1 - target) * (1 - p).log()).flatten(1).sum(1)
+    torch.testing.assert_close(bernoulli_nll(logits, target), expected_bce)
+    torch.testing.assert_close(L2Distance(1).loss(target, logits), ((p - target) ** 2).flatten(1).sum(1))
+    torch.testing.assert_close(L1Distance(1).loss(target, logits), (p - target).abs().flatten(1).sum(1))
+
+
+def test_bernoulli_of_a_binary_image_is_its_negative_log_likelihood() -> None:
+    # One pixel, p = 0.8: -log 0.8 if it is on, -log 0.2 if off.
+    logits = torch.full((2, 1, 1, 1), math.log(0.8 / 0.2))
+    target = torch.tensor([1.0, 0.0]).view(2, 1, 1, 1)
+    torch.testing.assert_close(bernoulli_nll(logits, target), torch.tensor([-math.log(0.8), -math.log(0.2)]))
+
+
+def test_entropy_floor_is_the_least_loss_and_zero_for_binary_images() -> None:
+    g = torch.Generator().manual_seed(2)
+    grey = torch.rand(4, 1, 5, 5, generator=g, dtype=torch.float64).clamp(0.01, 0.99)
+    floor = entropy_floor(grey)
+    # The loss is smallest where the predicted probabilities equal the target's grey values.
+    torch.testing.assert_close(bernoulli_nll(torch.logit(grey), grey), floor)
+    for _ in range(5):
+        other = torch.logit(grey) + 0.3 * torch.randn(grey.shape, generator=g, dtype=torch.float64)
+        assert (bernoulli_nll(other, grey) > floor).all()
+    binary = (grey > 0.5).double()
+    torch.testing.assert_close(entropy_floor(binary), torch.zeros(4, dtype=torch.float64))
+    torch.testing.assert_close(entropy_floor(torch.full((1, 1, 2, 2), 0.5)), torch.tensor([4 * math.log(2)]))
+
+
+def _pixelcnn(channels: int = 1, features: int = 4, seed: int = 0) -> PixelCNN:
+    torch.manual_seed(seed)
+    head = PixelCNN(channels, features, channels=8, layers=2)
+    with torch.no_grad():  # larger weights than the default init, so every dependency shows
+        for p in head.parameters():
+            p.mul_(3)
+    return head
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_pixel_sees_only_the_pixels_before_it(channels: int) -> None:
+    head = _pixelcnn(channels)
+    height, width = 9, 8
+    x = torch.rand(1, channels, height, width, requires_grad=True)
+    features = torch.randn(1, 4, height, width)
+    logits = head(x, features)
+    for i, j in [(0, 0), (0, 5), (4, 0), (4, 4), (8, 7)]:
+        (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), x, retain_graph=True)
+        seen = grad.abs().sum(1)[0] > 0  # [H, W]: which pixels moved this pixel's logits
+        order = torch.arange(height * width).view(height, width)
+        assert not seen[order >= i * width + j].any(), f"pixel {(i, j)} sees itself or a later pixel"
+        if (i, j) != (0, 0):
+            assert seen[order < i * width + j].any()
+
+
+def test_the_probabilities_of_all_images_sum_to_one() -> None:
+    head = _pixelcnn()
+    height, width = 3, 3
+    features = torch.randn(1, 4, height, width)
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=height * width))).view(
+        -1, 1, height, width
+    )
+    log_p = -bernoulli_nll(head(images, features.expand(len(images), -1, -1, -1)), images)
+    assert torch.logsumexp(log_p.double(), 0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_drawing_pixel_by_pixel_matches_one_pass_scoring() -> None:
+    # 14 x 13 is wider and taller than the head's reach (3 + 2 layers), so the windows are cropped.
+    head = _pixelcnn(channels=2)
+    features = torch.randn(3, 4, 14, 13)
+    drawn, probs = head.generate(features, torch.Generator().manual_seed(1))
+    assert set(drawn.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(probs, torch.sigmoid(head(drawn, features)), rtol=1e-5, atol=1e-6)
+
+
+def test_distances_are_not_likelihoods_and_have_nothing_to_draw() -> None:
+    params, x = torch.zeros(2, 1, 3, 3), torch.rand(2, 1, 3, 3)
+    for distance in (L1Distance(1), L2Distance(1)):
+        assert not distance.likelihood and distance.closed_form_mean
+        torch.testing.assert_close(distance.mean(params), torch.full_like(x, 0.5))
+        with pytest.raises(VaelabError, match="not a likelihood"):
+            distance.log_prob(x, params)
+        with pytest.raises(VaelabError, match="nothing to draw"):
+            distance.sample(params)
+
+
+def test_bernoulli_mean_and_draws_agree() -> None:
+    pixels = Bernoulli(1)
+    params = torch.full((20_000, 1, 1, 2), math.log(0.3 / 0.7))
+    torch.testing.assert_close(pixels.mean(params)[0], torch.full((1, 1, 2), 0.3))
+    drawn = pixels.sample(params, torch.Generator().manual_seed(0))
+    assert set(drawn.unique().tolist()) == {0.0, 1.0}
+    assert abs(drawn.mean().item() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / drawn.numel())
+    torch.testing.assert_close(pixels.log_prob(drawn[:2], params[:2]), -bernoulli_nll(params[:2], drawn[:2]))
+
+
+def test_a_pixelcnn_has_no_closed_form_mean() -> None:
+    pixels = _pixelcnn()
+    assert pixels.likelihood and not pixels.closed_form_mean and pixels.param_channels == 4
+    with pytest.raises(VaelabError, match="no closed-form mean"):
+        pixels.mean(torch.randn(1, 4, 3, 3))
