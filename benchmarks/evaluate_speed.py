@@ -10,8 +10,11 @@ repeated, and the median decodes per second (images x K) reported:
 
 * evaluate: `vaelab.evaluate(run, k=K, n_images=N, quality=False)`, the whole command (loading
   the run and the data, ELBO parts, importance-sampled NLL, active units, eval.json);
-* bare: for batches of 64 images, encode, then draw K latents per image in chunks of 64, decode
-  them and score the pixels: nothing else.
+* bare: for one image at a time, encode, then draw its K latents in chunks of 128, decode them
+  and score the pixels: nothing else.
+
+With --compare-chunks, `evaluate` is also timed (interleaved) with 4,096 decodes per pass, the
+chunk size before vaelab.device.DECODE_BUDGET, to show what the page faults of large tensors cost.
 
 Target: evaluate >= 0.8x bare, and K = 1000 on 2,000 digits in under 3 minutes on 2 CPU cores
 (projected from the measured rate, or timed with --full). The last line is one JSON object.
@@ -30,6 +33,7 @@ from pathlib import Path
 import torch
 
 import vaelab
+from vaelab import device as device_module
 from vaelab.apps.measure import evaluate
 from vaelab.data.transforms import to_unit
 from vaelab.evaluate import scoring_images
@@ -48,13 +52,13 @@ def bare(model: torch.nn.Module, images: torch.Tensor, k: int) -> float:
     """Seconds to score `images` with K posterior draws each, doing only the arithmetic."""
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
-    for start in range(0, len(images), 64):
-        x = to_unit(images[start : start + 64])
+    for image in images:
+        x = to_unit(image[None])
         mu, log_var = model.encode(x)
-        for done in range(0, k, 64):
-            n = min(64, k - done)
-            z = reparameterize(mu.repeat_interleave(n, 0), log_var.repeat_interleave(n, 0), generator)
-            model.reconstruction_loss(z, x.repeat_interleave(n, 0))
+        for done in range(0, k, 128):
+            n = min(128, k - done)
+            z = reparameterize(mu.expand(n, -1), log_var.expand(n, -1), generator)
+            model.reconstruction_loss(z, x.expand(n, -1, -1, -1))
     return time.perf_counter() - started
 
 
@@ -66,6 +70,7 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=200, help="test images per timing (default: 200)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default: 3)")
     parser.add_argument("--full", action="store_true", help="also time K = 1000 on all 2,000 test digits")
+    parser.add_argument("--compare-chunks", action="store_true", help="also time 4,096 decodes per pass")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
@@ -83,10 +88,18 @@ def main() -> None:
             evaluate(run, k=2, n_images=8, device="cpu", progress=False, quality=False)  # warm-up
             bare(model, images[:8], 2)
             times: dict[str, list[float]] = {"evaluate": [], "bare": []}
+            budgets = {"evaluate": device_module.DECODE_BUDGET["cpu"]}
+            if args.compare_chunks:
+                times["evaluate_4096"], budgets["evaluate_4096"] = [], 4096 * 28 * 28
             for _ in range(args.repeats):
-                started = time.perf_counter()
-                evaluate(run, k=args.k, n_images=args.n_images, device="cpu", progress=False, quality=False)
-                times["evaluate"].append(time.perf_counter() - started)
+                for key, budget in budgets.items():
+                    device_module.DECODE_BUDGET["cpu"] = budget
+                    started = time.perf_counter()
+                    evaluate(
+                        run, k=args.k, n_images=args.n_images, device="cpu", progress=False, quality=False
+                    )
+                    times[key].append(time.perf_counter() - started)
+                device_module.DECODE_BUDGET["cpu"] = budgets["evaluate"]
                 times["bare"].append(bare(model, images, args.k))
             rate = {key: decodes / statistics.median(values) for key, values in times.items()}
             row = {
@@ -96,6 +109,8 @@ def main() -> None:
                 "ratio": round(rate["evaluate"] / rate["bare"], 3),
                 "projected_full_seconds": round(FULL_DECODES / rate["evaluate"], 1),
             }
+            if args.compare_chunks:
+                row["evaluate_4096_decodes_per_s"] = round(rate["evaluate_4096"])
             if args.full:
                 started = time.perf_counter()
                 evaluate(run, k=1000, device="cpu", progress=False, quality=False)
@@ -104,7 +119,12 @@ def main() -> None:
             print(
                 f"{name:<26} evaluate {row['evaluate_decodes_per_s']:>7} decodes/s  bare {row['bare_decodes_per_s']:>7}"
                 f"  ratio {row['ratio']:.2f}  K=1000 x 2000 images: {row['projected_full_seconds']:.0f} s projected"
-                + (f", {row['full_seconds']:.0f} s timed" if args.full else ""),
+                + (f", {row['full_seconds']:.0f} s timed" if args.full else "")
+                + (
+                    f"; 4,096 per pass: {row['evaluate_4096_decodes_per_s']} decodes/s"
+                    if args.compare_chunks
+                    else ""
+                ),
                 flush=True,
             )
     targets = {

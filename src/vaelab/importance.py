@@ -11,9 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from vaelab.device import decode_budget
 from vaelab.gaussian import log_normal, reparameterize
-
-MAX_DECODES_PER_CHUNK = 4096  # images x samples decoded at once: bounds memory whatever K is
 
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,11 +28,12 @@ def importance_log_weights(
     """log w_k for K draws per image, [B, K], log p(x|z_k), [B, K], and the first draw z_1, [B, D].
 
     `log_likelihood(x_rep, z)` scores images repeated to match the latents z, returning [N]. The
-    draws are decoded in chunks of at most MAX_DECODES_PER_CHUNK images; gradients flow when
-    called outside torch.no_grad (the IWAE objective uses this same function).
+    draws are decoded in chunks of about decode_budget(device) pixels (memory stays bounded
+    whatever K is); gradients flow when called outside torch.no_grad (the IWAE objective uses this
+    same function).
     """
     batch = len(x)
-    chunk = max(1, MAX_DECODES_PER_CHUNK // batch)
+    chunk = max(1, decode_budget(x.device) // (batch * x[0].numel()))  # draws per image per pass
     log_w, log_px_z, first = [], [], None
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
