@@ -35,7 +35,7 @@ from torchvision.transforms import ToTensor
 
 import vaelab
 from vaelab.checkpoint import read_metrics
-from vaelab.config import PLAIN_TRAINING, ModelConfig
+from vaelab.config import PLAIN_TRAINING, TrainConfig
 from vaelab.data.idx import find_idx_files
 
 
@@ -58,8 +58,8 @@ DEVICE = torch.device("cpu")  # set from --device
 
 def build(case: dict, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = ModelConfig(model="vae", arch=case["arch"], latent_dim=case["latent_dim"])
-    return vaelab.build_model(config).to(DEVICE)
+    settings = {**PLAIN_TRAINING, "model": "vae", "arch": case["arch"], "latent_dim": case["latent_dim"]}
+    return vaelab.build_model(TrainConfig.from_settings(**settings).model_config).to(DEVICE)
 
 
 def synchronize() -> None:
@@ -103,10 +103,10 @@ def trainer_loop(case: dict, n_train: int, epochs: int, in_loop: list[float]) ->
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
         started = time.perf_counter()
         with contextlib.redirect_stderr(devnull):  # the progress bar still runs, unseen
+            settings = {**PLAIN_TRAINING, "arch": case["arch"], "batch_size": case["batch_size"]}
             vaelab.train(
-                Path(tmp) / "run", dataset=case["dataset"], model="vae", arch=case["arch"],
-                latent_dim=case["latent_dim"], batch_size=case["batch_size"], epochs=epochs, device=DEVICE.type,
-                **PLAIN_TRAINING,  # the plain net and schedule build() makes
+                Path(tmp) / "run", dataset=case["dataset"], model="vae", latent_dim=case["latent_dim"],
+                epochs=epochs, device=DEVICE.type, **settings,  # the plain net and schedule build() makes
             )  # fmt: skip
         seconds = time.perf_counter() - started
         in_loop.append(statistics.median(row["images_per_second"] for row in read_metrics(Path(tmp) / "run")))

@@ -12,9 +12,6 @@ from PIL import Image
 import vaelab
 from vaelab.config import PLAIN_TRAINING
 
-# The small conv net and plain schedule of these fixtures, whatever `vaelab train` defaults to.
-SMALL_CONV = {"arch": "conv", **PLAIN_TRAINING}
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -26,7 +23,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 def vae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-D conv VAE trained for 2 epochs on mnist-mini (a few seconds on a laptop CPU)."""
     run = tmp_path_factory.mktemp("runs") / "vae2"
-    vaelab.train(run, model="vae", latent_dim=2, epochs=2, device="cpu", progress=False, **SMALL_CONV)
+    vaelab.train(run, model="vae", latent_dim=2, epochs=2, device="cpu", progress=False, **PLAIN_TRAINING)
     return run
 
 

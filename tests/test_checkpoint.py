@@ -10,13 +10,15 @@ import pytest
 import torch
 
 import vaelab
+from vaelab import checkpoint
+from vaelab.distributions import Bernoulli
 
 
 def test_load_rebuilds_the_model_in_eval_mode_from_json_and_safetensors(vae_run: Path) -> None:
     model = vaelab.load(vae_run)
     assert isinstance(model, vaelab.VAE) and not model.training
     config = json.loads((vae_run / "config.json").read_text())
-    assert list(config) == ["model", "train"] and config["model"]["latent_dim"] == 2
+    assert list(config) == ["format", "model", "train"] and config["model"]["latent_dim"] == 2
     x = torch.rand(4, 1, 28, 28)
     mu, log_var = model.encode(x)
     assert mu.shape == log_var.shape == (4, 2)
@@ -58,3 +60,45 @@ def test_run_files_can_be_shared(vae_run: Path) -> None:
     os.umask(mask)
     for path in vae_run.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path.name
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"  # a pixelcnn VAE saved by vaelab 0.1.0
+
+
+def test_a_run_saved_by_vaelab_0_1_0_loads_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    shutil.copytree(FIXTURE, run)
+    config = checkpoint.read_train_config(run)
+    model_config = config.model_config
+    assert (model_config.decoder, model_config.channels, model_config.conv_channels()) == (
+        "pixelcnn",
+        4,
+        [4, 8],
+    )
+    assert (model_config.free_bits, config.lr, config.lr_warmup_epochs) == (0.25, 0.002, 2)
+    model = vaelab.load(run)  # its pixelcnn weights were saved as head.*
+    x = (torch.rand(4, 1, 28, 28) > 0.5).float()
+    mu, _ = model.encode(x)
+    assert torch.isfinite(model.reconstruction_loss(mu, x)).all()
+    result = vaelab.train(run, resume=True, epochs=2, device="cpu", progress=False)
+    assert result["epochs"] == 2 and len(checkpoint.read_metrics(run)) == 2
+    assert json.loads((run / "config.json").read_text())["format"] == checkpoint.CONFIG_FORMAT
+
+
+def test_settings_an_old_config_lacks_mean_what_they_meant_then() -> None:
+    old = {
+        "model": {
+            "model": "vae",
+            "arch": "conv",
+            "latent_dim": 4,
+            "conv_channels": [32, 64],
+        },  # before hidden
+        "train": {"epochs": 3, "latent_dim": 4, "free_bits": None},  # before the lr warm-up
+    }
+    upgraded = checkpoint.upgrade_config(old)
+    assert upgraded["model"]["hidden"] == 0 and upgraded["model"]["decoder"] == "factorized"
+    assert upgraded["model"]["channels"] == 32 and upgraded["train"] == {"epochs": 3, "lr_warmup_epochs": 0}
+    net = vaelab.build_model(vaelab.ModelConfig.from_dict(upgraded["model"]))
+    assert isinstance(net.encoder.head, torch.nn.Linear) and isinstance(net.pixels, Bernoulli)
+    with pytest.raises(vaelab.VaelabError, match="newer than this vaelab"):
+        checkpoint.upgrade_config({"format": 99, "model": {}, "train": {}})

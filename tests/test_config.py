@@ -1,29 +1,71 @@
-"""Settings: what "auto" resolves to, and the ranges that are refused."""
+"""Settings: each written once, what "auto" resolves to, and the ranges that are refused."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from vaelab.config import DEFAULT_LR, PIXELCNN_FREE_BITS, PIXELCNN_LR, TrainConfig
+from vaelab import ModelConfig, TrainConfig, build_model
+from vaelab.config import DEFAULT_LR, PIXELCNN_FREE_BITS, PIXELCNN_LR, setting_names
 from vaelab.errors import VaelabError
 
 
+def test_every_setting_is_declared_once() -> None:
+    assert setting_names(ModelConfig).isdisjoint(setting_names(TrainConfig))
+    config = TrainConfig.from_settings(latent_dim=2, epochs=3, arch="mlp")
+    assert (config.model_config.latent_dim, config.epochs, config.model_config.arch) == (2, 3, "mlp")
+    assert TrainConfig.from_settings(**config.settings()) == config
+    with pytest.raises(VaelabError, match="unknown setting colour"):
+        TrainConfig.from_settings(colour="red")
+
+
+def test_the_default_model_is_what_train_builds_by_default() -> None:
+    trained = TrainConfig().validate().resolved().model_config
+    built = build_model(ModelConfig()).config
+    assert built == trained
+    assert (built.arch, built.hidden, built.latent_dim, built.decoder) == ("resnet", 512, 32, "factorized")
+
+
+def test_build_model_leaves_its_config_alone() -> None:
+    config = ModelConfig(decoder="auto", free_bits=None)
+    before = dataclasses.replace(config)
+    build_model(config)
+    assert config == before
+
+
+def test_conv_stages_follow_the_image_size() -> None:
+    def stages(height: int, width: int, channels: int = 32) -> list[int]:
+        return ModelConfig(image_height=height, image_width=width, channels=channels).conv_channels()
+
+    assert stages(28, 28) == [32, 64]  # 28 -> 14 -> 7
+    assert stages(64, 64) == [32, 64, 128]  # 64 -> 32 -> 16 -> 8
+    assert stages(8, 8) == [32]
+    assert stages(64, 64, channels=16) == [16, 32, 64]
+    assert stages(1024, 1024, channels=16)[-1] == 128  # capped at 8 x channels
+    assert ModelConfig(arch="mlp").conv_channels() == []
+
+
 def test_auto_decoder_follows_binarization_and_refuses_models_without_a_likelihood() -> None:
-    assert TrainConfig(binarize="dynamic").validate().resolved_decoder() == "pixelcnn"
-    assert TrainConfig(binarize="none").validate().resolved_decoder() == "factorized"
-    assert TrainConfig(binarize="dynamic", model="ae").validate().resolved_decoder() == "factorized"
-    assert TrainConfig(binarize="dynamic", loss="l2").validate().resolved_decoder() == "factorized"
-    with pytest.raises(VaelabError, match="--decoder pixelcnn needs --model vae"):
-        TrainConfig(decoder="pixelcnn", model="ae").validate()
-    with pytest.raises(VaelabError, match="--ar-channels"):
-        TrainConfig(ar_channels=0).validate()
+    def decoder(**settings) -> str:
+        return TrainConfig.from_settings(**settings).validate().resolved().model_config.decoder
+
+    assert decoder(binarize="dynamic") == "pixelcnn"
+    assert decoder(binarize="none") == "factorized"
+    assert decoder(binarize="dynamic", model="ae") == "factorized"
+    assert decoder(binarize="dynamic", loss="l2") == "factorized"
+    with pytest.raises(VaelabError, match="decoder pixelcnn needs model vae"):
+        TrainConfig.from_settings(decoder="pixelcnn", model="ae").validate()
+    with pytest.raises(VaelabError, match="ar_channels must be at least 1"):
+        TrainConfig.from_settings(ar_channels=0).validate()
 
 
 def test_learning_rate_and_free_bits_follow_the_decoder_unless_given() -> None:
-    pixelcnn = TrainConfig(binarize="dynamic").validate()
-    assert (pixelcnn.resolved_lr(), pixelcnn.resolved_free_bits()) == (PIXELCNN_LR, PIXELCNN_FREE_BITS)
-    factorized = TrainConfig(binarize="dynamic", decoder="factorized").validate()
-    assert (factorized.resolved_lr(), factorized.resolved_free_bits()) == (DEFAULT_LR, 0.0)
-    given = TrainConfig(binarize="dynamic", lr=5e-4, free_bits=0.0).validate()
-    assert (given.resolved_lr(), given.resolved_free_bits()) == (5e-4, 0.0)
-    assert TrainConfig(binarize="dynamic", objective="iwae").validate().resolved_free_bits() == 0.0
+    def lr_and_free_bits(**settings) -> tuple[float | None, float | None]:
+        config = TrainConfig.from_settings(**settings).validate().resolved()
+        return config.lr, config.model_config.free_bits
+
+    assert lr_and_free_bits(binarize="dynamic") == (PIXELCNN_LR, PIXELCNN_FREE_BITS)
+    assert lr_and_free_bits(binarize="dynamic", decoder="factorized") == (DEFAULT_LR, 0.0)
+    assert lr_and_free_bits(binarize="dynamic", lr=5e-4, free_bits=0.0) == (5e-4, 0.0)
+    assert lr_and_free_bits(binarize="dynamic", objective="iwae")[1] == 0.0

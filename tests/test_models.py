@@ -6,10 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaelab import ModelConfig, build_model
-from vaelab.config import TrainConfig
-from vaelab.distributions import Bernoulli, bernoulli_nll
+from vaelab.distributions import bernoulli_nll
 from vaelab.errors import VaelabError
-from vaelab.nets import default_conv_channels
 
 
 @settings(max_examples=15, deadline=None)
@@ -25,8 +23,9 @@ def test_any_image_size_round_trips_to_its_own_shape(
     model: str, arch: str, h: int, w: int, c: int, hidden: int
 ) -> None:
     config = ModelConfig(
-        model=model, arch=arch, latent_dim=3, image_channels=c, image_height=h, image_width=w, hidden=hidden
-    )
+        model=model, arch=arch, latent_dim=3, image_channels=c, image_height=h, image_width=w, hidden=hidden,
+        channels=8,
+    )  # fmt: skip
     net = build_model(config)
     x = torch.rand(2, c, h, w)
     out = net(x, generator=torch.Generator().manual_seed(0))
@@ -36,17 +35,9 @@ def test_any_image_size_round_trips_to_its_own_shape(
     assert decoded.shape == (2, c, h, w) and decoded.min() >= 0 and decoded.max() <= 1
 
 
-def test_conv_stages_follow_the_image_size() -> None:
-    assert default_conv_channels(28, 28) == [32, 64]  # 28 -> 14 -> 7
-    assert default_conv_channels(64, 64) == [32, 64, 128]  # 64 -> 32 -> 16 -> 8
-    assert default_conv_channels(8, 8) == [32]
-    assert default_conv_channels(64, 64, base=16) == [16, 32, 64]
-    assert default_conv_channels(1024, 1024, base=16)[-1] == 128  # capped at 8 x base
-
-
 def test_hidden_layer_adds_exactly_its_dense_weights() -> None:
-    plain = build_model(ModelConfig(model="vae", latent_dim=8))
-    wide = build_model(ModelConfig(model="vae", latent_dim=8, hidden=100))
+    plain = build_model(ModelConfig(model="vae", arch="conv", latent_dim=8, hidden=0))
+    wide = build_model(ModelConfig(model="vae", arch="conv", latent_dim=8, hidden=100))
     flat = 64 * 7 * 7  # the encoder's conv features, and the decoder's first feature map
     # encoder: flat->16 becomes flat->100->16; decoder: 8->flat becomes 8->100->flat
     extra = (
@@ -59,15 +50,9 @@ def test_hidden_layer_adds_exactly_its_dense_weights() -> None:
     assert count(wide) - count(plain) == extra
 
 
-def test_a_saved_config_without_the_newer_fields_rebuilds_the_old_network() -> None:
-    old = {"model": "vae", "arch": "conv", "latent_dim": 4, "conv_channels": [32, 64]}  # before --hidden
-    net = build_model(ModelConfig.from_dict(old))
-    assert isinstance(net.encoder.head, torch.nn.Linear) and isinstance(net.decoder.head, torch.nn.Linear)
-
-
 @pytest.mark.parametrize("beta", [0.0, 1.0, 4.0])
 def test_vae_loss_is_recon_plus_beta_kl_averaged_over_the_batch(beta: float) -> None:
-    net = build_model(ModelConfig(model="vae", latent_dim=4, beta=beta))
+    net = build_model(ModelConfig(model="vae", arch="conv", channels=8, hidden=0, latent_dim=4, beta=beta))
     out = net(torch.rand(5, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.loss, (out.recon + beta * out.kl).mean())
     assert (out.kl > 0).all()
@@ -76,7 +61,7 @@ def test_vae_loss_is_recon_plus_beta_kl_averaged_over_the_batch(beta: float) -> 
 
 
 def test_ae_has_no_kl_and_encodes_to_one_tensor() -> None:
-    net = build_model(ModelConfig(model="ae", latent_dim=4, loss="l2"))
+    net = build_model(ModelConfig(model="ae", arch="conv", channels=8, hidden=0, latent_dim=4, loss="l2"))
     x = torch.rand(5, 1, 28, 28)
     out = net(x)
     assert torch.equal(out.kl, torch.zeros(5)) and out.mu is None
@@ -85,7 +70,7 @@ def test_ae_has_no_kl_and_encodes_to_one_tensor() -> None:
 
 
 def test_denoising_target_is_what_the_loss_compares_with() -> None:
-    net = build_model(ModelConfig(model="ae", latent_dim=4, loss="l1"))
+    net = build_model(ModelConfig(model="ae", arch="conv", channels=8, hidden=0, latent_dim=4, loss="l1"))
     noisy, clean = torch.rand(3, 1, 28, 28), torch.zeros(3, 1, 28, 28)
     out = net(noisy, target=clean)
     torch.testing.assert_close(out.recon, out.reconstruction.flatten(1).sum(1))
@@ -98,7 +83,7 @@ def test_mlp_vae_matches_the_pytorch_example_size() -> None:
 
 
 def test_a_pixelcnn_vae_scores_decodes_and_samples_any_image_size() -> None:
-    config = TrainConfig(binarize="dynamic", arch="conv", hidden=0).validate().model_config((1, 11, 9))
+    config = ModelConfig(arch="conv", hidden=0, decoder="pixelcnn", image_height=11, image_width=9)
     model = build_model(config).eval()
     x = (torch.rand(4, 1, 11, 9) > 0.5).float()
     out = model(x)
@@ -117,10 +102,3 @@ def test_a_pixelcnn_vae_scores_decodes_and_samples_any_image_size() -> None:
     assert set(first.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(VaelabError, match="no closed-form mean"):
         model.sample(4, draw=False)
-
-
-def test_configs_saved_before_the_pixelcnn_option_rebuild_a_factorized_decoder() -> None:
-    old = ModelConfig(model="vae", arch="conv").to_dict()
-    for key in ("decoder", "ar_channels", "ar_layers"):
-        old.pop(key)
-    assert isinstance(build_model(ModelConfig.from_dict(old)).pixels, Bernoulli)

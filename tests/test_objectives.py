@@ -144,9 +144,9 @@ def test_a_collapsed_latent_is_warned_about_once_after_the_lr_warmup(
 
 
 def test_iwae_settings_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(vaelab.VaelabError, match="--objective iwae needs --model vae"):
+    with pytest.raises(vaelab.VaelabError, match="objective iwae needs model vae"):
         vaelab.train(tmp_path / "r", objective="iwae", beta=2.0, **FAST)
-    with pytest.raises(vaelab.VaelabError, match="--iw-samples must be at least 1"):
+    with pytest.raises(vaelab.VaelabError, match="iw_samples must be at least 1"):
         vaelab.train(tmp_path / "r", objective="iwae", iw_samples=0, **FAST)
 
 

@@ -74,7 +74,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_epoch(
 
     monkeypatch.setattr(VAE, "forward", poisoned)
     with pytest.raises(
-        vaelab.TrainingDivergedError, match=r"loss became nan at epoch 2, step 3.*keeps epoch 1.*--lr"
+        vaelab.TrainingDivergedError, match=r"loss became nan at epoch 2, step 3.*keeps epoch 1.*try lr"
     ):
         vaelab.train(run, resume=True, epochs=3, **FAST)
     kept = _weights(run)
@@ -91,7 +91,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path) -> None:
 
 def test_resume_refuses_changed_settings_and_missing_runs(tmp_path: Path) -> None:
     vaelab.train(tmp_path / "r", epochs=1, **FAST)
-    with pytest.raises(vaelab.VaelabError, match="--lr 0.1 differs"):
+    with pytest.raises(vaelab.VaelabError, match="lr 0.1 differs"):
         vaelab.train(tmp_path / "r", resume=True, epochs=2, lr=0.1, **FAST)
     with pytest.raises(vaelab.VaelabError, match="nothing to resume"):
         vaelab.train(tmp_path / "none", resume=True, epochs=2, **FAST)
@@ -100,32 +100,22 @@ def test_resume_refuses_changed_settings_and_missing_runs(tmp_path: Path) -> Non
 def test_a_run_keeps_the_learning_rate_and_free_bits_it_started_with(tmp_path: Path) -> None:
     settings = {**FAST, "decoder": "pixelcnn", "binarize": "dynamic", "epochs": 1}
     vaelab.train(tmp_path / "r", **settings)
-    config_path = tmp_path / "r" / "config.json"
-    saved = json.loads(config_path.read_text())
-    assert (saved["train"]["lr"], saved["train"]["free_bits"]) == (PIXELCNN_LR, PIXELCNN_FREE_BITS)
-    # A run saved before the defaults were pinned (free_bits null) resumes with the floor its model had.
-    saved["train"]["free_bits"], saved["model"]["free_bits"] = None, 0.5
-    config_path.write_text(json.dumps(saved))
-    resumed = importlib.import_module("vaelab.train")._resume_config(tmp_path / "r", {"epochs": 2})
-    assert (resumed.resolved_free_bits(), resumed.resolved_lr()) == (0.5, PIXELCNN_LR)
-    assert resumed.lr_warmup_epochs == 2  # saved with the run
-    # One saved before the lr warm-up existed trained without one, and resumes without one.
-    del saved["train"]["lr_warmup_epochs"]
-    config_path.write_text(json.dumps(saved))
-    assert importlib.import_module("vaelab.train")._resume_config(tmp_path / "r", {}).lr_warmup_epochs == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["train"]["lr"], saved["model"]["free_bits"]) == (PIXELCNN_LR, PIXELCNN_FREE_BITS)
+    assert saved["format"] == 2 and "latent_dim" not in saved["train"]  # each setting stored once
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"latent_dim": 0}, "--latent-dim must be at least 1"),
-        ({"lr": -1.0}, "--lr must be positive"),
-        ({"loss": "mse"}, "--loss 'mse' is not one of"),
-        ({"val_fraction": 1.0}, "--val-fraction"),
-        ({"colour": "red"}, "unknown training settings: colour"),
-        ({"ema": 1.0}, "--ema must be in"),
-        ({"hidden": -1}, "--hidden zero or more"),
-        ({"channels": 0}, "--channels must be at least 1"),
+        ({"latent_dim": 0}, "latent_dim must be at least 1"),
+        ({"lr": -1.0}, "lr must be positive"),
+        ({"loss": "mse"}, "loss 'mse' is not one of"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"colour": "red"}, "unknown setting colour"),
+        ({"ema": 1.0}, "ema must be in"),
+        ({"hidden": -1}, "hidden must be zero or more"),
+        ({"channels": 0}, "channels must be at least 1"),
     ],
 )
 def test_out_of_range_settings_are_refused_before_anything_is_written(

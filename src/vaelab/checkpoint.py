@@ -1,10 +1,16 @@
 """A run folder: ``config.json`` (sorted keys) + ``model.safetensors`` (the weights with the best
 validation loss), with the training state (latest weights, optimizer, random generator, epoch)
-in ``training_state.safetensors`` and one line per epoch in ``metrics.jsonl``. Every file is written atomically; loading never unpickles (JSON + safetensors).
+in ``training_state.safetensors`` and one line per epoch in ``metrics.jsonl``. Every file is
+written atomically; loading never unpickles (JSON + safetensors).
+
+config.json holds ``{"format": 2, "model": ModelConfig, "train": TrainConfig's own settings}``.
+Every change of these formats, and how older files are read, lives here: runs saved by vaelab
+0.1.0 (no "format" key) load and resume unchanged (see upgrade_config and upgrade_weights).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaelab.config import ModelConfig, TrainConfig
+from vaelab.config import ModelConfig, TrainConfig, setting_names
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, write_json
 from vaelab.models import AE, VAE, build_model
@@ -23,6 +29,17 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "training_state.safetensors"
 METRICS = "metrics.jsonl"
+CONFIG_FORMAT = 2
+
+# What vaelab 0.1.0 meant by a setting missing from its config.json: the behaviour before the
+# setting existed (a model saved before `hidden` had no dense layer, and so on).
+V1_MODEL_DEFAULTS: dict[str, Any] = {
+    "model": "vae", "arch": "conv", "latent_dim": 16, "loss": "bernoulli", "beta": 1.0, "objective": "elbo",
+    "iw_samples": 5, "free_bits": 0.0, "image_channels": 1, "image_height": 28, "image_width": 28,
+    "conv_channels": [], "mlp_hidden": 400, "hidden": 0, "decoder": "factorized", "ar_channels": 16,
+    "ar_layers": 2,
+}  # fmt: skip
+V1_TRAIN_DEFAULTS: dict[str, Any] = {"lr_warmup_epochs": 0}  # runs saved before the lr warm-up had none
 
 
 def is_run(run_dir: str | Path) -> bool:
@@ -30,20 +47,48 @@ def is_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CONFIG).is_file() and (Path(run_dir) / WEIGHTS).is_file()
 
 
-def read_run_config(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training settings saved in a run folder."""
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The parsed config.json of a run, upgraded to today's format."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise VaelabError(
             f"{run_dir} is not a vaelab run (no {CONFIG}); train one with `vaelab train --out {run_dir}`"
         )
     try:
-        data = json.loads(path.read_text())
-        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        return upgrade_config(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError) as error:
         raise VaelabError(
             f"{path} is not a valid vaelab config ({error}); retrain or restore the file"
         ) from None
+
+
+def read_model_config(run_dir: str | Path) -> ModelConfig:
+    """The settings the run's network was built from."""
+    return ModelConfig.from_dict(read_config(run_dir)["model"])
+
+
+def read_train_config(run_dir: str | Path) -> TrainConfig:
+    """Every setting the run was trained with, its model config included."""
+    data = read_config(run_dir)
+    train = TrainConfig.from_dict(data["train"])
+    return dataclasses.replace(train, model_config=ModelConfig.from_dict(data["model"]))
+
+
+def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of any release in today's format. Format 1 (vaelab 0.1.0) had a flat
+    training config repeating the model's settings, and conv channels as a list per stage."""
+    if data.get("format") == CONFIG_FORMAT:
+        return data
+    if "format" in data:
+        raise VaelabError(f"config format {data['format']} is newer than this vaelab; upgrade vaelab")
+    model = {**V1_MODEL_DEFAULTS, **data["model"]}
+    stages = model.pop("conv_channels")
+    train = {**V1_TRAIN_DEFAULTS, **data["train"]}
+    model["channels"] = stages[0] if stages else 32  # an empty list meant 32 (or an mlp)
+    if stages and ModelConfig.from_dict(model).conv_channels() != stages:
+        raise VaelabError(f"conv channels {stages} cannot be expressed by one channels setting")
+    train = {k: v for k, v in train.items() if k not in setting_names(ModelConfig)}
+    return {"format": CONFIG_FORMAT, "model": model, "train": train}
 
 
 def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch: int) -> None:
@@ -51,14 +96,13 @@ def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_output(run_dir / WEIGHTS, durable=True) as tmp:
         save_file(state, str(tmp), metadata={"epoch": str(epoch), "format": "vaelab"})
-    write_json(
-        run_dir / CONFIG, {"model": model.config.to_dict(), "train": train_config.to_dict()}, durable=True
-    )
+    config = {"format": CONFIG_FORMAT, "model": model.config.to_dict(), "train": train_config.to_dict()}
+    write_json(run_dir / CONFIG, config, durable=True)
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> AE | VAE:
     """Rebuild the model saved in run_dir from config.json + model.safetensors, in eval mode."""
-    model_config, _ = read_run_config(run_dir)
+    model_config = read_model_config(run_dir)
     path = Path(run_dir) / WEIGHTS
     if not path.is_file():
         raise VaelabError(f"{run_dir} has no {WEIGHTS}: training never finished an epoch; train it again")
@@ -166,6 +210,13 @@ def load_training_state(
             _, index, key = name.split(".", 2)
             optim.setdefault(int(index), {})[key] = (
                 value  # load_state_dict moves it to the parameter's device
+            )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, slots in optim.items():
+        moment = slots.get("exp_avg")
+        if index >= len(params) or (moment is not None and moment.shape != params[index].shape):
+            raise VaelabError(
+                f"{path} holds optimizer state for another network; train again without --resume"
             )
     optimizer.load_state_dict({"state": optim, "param_groups": param_groups})
     generator.set_state(tensors["rng_state"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vaelab.config import TrainConfig
+from vaelab.config import ModelConfig, TrainConfig, setting_fields, setting_names
 from vaelab.errors import VaelabError
 
 EPILOG = """examples:
@@ -43,7 +42,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per dataclass field: type, choices and help from the field; default shown, not set."""
     hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
+    for field in setting_fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
         help_text = field.metadata.get("help", "")
@@ -81,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bernoulli loss). After every epoch the run folder gets config.json, model.safetensors, "
         "training_state.safetensors and a line in metrics.jsonl."
     ))  # fmt: skip
+    _add_config_flags(p, ModelConfig)
     _add_config_flags(p, TrainConfig)
     p.add_argument(
         "--out", required=True, metavar="RUN_DIR", help="run folder to create (or continue with --resume)"
@@ -290,7 +290,7 @@ def _version() -> str:
 def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     from vaelab.train import train
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = setting_names(ModelConfig) | setting_names(TrainConfig)
     settings = {k: v for k, v in vars(args).items() if k in names}
     return train(args.out, resume=args.resume, progress=not args.quiet, **settings)
 

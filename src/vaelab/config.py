@@ -1,9 +1,15 @@
-"""Settings as plain dataclasses: what the user chooses (TrainConfig) and what a model is built
-from (ModelConfig). Both round-trip through JSON; the CLI derives its flags from TrainConfig."""
+"""Settings as plain dataclasses, each written once with its default, help text and allowed values.
+
+`ModelConfig` is everything a network is built from (stored as the "model" part of config.json);
+`TrainConfig` is how it is trained, and holds the ModelConfig. The CLI derives its `train` flags
+from both; `vaelab.train(out, latent_dim=2, epochs=20)` takes the same names. Reading files saved
+by earlier releases is checkpoint.py's job.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,257 +25,275 @@ OBJECTIVES = ("elbo", "iwae")
 DECODERS = ("auto", "factorized", "pixelcnn")
 SCHEDULES = ("constant", "cosine")
 
-
 PIXELCNN_FREE_BITS = 0.25  # nats per latent dimension: 8 of the default 32-D latent's are free
 DEFAULT_LR, PIXELCNN_LR = 1e-3, 2e-3  # Adam; a pixelcnn decoder learns far faster with the larger one
+MAX_FEATURE_SIZE = 8  # conv nets stop downsampling once the shorter side is at most this many pixels
 
-# The small net and plain schedule that `vaelab train` defaulted to before its quality defaults:
-# what the demo and the benchmarks pin, so their figures and time budgets do not move with them.
+# The small conv net and plain schedule that `vaelab train` defaulted to before its quality
+# defaults: what the demo, the anomaly benchmark, the throughput benchmark and the tests pin, so
+# their figures and time budgets do not move when the defaults do.
 PLAIN_TRAINING: dict[str, Any] = {
+    "arch": "conv",
     "hidden": 0,
-    "ema": 0.0,
-    "kl_warmup_epochs": 0,
+    "decoder": "factorized",
+    "loss": "bernoulli",
+    "binarize": "none",
+    "batch_size": 128,
+    "lr": 1e-3,
     "lr_schedule": "constant",
     "lr_warmup_epochs": 0,
-    "decoder": "factorized",
+    "kl_warmup_epochs": 0,
+    "ema": 0.0,
 }
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
-    """A dataclass field whose metadata carries the CLI help text and allowed values."""
-    metadata = {"help": help, "choices": choices}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata, **kw)
-    return field(default=default, metadata=metadata, **kw)
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
+    """A dataclass field whose metadata carries its help text, allowed values, and whether it is a
+    user setting (a CLI flag) or taken from the data."""
+    metadata = {"help": help, "choices": choices, "cli": cli}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a network: stored as the "model" part of config.json."""
+    """Everything needed to rebuild a network and its objective."""
 
-    model: str = "vae"  # "ae": deterministic bottleneck; "vae": Gaussian posterior + KL to N(0, I)
-    arch: str = "conv"  # "conv": strided convs; "resnet": plus residual blocks; "mlp": one hidden layer
-    latent_dim: int = 16  # size of the bottleneck vector z
-    loss: str = "bernoulli"  # pixel loss summed over pixels: bernoulli (BCE on logits), l2, l1
-    beta: float = 1.0  # weight of the KL term (VAE only); 1 is the plain ELBO
-    objective: str = "elbo"  # "elbo" (with beta, free bits) or "iwae" (importance-weighted bound)
-    iw_samples: int = 5  # K of the iwae objective
-    free_bits: float = 0.0  # floor, in nats, on each latent dimension's batch-averaged KL (0 = off)
-    image_channels: int = 1  # taken from the data
-    image_height: int = 28
-    image_width: int = 28
-    conv_channels: list[int] = field(default_factory=list)  # per stride-2 stage; [] = from image size
-    mlp_hidden: int = 400  # hidden units of the mlp arch (400 as in the PyTorch VAE example)
-    hidden: int = 0  # conv/resnet: a dense layer of this many units around the latent (0 = none)
-    decoder: str = "factorized"  # "factorized": pixels independent given z; "pixelcnn": autoregressive
-    ar_channels: int = 16  # pixelcnn: channels of the masked convolutions (and of the features they read)
-    ar_layers: int = 2  # pixelcnn: masked 3x3 layers after the first 7x7 one
+    model: str = setting("vae", "ae = plain autoencoder, vae = variational autoencoder", MODELS)
+    arch: str = setting(
+        "resnet",
+        "network: conv (strided convolutions), resnet (plus residual blocks) or mlp (784-400-latent)",
+        ARCHS,
+    )
+    latent_dim: int = setting(32, "size of the latent vector (2 to plot it, 16-64 for quality)")
+    loss: str = setting(
+        "bernoulli", "pixel loss summed over pixels: bernoulli (cross-entropy), l2, l1", LOSSES
+    )
+    beta: float = setting(1.0, "weight of the KL term of a VAE (1 = the plain VAE, >1 = beta-VAE)")
+    objective: str = setting(
+        "elbo", "elbo (the VAE bound, with beta) or iwae (K-sample importance-weighted bound)", OBJECTIVES
+    )
+    iw_samples: int = setting(5, "K, the samples per image of the iwae objective")
+    free_bits: float | None = setting(
+        None,
+        "nats of KL per latent dimension that cost nothing, so units stay in use (0 = off; "
+        f"default {PIXELCNN_FREE_BITS} with the pixelcnn decoder, which otherwise learns to ignore z, else 0)",
+    )
+    channels: int = setting(32, "conv/resnet: channels of the first stride-2 stage; each next stage doubles")
+    hidden: int = setting(512, "conv/resnet: units of a dense layer between the conv features and the latent")
+    mlp_hidden: int = setting(400, "mlp: units of its hidden layer (400 as in the PyTorch VAE example)")
+    decoder: str = setting(
+        "auto",
+        "factorized (pixels independent given z), pixelcnn (each pixel also sees those above and to its "
+        "left: far better likelihoods on 0/1 images, slower to draw) or auto (pixelcnn for a VAE on "
+        "binarized images, else factorized)",
+        DECODERS,
+    )
+    ar_channels: int = setting(16, "pixelcnn: channels of its masked convolutions")
+    ar_layers: int = setting(2, "pixelcnn: masked 3x3 layers after its first 7x7 one")
+    image_channels: int = setting(1, "channels of the images (from the data)", cli=False)
+    image_height: int = setting(28, "height of the images in pixels (from the data)", cli=False)
+    image_width: int = setting(28, "width of the images in pixels (from the data)", cli=False)
+
+    def conv_channels(self) -> list[int]:
+        """Channels per stride-2 stage of the conv/resnet nets: halve the image until its shorter side
+        is at most MAX_FEATURE_SIZE, doubling from `channels` up to 8x (28x28 -> [32, 64],
+        64x64 -> [32, 64, 128] with 32); [] for mlp."""
+        if self.arch == "mlp":
+            return []
+        side, stages = min(self.image_height, self.image_width), 0
+        while side > MAX_FEATURE_SIZE and stages < 5:
+            side = math.ceil(side / 2)
+            stages += 1
+        return [min(self.channels * 2**i, 8 * self.channels) for i in range(max(stages, 1))]
+
+    def resolved(self, binarized: bool = False) -> ModelConfig:
+        """A copy with "auto" replaced: the decoder (pixelcnn for a VAE with the bernoulli loss on
+        binarized images, where that likelihood is exact; else factorized) and the free bits
+        (PIXELCNN_FREE_BITS for an elbo-trained pixelcnn decoder, which would otherwise model the
+        pixels alone and leave z unused, else 0)."""
+        decoder = self.decoder
+        if decoder == "auto":
+            binary_vae = self.model == "vae" and self.loss == "bernoulli" and binarized
+            decoder = "pixelcnn" if binary_vae else "factorized"
+        free_bits = self.free_bits
+        if free_bits is None:
+            free_bits = PIXELCNN_FREE_BITS if decoder == "pixelcnn" and self.objective == "elbo" else 0.0
+        return dataclasses.replace(self, decoder=decoder, free_bits=free_bits)
+
+    def validate(self) -> ModelConfig:
+        """Raise VaelabError naming the first out-of-range setting; return self."""
+        _check_choices(self)
+        for name in ("latent_dim", "channels", "mlp_hidden", "ar_channels", "iw_samples", "image_channels",
+                     "image_height", "image_width"):  # fmt: skip
+            _at_least(name, getattr(self, name), 1)
+        for name in ("hidden", "ar_layers", "beta"):
+            _at_least(name, getattr(self, name), 0)
+        if self.free_bits is not None:
+            _at_least("free_bits", self.free_bits, 0)
+        if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
+            raise VaelabError("objective iwae needs model vae with beta 1 and no free_bits")
+        if self.decoder == "pixelcnn" and (self.model != "vae" or self.loss != "bernoulli"):
+            raise VaelabError(
+                "decoder pixelcnn needs model vae and loss bernoulli (it models each pixel's probability); "
+                "use decoder factorized"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, data, "model config")
+        return _from_dict(cls, data, "model setting")
 
 
 @dataclass
 class TrainConfig:
-    """What `vaelab train` takes; each field is one CLI flag (underscores become dashes)."""
+    """How a model is trained: the ModelConfig it builds, the data, and the optimization."""
 
-    model: str = _opt("vae", "ae = plain autoencoder, vae = variational autoencoder", MODELS)
-    arch: str = _opt(
-        "resnet",
-        "network: conv (strided convolutions), resnet (plus residual blocks) or mlp (784-400-latent)",
-        ARCHS,
-    )
-    dataset: str = _opt(
+    model_config: ModelConfig = field(default_factory=ModelConfig, metadata={"cli": False})
+    dataset: str = setting(
         "mnist-mini",
         "mnist-mini (embedded, offline), mnist, fashion-mnist, kmnist, or folder:PATH (your images)",
     )
-    data_dir: str | None = _opt(None, "folder holding the IDX files of mnist/fashion-mnist/kmnist")
-    image_size: int | None = _opt(None, "resize every image to SIZE x SIZE (needed for mixed sizes)")
-    latent_dim: int = _opt(32, "size of the latent vector (2 to plot it, 16-64 for quality)")
-    loss: str = _opt("bernoulli", "pixel loss summed over pixels: bernoulli (cross-entropy), l2, l1", LOSSES)
-    beta: float = _opt(1.0, "weight of the KL term of a VAE (1 = the plain VAE, >1 = beta-VAE)")
-    binarize: str = _opt(
+    data_dir: str | None = setting(None, "folder holding the IDX files of mnist/fashion-mnist/kmnist")
+    image_size: int | None = setting(None, "resize every image to SIZE x SIZE (needed for mixed sizes)")
+    binarize: str = setting(
         "none", "none, dynamic (fresh 0/1 draw each time an image is seen) or static (one draw)", BINARIZE
     )
-    epochs: int = _opt(45, "passes over the training images")
-    batch_size: int = _opt(128, "images per optimizer step")
-    lr: float | None = _opt(
-        None, f"Adam learning rate (default {DEFAULT_LR:g}; {PIXELCNN_LR:g} with --decoder pixelcnn)"
+    epochs: int = setting(45, "passes over the training images")
+    batch_size: int = setting(128, "images per optimizer step")
+    lr: float | None = setting(
+        None, f"Adam learning rate (default {DEFAULT_LR:g}; {PIXELCNN_LR:g} with the pixelcnn decoder)"
     )
-    val_fraction: float = _opt(0.1, "share of the training split held out for validation")
-    seed: int = _opt(0, "seed of every random draw (weights, shuffling, sampling, binarization)")
-    device: str = _opt("auto", "auto picks CUDA, then Apple MPS, then CPU", DEVICES)
-    amp: bool = _opt(False, "bfloat16 mixed precision (CUDA only)")
-    channels: int = _opt(32, "conv/resnet: channels of the first stride-2 stage; each next stage doubles")
-    hidden: int = _opt(512, "conv/resnet: units of a dense layer between the conv features and the latent")
-    decoder: str = _opt(
-        "auto",
-        "factorized (pixels independent given z), pixelcnn (each pixel also sees those above and to its "
-        "left: far better likelihoods on 0/1 images, slower to draw) or auto (pixelcnn for a VAE on "
-        "--binarize'd images, else factorized)",
-        DECODERS,
+    val_fraction: float = setting(0.1, "share of the training split held out for validation")
+    seed: int = setting(0, "seed of every random draw (weights, shuffling, sampling, binarization)")
+    device: str = setting("auto", "auto picks CUDA, then Apple MPS, then CPU", DEVICES)
+    amp: bool = setting(False, "bfloat16 mixed precision (CUDA only)")
+    kl_warmup_epochs: int = setting(
+        10, "raise the KL weight linearly from 0 to beta over this many epochs (0 = off)"
     )
-    ar_channels: int = _opt(16, "pixelcnn: channels of its masked convolutions")
-    ar_layers: int = _opt(2, "pixelcnn: masked 3x3 layers after its first 7x7 one")
-    objective: str = _opt(
-        "elbo", "elbo (the VAE bound, with --beta) or iwae (K-sample importance-weighted bound)", OBJECTIVES
-    )
-    iw_samples: int = _opt(5, "K, the samples per image of the iwae objective")
-    kl_warmup_epochs: int = _opt(
-        10, "raise the KL weight linearly from 0 to --beta over this many epochs (0 = off)"
-    )
-    free_bits: float | None = _opt(
-        None,
-        "nats of KL per latent dimension that cost nothing, so units stay in use (0 = off; "
-        f"default {PIXELCNN_FREE_BITS} with --decoder pixelcnn, which otherwise learns to ignore z, else 0)",
-    )
-    lr_schedule: str = _opt("cosine", "cosine decay to 0 over --epochs, or constant", SCHEDULES)
-    lr_warmup_epochs: int = _opt(
+    lr_schedule: str = setting("cosine", "cosine decay to 0 over the epochs, or constant", SCHEDULES)
+    lr_warmup_epochs: int = setting(
         2,
-        "raise the learning rate linearly from near 0 to --lr over this many epochs (0 = off): large "
+        "raise the learning rate linearly from near 0 to lr over this many epochs (0 = off): large "
         "first steps can leave a VAE's latent unused for good",
     )
-    ema: float = _opt(
+    ema: float = setting(
         0.999, "keep an exponential moving average of the weights with this decay (e.g. 0.999; 0 = off)"
     )
-    patience: int = _opt(0, "stop when the validation loss has not improved for this many epochs (0 = never)")
-    classes: str | None = _opt(None, "train only on these class labels, comma-separated (e.g. 0,1,2,3)")
-    noise: str | None = _opt(
+    patience: int = setting(
+        0, "stop when the validation loss has not improved for this many epochs (0 = never)"
+    )
+    classes: str | None = setting(None, "train only on these class labels, comma-separated (e.g. 0,1,2,3)")
+    noise: str | None = setting(
         None,
         "train a denoiser: corrupt inputs with gaussian:SIGMA, salt-pepper:P or mask:FRACTION, score clean",
     )
 
+    @classmethod
+    def from_settings(cls, **settings: Any) -> TrainConfig:
+        """A TrainConfig from flat setting names (the CLI flags, e.g. latent_dim=2, epochs=20)."""
+        model_names, train_names = setting_names(ModelConfig), setting_names(TrainConfig)
+        unknown = sorted(set(settings) - model_names - train_names)
+        if unknown:
+            known = ", ".join(sorted(model_names | train_names))
+            raise VaelabError(f"unknown setting {', '.join(unknown)} (known: {known})")
+        model = ModelConfig(**{k: v for k, v in settings.items() if k in model_names})
+        return cls(model_config=model, **{k: v for k, v in settings.items() if k in train_names})
+
+    def settings(self) -> dict[str, Any]:
+        """Every user setting by its flat name: the inverse of from_settings."""
+        flat = {name: getattr(self.model_config, name) for name in setting_names(ModelConfig)}
+        flat.update({name: getattr(self, name) for name in setting_names(TrainConfig)})
+        return flat
+
     def validate(self) -> TrainConfig:
         """Raise VaelabError naming the first out-of-range setting; return self."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise VaelabError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
-        positive = {"latent_dim": self.latent_dim, "epochs": self.epochs, "batch_size": self.batch_size}
+        self.model_config.validate()
+        _check_choices(self)
+        for name in ("epochs", "batch_size"):
+            _at_least(name, getattr(self, name), 1)
         if self.image_size is not None:
-            positive["image_size"] = self.image_size
-        for name, value in positive.items():
-            if value < 1:
-                raise VaelabError(f"--{_flag(name)} must be at least 1, got {value}")
-        if self.channels < 1 or self.hidden < 0:
-            raise VaelabError(
-                f"--channels must be at least 1 and --hidden zero or more, got {self.channels} and {self.hidden}"
-            )
-        if self.lr is not None and not self.lr > 0:
-            raise VaelabError(f"--lr must be positive, got {self.lr}")
-        if not self.beta >= 0:
-            raise VaelabError(f"--beta must be zero or positive, got {self.beta}")
-        if self.iw_samples < 1:
-            raise VaelabError(f"--iw-samples must be at least 1, got {self.iw_samples}")
+            _at_least("image_size", self.image_size, 1)
         for name in ("kl_warmup_epochs", "lr_warmup_epochs", "patience"):
-            if getattr(self, name) < 0:
-                raise VaelabError(f"--{_flag(name)} must be zero or positive, got {getattr(self, name)}")
+            _at_least(name, getattr(self, name), 0)
+        if self.lr is not None and not self.lr > 0:
+            raise VaelabError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.ema < 1:
-            raise VaelabError(f"--ema must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema}")
-        if self.free_bits is not None and not self.free_bits >= 0:
-            raise VaelabError(f"--free-bits must be zero or positive, got {self.free_bits}")
-        if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
-            raise VaelabError("--objective iwae needs --model vae with --beta 1 and no --free-bits")
-        if self.ar_channels < 1 or self.ar_layers < 0:
-            raise VaelabError(
-                f"--ar-channels must be at least 1 and --ar-layers zero or more, got {self.ar_channels} and {self.ar_layers}"
-            )
-        if self.decoder == "pixelcnn" and (self.model != "vae" or self.loss != "bernoulli"):
-            raise VaelabError(
-                "--decoder pixelcnn needs --model vae and --loss bernoulli (it models each pixel's probability); "
-                "use --decoder factorized"
-            )
+            raise VaelabError(f"ema must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema}")
+        if not 0 < self.val_fraction < 1:
+            raise VaelabError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if self.classes is not None:
             self.class_list()
         if self.noise is not None:
             from vaelab.data.noise import parse_noise
 
             parse_noise(self.noise)
-        if not 0 < self.val_fraction < 1:
-            raise VaelabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         return self
 
+    def resolved(self) -> TrainConfig:
+        """A copy with every "auto" replaced (decoder, free bits, learning rate): what a run records,
+        so a resumed run keeps it whatever later defaults say."""
+        model = self.model_config.resolved(binarized=self.binarize != "none")
+        lr = self.lr if self.lr is not None else PIXELCNN_LR if model.decoder == "pixelcnn" else DEFAULT_LR
+        return dataclasses.replace(self, model_config=model, lr=lr)
+
     def class_list(self) -> list[int] | None:
-        """The labels of --classes as integers (None: every class)."""
+        """The labels of `classes` as integers (None: every class)."""
         if self.classes is None:
             return None
         try:
             labels = sorted({int(part) for part in self.classes.split(",") if part.strip()})
         except ValueError:
             raise VaelabError(
-                f"--classes {self.classes!r} must be comma-separated integers, e.g. 0,1,2"
+                f"classes {self.classes!r} must be comma-separated integers, e.g. 0,1,2"
             ) from None
         if not labels:
-            raise VaelabError("--classes names no class; give e.g. 0,1,2")
+            raise VaelabError("classes names no class; give e.g. 0,1,2")
         return labels
 
-    def model_config(self, image_shape: tuple[int, int, int]) -> ModelConfig:
-        """The ModelConfig these settings build for images of shape (C, H, W)."""
-        from vaelab.nets import default_conv_channels
-
-        channels, height, width = image_shape
-        return ModelConfig(
-            model=self.model,
-            arch=self.arch,
-            latent_dim=self.latent_dim,
-            loss=self.loss,
-            beta=self.beta,
-            objective=self.objective,
-            iw_samples=self.iw_samples,
-            free_bits=self.resolved_free_bits(),
-            image_channels=channels,
-            image_height=height,
-            image_width=width,
-            conv_channels=default_conv_channels(height, width, self.channels) if self.arch != "mlp" else [],
-            hidden=self.hidden,
-            decoder=self.resolved_decoder(),
-            ar_channels=self.ar_channels,
-            ar_layers=self.ar_layers,
-        )
-
-    def resolved_free_bits(self) -> float:
-        """--free-bits, or when not given: PIXELCNN_FREE_BITS for an elbo-trained pixelcnn decoder
-        (it would otherwise model the pixels alone and leave z unused: posterior collapse), else 0."""
-        if self.free_bits is not None:
-            return self.free_bits
-        return (
-            PIXELCNN_FREE_BITS if self.resolved_decoder() == "pixelcnn" and self.objective == "elbo" else 0.0
-        )
-
-    def resolved_lr(self) -> float:
-        """--lr, or when not given: PIXELCNN_LR with a pixelcnn decoder, else DEFAULT_LR."""
-        if self.lr is not None:
-            return self.lr
-        return PIXELCNN_LR if self.resolved_decoder() == "pixelcnn" else DEFAULT_LR
-
-    def resolved_decoder(self) -> str:
-        """What --decoder auto means for these settings: pixelcnn for a VAE with the Bernoulli
-        likelihood on binarized images (where that likelihood is exact), else factorized."""
-        if self.decoder != "auto":
-            return self.decoder
-        binary_vae = self.model == "vae" and self.loss == "bernoulli" and self.binarize != "none"
-        return "pixelcnn" if binary_vae else "factorized"
-
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The training settings alone (config.json keeps the model's beside them)."""
+        return {name: getattr(self, name) for name in setting_names(TrainConfig)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _from_dict(cls, data, "training settings")
+        """The inverse of to_dict (the model config left at its defaults)."""
+        unknown = sorted(set(data) - setting_names(TrainConfig))
+        if unknown:
+            known = ", ".join(sorted(setting_names(TrainConfig)))
+            raise VaelabError(f"unknown training setting: {', '.join(unknown)} (known: {known})")
+        return cls(**data)
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
+def setting_names(cls: type) -> set[str]:
+    """Names of the user settings of a config dataclass (fields that are CLI flags)."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+
+
+def setting_fields(cls: type) -> list[dataclasses.Field]:
+    """The user-setting fields of a config dataclass, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
 
 
 def field_types(cls: type) -> dict[str, Any]:
     """Resolved type hints of a config dataclass (the module uses postponed annotations)."""
     return typing.get_type_hints(cls)
+
+
+def _check_choices(config: Any) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            raise VaelabError(f"{f.name} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if not value >= low:
+        what = "at least 1" if low == 1 else "zero or more"
+        raise VaelabError(f"{name} must be {what}, got {value}")
 
 
 def _from_dict(cls: Any, data: dict[str, Any], what: str) -> Any:

@@ -11,24 +11,14 @@ way in and cropped on the way out, so any image size works.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import ModelConfig
-
-MAX_FEATURE_SIZE = 8  # stop downsampling once the shorter side is at most this many pixels
-
-
-def default_conv_channels(height: int, width: int, base: int = 32) -> list[int]:
-    """Channels per stride-2 stage for an image of this size: 28x28 -> [32, 64], 64x64 -> [32, 64, 128]
-    (with base 32; each stage doubles, up to 8 x base)."""
-    side, stages = min(height, width), 0
-    while side > MAX_FEATURE_SIZE and stages < 5:
-        side = math.ceil(side / 2)
-        stages += 1
-    return [min(base * 2**i, 8 * base) for i in range(max(stages, 1))]
+if TYPE_CHECKING:
+    from vaelab.config import ModelConfig
 
 
 def _padded(size: int, stages: int) -> int:
@@ -58,7 +48,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig, out_features: int, residual: bool = False) -> None:
         super().__init__()
-        channels = config.conv_channels
+        channels = config.conv_channels()
         self.height, self.width = config.image_height, config.image_width
         self.padded_h = _padded(self.height, len(channels))
         self.padded_w = _padded(self.width, len(channels))
@@ -91,7 +81,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, config: ModelConfig, residual: bool, out_channels: int) -> None:
         super().__init__()
-        channels = list(reversed(config.conv_channels))
+        channels = list(reversed(config.conv_channels()))
         self.height, self.width = config.image_height, config.image_width
         scale = 2 ** len(channels)
         self.start_shape = (

@@ -23,7 +23,7 @@ from vaelab.models import AE, VAE
 def open_run(run: str | Path, device: str | torch.device = "auto") -> tuple[AE | VAE, TrainConfig]:
     """The model of a run folder on `device` (eval mode), and the settings it was trained with."""
     model = checkpoint.load(run, resolve_device(device))
-    return model, checkpoint.read_run_config(run)[1]
+    return model, checkpoint.read_train_config(run)
 
 
 def weights_hash(run: str | Path) -> str:

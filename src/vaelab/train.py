@@ -12,7 +12,6 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import time
@@ -23,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint
-from vaelab.config import TrainConfig
+from vaelab.config import DEFAULT_LR, TrainConfig
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
@@ -118,21 +117,20 @@ def train(
 ) -> dict[str, Any]:
     """Train a model into the run folder `out` and return its paths and final figures.
 
-    Settings come from `config` and/or keyword arguments named like TrainConfig's fields (the CLI
-    flags). With resume=True the run's saved settings are used; only those in RESUMABLE (epochs,
-    device, amp, patience) may change.
+    Settings come from `config` and/or keyword arguments named like the fields of TrainConfig and
+    ModelConfig (the CLI flags, e.g. latent_dim=2). With resume=True the run's saved settings are
+    used; only those in RESUMABLE (epochs, device, amp, patience) may change.
     """
     run_dir = Path(out)
-    requested = {**(config.to_dict() if config else {}), **settings}
+    requested = {**(config.settings() if config else {}), **settings}
     if resume:
         config = _resume_config(run_dir, requested)
     else:
-        config = TrainConfig.from_dict(requested).validate()
         # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
-        config = dataclasses.replace(config, lr=config.resolved_lr(), free_bits=config.resolved_free_bits())
+        config = TrainConfig.from_settings(**requested).validate().resolved()
         if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
             raise VaelabError(
-                f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
+                f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another out"
             )
         (run_dir / checkpoint.METRICS).unlink(missing_ok=True)  # left by a run that never saved an epoch
 
@@ -142,11 +140,17 @@ def train(
     train_images, val_images = split_train_val(config, device)
     noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])
+    channels, height, width = image_shape
+    model_config = dataclasses.replace(
+        config.model_config, image_channels=channels, image_height=height, image_width=width
+    )
+    config = dataclasses.replace(config, model_config=model_config)
 
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
         torch.manual_seed(derive_seed(config.seed, "init"))
-        model = build_model(config.model_config(image_shape)).to(device)
-    lr = config.resolved_lr()
+        model = build_model(model_config).to(device)
+    assert config.lr is not None  # resolved above
+    lr = config.lr
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema else None  # validated and saved
@@ -170,12 +174,12 @@ def train(
     )
     logger.info(
         "training %s/%s (latent %d, %s loss) on %s: %d train / %d val images %s, %d epochs",
-        config.model, config.arch, config.latent_dim, config.loss, device, n_train, len(val_images),
+        model_config.model, model_config.arch, model_config.latent_dim, model_config.loss, device, n_train, len(val_images),
         "x".join(map(str, image_shape)), config.epochs,
     )  # fmt: skip
     bar = tqdm(
         total=(config.epochs - start_epoch + 1) * steps_per_epoch,
-        desc=f"train {config.model}-{config.latent_dim}d",
+        desc=f"train {model_config.model}-{model_config.latent_dim}d",
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
@@ -188,7 +192,7 @@ def train(
         order = torch.randperm(n_train, generator=generator, device=device)
         for step, start in enumerate(range(0, n_train, batch_size), 1):
             done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
-            kl_weight = config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
+            kl_weight = model_config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
             x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
@@ -243,7 +247,9 @@ def train(
             epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"], row["val_loss"],
             " (best)" if state["best_epoch"] == epoch else "", row["images_per_second"],
         )  # fmt: skip
-        collapsed = config.model == "vae" and epoch > config.lr_warmup_epochs and val["kl"] < COLLAPSED_KL
+        collapsed = (
+            model_config.model == "vae" and epoch > config.lr_warmup_epochs and val["kl"] < COLLAPSED_KL
+        )
         if collapsed and not warned_collapse:  # once per run
             logger.warning(
                 "epoch %d: validation KL is %.2f nats per image, so the decoder is modelling the images "
@@ -313,24 +319,19 @@ def _best(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
     if not checkpoint.is_run(run_dir):
-        raise VaelabError(f"nothing to resume: {run_dir} holds no saved run; drop --resume to start one")
-    saved_model, saved = checkpoint.read_run_config(run_dir)
-    merged = saved.to_dict()
-    if merged["free_bits"] is None:  # saved before runs pinned it: the floor the model was built with
-        merged["free_bits"] = saved_model.free_bits
-    if "lr_warmup_epochs" not in json.loads((run_dir / checkpoint.CONFIG).read_text())["train"]:
-        merged["lr_warmup_epochs"] = 0  # saved before the lr warm-up existed: it trained without one
+        raise VaelabError(f"nothing to resume: {run_dir} holds no saved run; drop resume to start one")
+    merged = checkpoint.read_train_config(run_dir).settings()  # older formats upgraded there
     for key, value in requested.items():
         if key not in merged:
-            TrainConfig.from_dict({key: value})  # raises the unknown-setting error
+            TrainConfig.from_settings(**{key: value})  # raises the unknown-setting error
         if key in RESUMABLE:
             merged[key] = value
         elif merged[key] != value:
             raise VaelabError(
-                f"--{key.replace('_', '-')} {value} differs from the resumed run's {merged[key]}; "
+                f"{key} {value} differs from the resumed run's {merged[key]}; "
                 f"a resumed run keeps its settings (only {', '.join(RESUMABLE)} may change)"
             )
-    return TrainConfig.from_dict(merged).validate()
+    return TrainConfig.from_settings(**merged).validate().resolved()
 
 
 def _diverged(
@@ -343,5 +344,5 @@ def _diverged(
     )
     return TrainingDivergedError(
         f"loss became {loss} at epoch {epoch}, step {step}; {kept}. Usual causes: a learning rate too high "
-        f"(try --lr {config.resolved_lr() / 10:g}) or inputs outside [0, 1]"
+        f"(try lr {(config.lr or DEFAULT_LR) / 10:g}) or inputs outside [0, 1]"
     )

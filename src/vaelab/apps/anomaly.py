@@ -190,7 +190,7 @@ def anomaly_score(
     """Score images with a saved detector: a CSV of name, score, flag, and a PNG beside it with the
     most anomalous images (top rows) and the most normal ones (bottom rows)."""
     detector = load_detector(detector_path, device)
-    _, config = checkpoint.read_run_config(detector.run)
+    config = checkpoint.read_train_config(detector.run)
     images = select_images(detector.model_, config, dataset, data_dir, split, inputs)
     scores = detector.score_samples(images.images)
     flags = np.where(scores - detector.offset_ >= 0, 1, -1)
@@ -219,16 +219,6 @@ def anomaly_score(
 
 PROTOCOLS = ("held-out", "one-class")
 METHODS = ("ae", "vae", "vae_recon", "pca", "iforest")  # vae: -ELBO; vae_recon: loss at the mean
-
-
-# Pinned so the benchmark's figures stay comparable whatever `vaelab train` defaults to.
-BENCHMARK_TRAINING = {
-    "batch_size": 128,
-    "lr": 1e-3,
-    "binarize": "none",
-    "loss": "bernoulli",
-    **PLAIN_TRAINING,
-}
 
 
 def benchmark(
@@ -284,9 +274,13 @@ def benchmark(
         with tempfile.TemporaryDirectory() as tmp:
             for model in ("ae", "vae"):
                 run = Path(tmp) / model
-                train(run, model=model, arch=arch, latent_dim=latent_dim, dataset=dataset, epochs=epochs, seed=seed,
+                settings = {
+                    **PLAIN_TRAINING,
+                    "arch": arch,
+                }  # pinned: figures comparable whatever the defaults
+                train(run, model=model, latent_dim=latent_dim, dataset=dataset, epochs=epochs, seed=seed,
                       classes=",".join(map(str, normal_classes)), device=device, progress=progress,
-                      **BENCHMARK_TRAINING)  # fmt: skip
+                      **settings)  # fmt: skip
                 scores = {"ae": "recon"} if model == "ae" else {"vae": "elbo", "vae_recon": "recon"}
                 for method, score in scores.items():
                     detector = AnomalyDetector(run, score=score, device=device, seed=seed)

@@ -27,15 +27,7 @@ from vaelab.train import train
 logger = logging.getLogger(__name__)
 
 # Pinned so the demo keeps its story and its few-minute budget whatever `vaelab train` defaults to.
-COMMON = {
-    "dataset": "mnist-mini",
-    "arch": "conv",
-    "loss": "bernoulli",
-    "binarize": "none",
-    "batch_size": 128,
-    "lr": 1e-3,
-    **PLAIN_TRAINING,
-}
+COMMON = {"dataset": "mnist-mini", **PLAIN_TRAINING}
 RUNS = {
     "ae-2d": {"model": "ae", "latent_dim": 2},
     "vae-2d": {"model": "vae", "latent_dim": 2},

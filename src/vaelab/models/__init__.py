@@ -6,7 +6,6 @@ from vaelab.config import ModelConfig
 from vaelab.models.ae import AE
 from vaelab.models.output import ModelOutput
 from vaelab.models.vae import VAE
-from vaelab.nets import default_conv_channels
 
 MODEL_CLASSES: dict[str, type[AE] | type[VAE]] = {"ae": AE, "vae": VAE}
 
@@ -14,7 +13,7 @@ __all__ = ["AE", "MODEL_CLASSES", "VAE", "ModelOutput", "build_model"]
 
 
 def build_model(config: ModelConfig) -> AE | VAE:
-    """Build the network a config describes (filling in conv channels from the image size)."""
-    if config.arch in ("conv", "resnet") and not config.conv_channels:
-        config.conv_channels = default_conv_channels(config.image_height, config.image_width)
-    return MODEL_CLASSES[config.model](config)
+    """Build the network a config describes, untrained. "auto" settings resolve as for greyscale
+    images (ModelConfig.resolved); the model keeps that resolved copy, `config` is not changed."""
+    resolved = config.resolved()
+    return MODEL_CLASSES[resolved.model](resolved)

@@ -19,8 +19,11 @@ class AE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config, config.latent_dim)
-        self.pixels = distributions.for_model(config)
-        self.decoder = build_decoder(config, self.pixels.param_channels)
+        pixels = distributions.for_model(config)
+        self.decoder = build_decoder(config, pixels.param_channels)
+        self.pixels = (
+            pixels  # registered after the decoder: parameter order is what saved optimizer state follows
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The latent code z of each image, [B, D]."""

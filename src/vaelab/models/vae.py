@@ -31,8 +31,11 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config, 2 * config.latent_dim)  # mu and log sigma^2
-        self.pixels = distributions.for_model(config)
-        self.decoder = build_decoder(config, self.pixels.param_channels)
+        pixels = distributions.for_model(config)
+        self.decoder = build_decoder(config, pixels.param_channels)
+        self.pixels = (
+            pixels  # registered after the decoder: parameter order is what saved optimizer state follows
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior (mu, log_var) of each image, each [B, D]."""
