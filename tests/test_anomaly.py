@@ -14,6 +14,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import vaelab
+from vaelab import training
 from vaelab.apps.anomaly import AnomalyDetector
 from vaelab.cli import main
 
@@ -84,19 +85,17 @@ def test_cli_fit_then_score(vae_run: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_classes_keep_only_the_named_labels() -> None:
-    import importlib
 
     from vaelab.config import TrainConfig
 
-    train_module = importlib.import_module("vaelab.train")
     _, labels = vaelab.load_dataset("mnist-mini", "train")
     config = TrainConfig(classes="1,7").validate()
-    train_images, val_images = train_module.split_train_val(config, torch.device("cpu"))
+    train_images, val_images = training.split_train_val(config, torch.device("cpu"))
     assert len(train_images) + len(val_images) == int(((labels == 1) | (labels == 7)).sum())
     with pytest.raises(vaelab.VaelabError, match="comma-separated integers"):
         TrainConfig(classes="one").validate()
     with pytest.raises(vaelab.VaelabError, match="no training image"):
-        train_module.split_train_val(TrainConfig(classes="42"), torch.device("cpu"))
+        training.split_train_val(TrainConfig(classes="42"), torch.device("cpu"))
 
 
 def test_benchmark_reports_every_method_per_class(capsys) -> None:

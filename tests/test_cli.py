@@ -155,3 +155,25 @@ def test_readme_documents_every_training_flag() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name in setting_names(ModelConfig) | setting_names(TrainConfig):
         assert f"`--{name.replace('_', '-')}" in readme, name
+
+
+def test_every_command_is_an_exported_function_and_its_flags_are_its_parameters() -> None:
+    import inspect
+
+    import vaelab
+    from vaelab.cli import build_parser, commands
+
+    parser = build_parser()
+    for name, command in commands().items():
+        function = command.function
+        assert getattr(vaelab, function.__name__) is function and function.__name__ in vaelab.__all__, name
+        if name == "train":
+            continue
+        parameters = inspect.signature(function).parameters
+        required = [p for p in parameters.values() if p.default is inspect.Parameter.empty]
+        args = vars(parser.parse_args([*name.split(), *["X"] * len(required)]))
+        given = set(args) - {"command", "action", "command_name", "json", "quiet"}
+        assert given == set(parameters) - {"progress"}, name
+        for parameter in parameters.values():  # the CLI's defaults are the function's
+            if parameter.default is not inspect.Parameter.empty and parameter.name != "progress":
+                assert args[parameter.name] == parameter.default, (name, parameter.name)

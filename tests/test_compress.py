@@ -56,7 +56,7 @@ def test_file_names_survive_and_decompressing_needs_the_same_model(
     files = write_images(tmp_path / "imgs", 3, (28, 28))
     file = tmp_path / "mine.vlz"
     code, result, _ = run_cli(
-        ["compress", str(vae_run), *map(str, files), "-o", str(file), "--dtype", "int8"], capsys
+        ["compress", str(vae_run), "--input", *map(str, files), "-o", str(file), "--dtype", "int8"], capsys
     )
     assert code == 0 and result["code_bytes_per_image"] == 2
     code, _, err = run_cli(["decompress", str(ae_run), str(file), "-o", str(tmp_path / "x")], capsys)

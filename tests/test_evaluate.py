@@ -12,7 +12,7 @@ import torch
 
 from conftest import write_images
 from vaelab.cli import main
-from vaelab.evaluate import active_units, psnr
+from vaelab.evaluation import active_units, psnr
 from vaelab.gaussian import kl_to_standard_normal
 from vaelab.importance import importance_log_weights, log_mean_exp
 

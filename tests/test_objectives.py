@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
-from vaelab import ModelConfig, build_model
+from vaelab import ModelConfig, build_model, training
 from vaelab.checkpoint import read_metrics
 
-train_module = importlib.import_module("vaelab.train")
 FAST = {"arch": "mlp", "latent_dim": 4, "device": "cpu", "progress": False, "batch_size": 256}
 
 
@@ -59,16 +57,16 @@ def test_kl_weight_argument_replaces_beta() -> None:
 
 
 def test_warmup_and_cosine_factors() -> None:
-    assert [train_module.warmup_factor(s, 10) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
-    assert train_module.warmup_factor(3, 0) == 1.0
-    assert train_module.lr_factor("cosine", 0, 100) == 1.0
-    assert train_module.lr_factor("cosine", 50, 100) == pytest.approx(0.5)
-    assert train_module.lr_factor("cosine", 100, 100) == pytest.approx(0.0)
-    assert train_module.lr_factor("constant", 70, 100) == 1.0
+    assert [training.warmup_factor(s, 10) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
+    assert training.warmup_factor(3, 0) == 1.0
+    assert training.lr_factor("cosine", 0, 100) == 1.0
+    assert training.lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert training.lr_factor("cosine", 100, 100) == pytest.approx(0.0)
+    assert training.lr_factor("constant", 70, 100) == 1.0
     # lr warm-up: step s of a 4-step ramp runs at (s + 1) / 4, times the schedule's own factor.
-    assert [train_module.lr_factor("constant", s, 100, 4) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]
+    assert [training.lr_factor("constant", s, 100, 4) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]
     cosine_at_1 = 0.5 * (1.0 + math.cos(math.pi * 1 / 100))
-    assert train_module.lr_factor("cosine", 1, 100, 4) == pytest.approx(0.5 * cosine_at_1)
+    assert training.lr_factor("cosine", 1, 100, 4) == pytest.approx(0.5 * cosine_at_1)
 
 
 def test_a_run_with_warmup_and_cosine_records_both(tmp_path: Path) -> None:
@@ -100,7 +98,7 @@ def test_iwae_trains_and_reports_a_bound_tighter_than_its_elbo(tmp_path: Path) -
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = train_module.mean_losses
+    real = training.mean_losses
     val_losses = iter([300.0, 200.0, 250.0, 260.0, 270.0, 280.0])
 
     def scripted(*args, **kwargs):
@@ -108,7 +106,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path: Path, monkeypatch: pyte
         value = next(val_losses)
         return {"loss": value, "recon": value, "kl": 0.0}
 
-    monkeypatch.setattr(train_module, "mean_losses", scripted)
+    monkeypatch.setattr(training, "mean_losses", scripted)
     result = vaelab.train(tmp_path / "r", epochs=6, patience=2, **FAST)
     assert result["epochs"] == 4 and result["best_epoch"] == 2 and result["best_val_loss"] == 200.0
     best = load_file(str(tmp_path / "r" / "model.safetensors"))
@@ -126,15 +124,15 @@ def test_early_stopping_keeps_the_best_weights(tmp_path: Path, monkeypatch: pyte
 def test_a_collapsed_latent_is_warned_about_once_after_the_lr_warmup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, model: str
 ) -> None:
-    real = train_module.mean_losses
+    real = training.mean_losses
     val_kls = iter([0.5, 0.4, 0.3])  # nats per image: below COLLAPSED_KL from the first epoch on
 
     def scripted(*args, **kwargs):
         losses = real(*args, **kwargs)
         return {**losses, "kl": next(val_kls)}
 
-    monkeypatch.setattr(train_module, "mean_losses", scripted)
-    with caplog.at_level("WARNING", logger="vaelab.train"):
+    monkeypatch.setattr(training, "mean_losses", scripted)
+    with caplog.at_level("WARNING", logger="vaelab.training"):
         vaelab.train(tmp_path / "r", epochs=3, lr_warmup_epochs=1, model=model, **FAST)
     warnings = [r.getMessage() for r in caplog.records if "posterior collapse" in r.getMessage()]
     if model == "ae":  # an AE has no KL to collapse

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
+from vaelab import training
 from vaelab.config import PIXELCNN_FREE_BITS, PIXELCNN_LR
 from vaelab.models import VAE
 
@@ -132,17 +132,15 @@ def test_static_binarization_trains_on_zeros_and_ones(tmp_path: Path) -> None:
 
 
 def test_ema_decay_starts_short_and_reaches_the_asked_decay() -> None:
-    train_module = importlib.import_module("vaelab.train")
-    assert train_module.ema_decay(0, 0.999) == pytest.approx(0.1)
-    assert train_module.ema_decay(90, 0.999) == pytest.approx(0.91)
-    assert train_module.ema_decay(10**6, 0.999) == 0.999
+    assert training.ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert training.ema_decay(90, 0.999) == pytest.approx(0.91)
+    assert training.ema_decay(10**6, 0.999) == 0.999
 
 
 def test_update_average_is_the_exponential_moving_average() -> None:
-    train_module = importlib.import_module("vaelab.train")
     average, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before = [p.detach().clone() for p in average.parameters()]
-    train_module.update_average(average, model, 0.75)
+    training.update_average(average, model, 0.75)
     for new, old, live in zip(average.parameters(), before, model.parameters()):
         assert torch.allclose(new, 0.75 * old + 0.25 * live)
 

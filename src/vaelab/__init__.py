@@ -9,7 +9,8 @@ The public API, mirroring the `vaelab` command one to one::
     vaelab.sample("runs/vae2", n=64, out="samples.png")
 """
 
-from vaelab.apps.anomaly import AnomalyDetector
+from vaelab.apps.anomaly import AnomalyDetector, anomaly_fit, anomaly_score, load_detector
+from vaelab.apps.anomaly_benchmark import anomaly_benchmark
 from vaelab.apps.cluster import cluster
 from vaelab.apps.compress import compress, decompress
 from vaelab.apps.demo import demo
@@ -22,7 +23,7 @@ from vaelab.config import ModelConfig, TrainConfig
 from vaelab.data import load_dataset, load_images
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE, ModelOutput, build_model
-from vaelab.train import TrainingDivergedError, train
+from vaelab.training import TrainingDivergedError, train
 
 __all__ = [
     "AE",
@@ -33,6 +34,9 @@ __all__ = [
     "TrainConfig",
     "TrainingDivergedError",
     "VaelabError",
+    "anomaly_benchmark",
+    "anomaly_fit",
+    "anomaly_score",
     "build_model",
     "cluster",
     "compress",
@@ -46,6 +50,7 @@ __all__ = [
     "latent_plot",
     "load",
     "load_dataset",
+    "load_detector",
     "load_images",
     "reconstruct",
     "sample",

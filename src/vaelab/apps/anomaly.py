@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -21,14 +21,14 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from vaelab import checkpoint, plots
-from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
 from vaelab.device import map_batches, model_device, resolve_device
 from vaelab.distributions import entropy_floor
 from vaelab.errors import VaelabError
-from vaelab.evaluate import evaluate_images
+from vaelab.evaluation import evaluate_images
 from vaelab.fileio import write_csv, write_json
 from vaelab.models import VAE
+from vaelab.options import Choices, DataDir, Dataset, Device, Inputs, Out, Positional, Run, Seed, Split
 from vaelab.runs import open_run, select_images, weights_hash
 
 SCORES = ("recon", "elbo", "nll")
@@ -133,22 +133,26 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
 
 
 def anomaly_fit(
-    run: str | Path,
-    out: str | Path = "detector.json",
-    score: str = "recon",
-    contamination: float = 0.05,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "train",
-    inputs: list[str | Path] | None = None,
-    device: str = "auto",
+    run: Run,
+    out: Annotated[Out, "detector file to write"] = "detector.json",
+    score: Annotated[
+        str, Choices(SCORES), "reconstruction loss, negative ELBO (VAE) or importance-sampled NLL"
+    ] = "recon",
+    contamination: Annotated[float, "expected share of anomalies in the normal images"] = 0.05,
+    k: Annotated[int, "importance samples per image for the nll score"] = 100,
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    split: Split = "train",
+    inputs: Inputs = None,
+    seed: Annotated[Seed, "seed of the posterior samples (elbo, nll)"] = 0,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Fit a detector on normal images (default: the run's training split) and save it as JSON."""
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
-    detector = AnomalyDetector(run, score=score, contamination=contamination, device=device).fit(
-        images.images
-    )
+    detector = AnomalyDetector(
+        run, score=score, contamination=contamination, k=k, device=device, seed=seed
+    ).fit(images.images)
     saved = {
         **{k: v for k, v in detector.get_params().items() if k != "device"},
         "run": str(Path(run).resolve()),
@@ -157,7 +161,13 @@ def anomaly_fit(
         "n_fit_images": len(images),
     }
     write_json(out, saved)
-    return {"output": str(out), "offset": detector.offset_, "score": score, "n_images": len(images)}
+    return {
+        "out": str(out),
+        "output": str(out),
+        "offset": detector.offset_,
+        "score": score,
+        "n_images": len(images),
+    }
 
 
 def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
@@ -179,21 +189,21 @@ def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
 
 
 def anomaly_score(
-    detector_path: str | Path,
-    out: str | Path = "scores.csv",
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "test",
-    inputs: list[str | Path] | None = None,
-    device: str = "auto",
+    detector: Annotated[str | Path, Positional("DETECTOR"), "file written by anomaly_fit"],
+    out: Annotated[Out, "CSV to write; a PNG of the extremes goes beside it"] = "scores.csv",
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    split: Split = "test",
+    inputs: Inputs = None,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Score images with a saved detector: a CSV of name, score, flag, and a PNG beside it with the
     most anomalous images (top rows) and the most normal ones (bottom rows)."""
-    detector = load_detector(detector_path, device)
-    config = checkpoint.read_train_config(detector.run)
-    images = select_images(detector.model_, config, dataset, data_dir, split, inputs)
-    scores = detector.score_samples(images.images)
-    flags = np.where(scores - detector.offset_ >= 0, 1, -1)
+    fitted = load_detector(detector, device)
+    config = checkpoint.read_train_config(fitted.run)
+    images = select_images(fitted.model_, config, dataset, data_dir, split, inputs)
+    scores = fitted.score_samples(images.images)
+    flags = np.where(scores - fitted.offset_ >= 0, 1, -1)
     names = images.paths or [str(i) for i in range(len(scores))]
     rows = ([name, f"{value:.4f}", int(flag)] for name, value, flag in zip(names, scores, flags))
     write_csv(out, ["name", "score", "flag"], rows)
@@ -206,115 +216,13 @@ def anomaly_score(
             ("most normal", to_unit(images.images[order[-show:]])),
         ],
         grid,
-        f"{detector.score} score; threshold {detector.offset_:.1f}",
+        f"{fitted.score} score; threshold {fitted.offset_:.1f}",
     )
     return {
+        "out": str(out),
         "output": str(out),
         "grid": str(grid),
         "n_images": len(scores),
         "n_anomalies": int((flags == -1).sum()),
-        "threshold": detector.offset_,
+        "threshold": fitted.offset_,
     }
-
-
-PROTOCOLS = ("held-out", "one-class")
-METHODS = ("ae", "vae", "vae_recon", "pca", "iforest")  # vae: -ELBO; vae_recon: loss at the mean
-
-
-def benchmark(
-    dataset: str = "mnist-mini",
-    protocol: str = "held-out",
-    classes: list[int] | None = None,
-    steps: int = 1000,
-    arch: str = "conv",
-    latent_dim: int = 16,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """AUROC and AUPRC of AE, VAE, PCA and IsolationForest anomaly scores, one class at a time.
-
-    held-out: train on every class but one; that class is the anomaly in the test split.
-    one-class: train on one class (Ruff et al., 2018); every other class is the anomaly.
-    The AE scores by reconstruction loss, the VAE by negative ELBO (vae) and by the reconstruction
-    loss at its posterior mean (vae_recon); PCA (as many components as
-    the latent) by reconstruction error, IsolationForest on raw pixels by its anomaly score. Every
-    model gets `steps` optimizer steps of 128 images, whatever the size of its normal set.
-    """
-    import tempfile
-
-    from sklearn.decomposition import PCA
-    from sklearn.ensemble import IsolationForest
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    from vaelab.data import load_images
-    from vaelab.train import train
-
-    if protocol not in PROTOCOLS:
-        raise VaelabError(f"--protocol {protocol!r} is not one of: {', '.join(PROTOCOLS)}")
-    if steps < 1:
-        raise VaelabError(f"--steps must be at least 1, got {steps}")
-    train_set, test_set = load_images(dataset, "train"), load_images(dataset, "test")
-    if train_set.labels is None or test_set.labels is None:
-        raise VaelabError(f"{dataset} has no class labels; the benchmark needs them")
-    all_classes = sorted(set(train_set.labels.tolist()))
-    classes = all_classes if classes is None else classes
-    unknown = sorted(set(classes) - set(all_classes))
-    if unknown:
-        raise VaelabError(f"classes {unknown} are not in {dataset}; it has {all_classes}")
-    test_pixels = test_set.images.flatten(1).double().numpy() / 255
-    auroc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
-    auprc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
-    for cls in classes:
-        normal_classes = [c for c in all_classes if c != cls] if protocol == "held-out" else [cls]
-        is_anomaly = ~torch.isin(test_set.labels, torch.tensor(normal_classes))
-        normal = train_set.images[torch.isin(train_set.labels, torch.tensor(normal_classes))]
-        epochs = max(1, round(steps * 128 / (0.9 * len(normal))))
-        anomaly_scores = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for model in ("ae", "vae"):
-                run = Path(tmp) / model
-                settings = {
-                    **PLAIN_TRAINING,
-                    "arch": arch,
-                }  # pinned: figures comparable whatever the defaults
-                train(run, model=model, latent_dim=latent_dim, dataset=dataset, epochs=epochs, seed=seed,
-                      classes=",".join(map(str, normal_classes)), device=device, progress=progress,
-                      **settings)  # fmt: skip
-                scores = {"ae": "recon"} if model == "ae" else {"vae": "elbo", "vae_recon": "recon"}
-                for method, score in scores.items():
-                    detector = AnomalyDetector(run, score=score, device=device, seed=seed)
-                    anomaly_scores[method] = -detector.fit(normal[:256]).score_samples(test_set.images)
-        normal_pixels = normal.flatten(1).double().numpy() / 255
-        pca = PCA(n_components=latent_dim, random_state=seed).fit(normal_pixels)
-        rebuilt = pca.inverse_transform(pca.transform(test_pixels))
-        anomaly_scores["pca"] = ((test_pixels - rebuilt) ** 2).sum(1)
-        forest = IsolationForest(n_estimators=200, random_state=seed).fit(normal_pixels)
-        anomaly_scores["iforest"] = -forest.score_samples(test_pixels)
-        truth = is_anomaly.numpy()
-        for method, values in anomaly_scores.items():
-            auroc[method][str(cls)] = float(roc_auc_score(truth, values))
-            auprc[method][str(cls)] = float(average_precision_score(truth, values))
-    return {
-        "dataset": dataset,
-        "protocol": protocol,
-        "steps": steps,
-        "auroc": auroc,
-        "auprc": auprc,
-        "mean_auroc": {m: float(np.mean(list(v.values()))) for m, v in auroc.items()},
-        "mean_auprc": {m: float(np.mean(list(v.values()))) for m, v in auprc.items()},
-    }
-
-
-def format_benchmark(result: dict[str, Any]) -> str:
-    """AUROC per class and method as a terminal table (AUPRC means on the last line)."""
-    classes = list(next(iter(result["auroc"].values())))
-    lines = [f"{result['protocol']} protocol on {result['dataset']}: AUROC per anomalous class"
-             if result["protocol"] == "held-out" else
-             f"{result['protocol']} protocol on {result['dataset']}: AUROC per normal class"]  # fmt: skip
-    lines.append(f"{'class':<8}" + "".join(f"{m:>9}" for m in METHODS))
-    for cls in classes:
-        lines.append(f"{cls:<8}" + "".join(f"{result['auroc'][m][cls]:>9.3f}" for m in METHODS))
-    lines.append(f"{'mean':<8}" + "".join(f"{result['mean_auroc'][m]:>9.3f}" for m in METHODS))
-    lines.append(f"{'AUPRC':<8}" + "".join(f"{result['mean_auprc'][m]:>9.3f}" for m in METHODS))
-    return "\n".join(lines)

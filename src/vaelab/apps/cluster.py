@@ -4,7 +4,7 @@ pixels with as many dimensions as the latent, scored against the labels when the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from vaelab import latent, plots
 from vaelab.errors import VaelabError
 from vaelab.fileio import write_csv
+from vaelab.options import DataDir, Dataset, Device, Inputs, Out, Run, Seed, Split
 from vaelab.runs import open_run, select_images
 
 
@@ -43,15 +44,15 @@ def kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def cluster(
-    run: str | Path,
-    k: int = 10,
-    out: str | Path = "clusters.png",
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "test",
-    inputs: list[str | Path] | None = None,
-    seed: int = 0,
-    device: str = "auto",
+    run: Run,
+    k: Annotated[int, "number of clusters"] = 10,
+    out: Annotated[Out, "scatter PNG to write; each image's cluster goes beside it as .csv"] = "clusters.png",
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    split: Split = "test",
+    inputs: Inputs = None,
+    seed: Annotated[Seed, "seed of k-means and PCA"] = 0,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Cluster images by their latents; compare with pixels and PCA; write a scatter PNG and a CSV."""
     model, config = open_run(run, device)
@@ -81,6 +82,7 @@ def cluster(
     write_csv(csv_path, ["name", "label", "cluster"], zip(names, labels, assignments["latent"].tolist()))
 
     result: dict[str, Any] = {
+        "out": str(out),
         "output": str(out),
         "assignments": str(csv_path),
         "k": k,

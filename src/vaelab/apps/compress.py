@@ -17,7 +17,7 @@ import io
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ from PIL import Image
 
 from vaelab import latent
 from vaelab.errors import VaelabError
-from vaelab.evaluate import mean_squared_error, psnr
+from vaelab.evaluation import mean_squared_error, psnr
 from vaelab.fileio import atomic_output
+from vaelab.options import Choices, DataDir, Dataset, Device, Inputs, Out, Positional, Run, Split
 from vaelab.plots import save_figure
 from vaelab.runs import open_run, select_images, weights_hash
 
@@ -126,15 +127,17 @@ def jpeg_curve(images: np.ndarray) -> list[dict[str, float]]:
 
 
 def compress(
-    run: str | Path,
-    inputs: list[str | Path] | None = None,
-    out: str | Path = "images.vlz",
-    dtype: str = "float16",
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "test",
-    report: bool = True,
-    device: str = "auto",
+    run: Run,
+    inputs: Inputs = None,
+    out: Annotated[Out, "compressed file to write"] = "images.vlz",
+    dtype: Annotated[
+        str, Choices(tuple(DTYPES)), "code precision: float16, or int8 with a per-dimension scale"
+    ] = "float16",
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    split: Split = "test",
+    report: Annotated[bool, "measure PSNR and compare with PNG and JPEG (a plot beside the file)"] = True,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Store each image as its latent code in one file; report size, ratio to PNG, PSNR, and JPEG
     at matching sizes (a table in the result and a rate-distortion plot beside the file)."""
@@ -160,6 +163,7 @@ def compress(
     with atomic_output(out) as tmp:
         tmp.write_bytes(data)
     result: dict[str, Any] = {
+        "out": str(out),
         "output": str(out),
         "n_images": len(codes),
         "file_bytes": len(data),
@@ -227,7 +231,10 @@ def _decode(model: Any, values: np.ndarray, header: dict[str, Any]) -> np.ndarra
 
 
 def decompress(
-    run: str | Path, file: str | Path, out: str | Path = "decompressed", device: str = "auto"
+    run: Annotated[Run, "run folder that compressed the file"],
+    file: Annotated[str | Path, Positional("FILE"), "compressed file"],
+    out: Annotated[Out, "folder for the PNGs"] = "decompressed",
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Restore the PNGs of a compressed file into folder `out` (refusing another model's file)."""
     path = Path(file)
@@ -255,7 +262,13 @@ def decompress(
     for target, image in zip(targets, images):
         with atomic_output(target) as tmp:
             _pil(image).save(tmp, format="PNG")
-    return {"output": str(out), "n_images": len(images), "shape": header["shape"], "dtype": header["dtype"]}
+    return {
+        "out": str(out),
+        "output": str(out),
+        "n_images": len(images),
+        "shape": header["shape"],
+        "dtype": header["dtype"],
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -20,9 +20,10 @@ from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
+from vaelab.options import Device, Out, Progress, Seed
 from vaelab.report import Section, write_report
 from vaelab.runs import open_run, run_images
-from vaelab.train import train
+from vaelab.training import train
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,15 @@ INDEX = "index.html"
 
 
 def demo(
-    out: str | Path = "vaelab-demo",
-    epochs: int = 30,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
+    out: Annotated[Out, "output folder"] = "vaelab-demo",
+    epochs: Annotated[int, "epochs per model"] = 30,
+    seed: Seed = 0,
+    device: Device = "auto",
+    progress: Progress = True,
 ) -> dict[str, Any]:
     """Train the three demo models on mnist-mini and write the figures and index.html into `out`."""
+    if epochs < 1:
+        raise VaelabError(f"epochs must be at least 1, got {epochs}")
     out = Path(out)
     _check_out(out)
     started = time.perf_counter()

@@ -3,8 +3,7 @@ filters a sceptic would try first (3x3 median, total-variation denoising), in PS
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -16,7 +15,8 @@ from vaelab import latent, plots
 from vaelab.data.noise import parse_noise
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
-from vaelab.evaluate import mean_squared_error, psnr
+from vaelab.evaluation import mean_squared_error, psnr
+from vaelab.options import DataDir, Dataset, Device, Draws, Inputs, NImages, Out, Run, Seed, Split
 from vaelab.runs import open_run, select_images
 
 TV_WEIGHT = 0.1  # scikit-image's default strength for total-variation denoising
@@ -45,17 +45,19 @@ def image_scores(clean: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, n
 
 
 def denoise(
-    run: str | Path,
-    noise: str | None = None,
-    out: str | Path = "denoised.png",
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "test",
-    inputs: list[str | Path] | None = None,
-    n_images: int | None = None,
-    seed: int = 0,
-    draws: int = 8,
-    device: str = "auto",
+    run: Annotated[Run, "run folder (ideally trained with noise)"],
+    noise: Annotated[
+        str | None, "gaussian:SIGMA, salt-pepper:P or mask:FRACTION (default: the run's)"
+    ] = None,
+    out: Annotated[Out, "PNG to write"] = "denoised.png",
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    split: Split = "test",
+    inputs: Inputs = None,
+    n_images: NImages = None,
+    seed: Annotated[Seed, "seed of the noise"] = 0,
+    draws: Draws = 8,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Add `noise` (default: the noise the run was trained with) to clean images, denoise them with
     the model and with two classical filters, and report PSNR and SSIM of each; rows of noisy /
@@ -89,6 +91,7 @@ def denoise(
     plots.save_labelled_rows(rows, out, title)
     best_baseline = max(psnr["median"], psnr["tv"])
     return {
+        "out": str(out),
         "output": str(out),
         "noise": str(corruption),
         "n_images": len(clean),

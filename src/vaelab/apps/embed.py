@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from vaelab import latent
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, write_csv
+from vaelab.options import DataDir, Dataset, Device, Inputs, Out, Run, Split
 from vaelab.runs import open_run, select_images
 
 FORMATS = (".npy", ".npz", ".csv")
 
 
 def embed(
-    run: str | Path,
-    out: str | Path = "embeddings.npz",
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "test",
-    inputs: list[str | Path] | None = None,
-    device: str = "auto",
+    run: Run,
+    out: Annotated[Out, "file to write: .npy, .npz or .csv"] = "embeddings.npz",
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    split: Split = "test",
+    inputs: Inputs = None,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Write the deterministic latent (z for an AE, the posterior mean for a VAE) of every image.
 
@@ -54,6 +55,7 @@ def embed(
         )
         write_csv(out, header, rows)
     return {
+        "out": str(out),
         "output": str(out),
         "n_images": len(codes),
         "latent_dim": int(codes.shape[1]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -16,9 +16,10 @@ from vaelab.data import load_images
 from vaelab.data.transforms import to_unit
 from vaelab.device import map_batches, model_device
 from vaelab.errors import VaelabError
-from vaelab.evaluate import TEST_BINARIZATION_SEED, evaluate_images, scoring_images, summary
+from vaelab.evaluation import TEST_BINARIZATION_SEED, evaluate_images, scoring_images, summary
 from vaelab.fileio import write_json
 from vaelab.models import AE, VAE
+from vaelab.options import DataDir, Dataset, Device, NImages, Progress, Run, Seed
 from vaelab.runs import check_shape, open_run
 
 logger = logging.getLogger(__name__)
@@ -27,15 +28,19 @@ EVAL_FILE = "eval.json"
 
 
 def evaluate(
-    run: str | Path,
-    k: int | None = None,
-    n_images: int | None = None,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-    quality: bool | None = None,
+    run: Run,
+    k: Annotated[int | None, "importance samples per image for the NLL (default: 1000)"] = None,
+    n_images: Annotated[NImages, "score only the first N test images (default: all)"] = None,
+    dataset: Annotated[Dataset, "score on another dataset's test split (default: the run's)"] = None,
+    data_dir: DataDir = None,
+    seed: Annotated[Seed, "seed of the posterior samples"] = 0,
+    device: Device = "auto",
+    progress: Progress = True,
+    quality: Annotated[
+        bool | None,
+        "sample quality: Fréchet distance and classifier accuracy on reconstructions (default: on, "
+        "except for a pixelcnn decoder, which draws every image pixel by pixel)",
+    ] = None,
 ) -> dict[str, Any]:
     """Negative ELBO, its parts, the importance-sampled NLL (K samples per image, 1000 by
     default), active units, MSE and PSNR on the test split; written to RUN/eval.json.
@@ -91,7 +96,7 @@ def evaluate(
         )
     path = Path(run) / EVAL_FILE
     write_json(path, result)
-    result["output"] = str(path)
+    result["out"] = result["output"] = str(path)
     return result
 
 

@@ -7,7 +7,7 @@ the matching CLI command prints with --json).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -18,6 +18,7 @@ from vaelab.data.transforms import to_unit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE
+from vaelab.options import Choices, Device, Draws, Flag, Out, Run, Seed
 from vaelab.runs import check_shape, open_run, run_images
 
 METHODS = ("linear", "slerp")
@@ -25,7 +26,11 @@ DRAWS = 8  # images drawn per latent to show the mean of a pixelcnn decoder (no 
 
 
 def sample(
-    run: str | Path, n: int = 64, out: str | Path = "samples.png", seed: int = 0, device: str = "auto"
+    run: Run,
+    n: Annotated[int, Flag("-n"), "number of images"] = 64,
+    out: Annotated[Out, "PNG to write"] = "samples.png",
+    seed: Annotated[Seed, "seed of the random latents (and drawn pixels)"] = 0,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Decode n latents drawn from N(0, I) into a PNG grid: the mean image of each where the decoder
     has a closed form, else (pixelcnn) pixels drawn from p(x|z); `pixels` in the result says which."""
@@ -36,16 +41,16 @@ def sample(
     with torch.no_grad():
         images = model.sample(n, generator).cpu()
     plots.save_image_grid(images, out, nrow=latent.grid_size(n))
-    return {"output": str(out), "n": n, "seed": seed, "pixels": "drawn" if drawn else "mean"}
+    return {"out": str(out), "output": str(out), "n": n, "seed": seed, "pixels": "drawn" if drawn else "mean"}
 
 
 def reconstruct(
-    run: str | Path,
-    n: int = 16,
-    out: str | Path = "reconstructions.png",
-    seed: int = 0,
-    draws: int = DRAWS,
-    device: str = "auto",
+    run: Run,
+    n: Annotated[int, Flag("-n"), "number of test images"] = 16,
+    out: Annotated[Out, "PNG to write"] = "reconstructions.png",
+    seed: Annotated[Seed, "seed of the choice of images (and of drawn pixels)"] = 0,
+    draws: Draws = DRAWS,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Encode n random test images and decode them: inputs above their reconstructions, in a PNG.
     A pixelcnn decoder shows the average of `draws` images drawn per latent (seeded by `seed`)."""
@@ -67,20 +72,22 @@ def reconstruct(
             rows[-2], rows[-1] = torch.cat([rows[-2], blank]), torch.cat([rows[-1], blank])
     plots.save_image_grid(torch.cat(rows), out, nrow=columns)
     mse = float((recon - inputs).pow(2).flatten(1).mean(1).mean())
-    return {"output": str(out), "n": n, "mse_per_pixel": mse}
+    return {"out": str(out), "output": str(out), "n": n, "mse_per_pixel": mse}
 
 
 def interpolate(
-    run: str | Path,
-    out: str | Path = "interpolation.png",
-    from_class: int | None = None,
-    to_class: int | None = None,
-    from_image: str | Path | None = None,
-    to_image: str | Path | None = None,
-    steps: int = 10,
-    method: str = "linear",
-    draws: int = DRAWS,
-    device: str = "auto",
+    run: Run,
+    out: Annotated[Out, "PNG to write"] = "interpolation.png",
+    from_class: Annotated[int | None, "start at a typical test image of this class"] = None,
+    to_class: Annotated[int | None, "end at a typical test image of this class"] = None,
+    from_image: Annotated[str | Path | None, "start at this image file"] = None,
+    to_image: Annotated[str | Path | None, "end at this image file"] = None,
+    steps: Annotated[int, "images in the strip, both ends included"] = 10,
+    method: Annotated[
+        str, Choices(METHODS), "straight line, or spherical (follows the prior's shell)"
+    ] = "linear",
+    draws: Draws = DRAWS,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Decode `steps` latents between two images (given files, or typical test images of two
     classes). A pixelcnn decoder shows the average of `draws` images drawn per latent."""
@@ -95,6 +102,7 @@ def interpolate(
     images = latent.decode_latents(model, path, draws)
     plots.save_image_grid(images, out, nrow=steps)
     return {
+        "out": str(out),
         "output": str(out),
         "steps": steps,
         "method": method,
@@ -131,7 +139,9 @@ def endpoint_images(
     return test.images[indices]
 
 
-def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "auto") -> dict[str, Any]:
+def latent_plot(
+    run: Run, out: Annotated[Out, "PNG to write"] = "latent.png", device: Device = "auto"
+) -> dict[str, Any]:
     """Scatter the test set's latent means coloured by class (PCA when latent_dim > 2)."""
     model, config = open_run(run, device)
     test = run_images(model, config)
@@ -139,6 +149,7 @@ def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "
     panel = latent.scatter_panel(model, test, name)
     plots.save_latent_scatter([panel], out)
     return {
+        "out": str(out),
         "output": str(out),
         "n_points": len(test),
         "projection": "pca" if model.config.latent_dim > 2 else "none",
@@ -146,11 +157,11 @@ def latent_plot(run: str | Path, out: str | Path = "latent.png", device: str = "
 
 
 def latent_grid(
-    run: str | Path,
-    out: str | Path = "latent_grid.png",
-    n: int = 15,
-    draws: int = DRAWS,
-    device: str = "auto",
+    run: Run,
+    out: Annotated[Out, "PNG to write"] = "latent_grid.png",
+    n: Annotated[int, Flag("-n"), "points per side"] = 15,
+    draws: Draws = DRAWS,
+    device: Device = "auto",
 ) -> dict[str, Any]:
     """Decode an n x n grid over the part of the 2-D latent plane that the test set occupies (a
     pixelcnn decoder: the average of `draws` images drawn per point)."""
@@ -161,7 +172,7 @@ def latent_grid(
     codes = latent.embed_images(model, run_images(model, config).images)
     panel = latent.grid_panel(model, codes, n, f"{model.config.model.upper()}: decoded latent plane", draws)
     plots.save_latent_grids([panel], out)
-    return {"output": str(out), "n": n, "x_range": panel.x_range, "y_range": panel.y_range}
+    return {"out": str(out), "output": str(out), "n": n, "x_range": panel.x_range, "y_range": panel.y_range}
 
 
 def _positive(flag: str, value: int) -> None:

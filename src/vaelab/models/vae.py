@@ -7,7 +7,7 @@ differentiable. The decoder maps z to the parameters of a pixel distribution p(x
 * elbo: E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I)). With free bits (Kingma et al., 2016)
   each latent dimension's batch-averaged KL below the floor costs nothing, so no unit collapses.
 * iwae (Burda et al., 2015): -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) with K draws per image,
-  a tighter bound than the ELBO (the same estimator vaelab.evaluate uses for the NLL).
+  a tighter bound than the ELBO (the same estimator vaelab.evaluation uses for the NLL).
 """
 
 from __future__ import annotations

@@ -296,7 +296,8 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     metrics = checkpoint.read_metrics(run_dir)
     last = metrics[-1] if metrics else {}
     return {
-        "run_dir": str(run_dir),
+        "out": str(run_dir),
+        "run_dir": str(run_dir),  # the same path under its older name
         "model": str(run_dir / checkpoint.WEIGHTS),
         "config": str(run_dir / checkpoint.CONFIG),
         "metrics": str(run_dir / checkpoint.METRICS),
