@@ -36,7 +36,7 @@ import vaelab
 from vaelab import device as device_module
 from vaelab.apps.measure import evaluate
 from vaelab.data.transforms import to_unit
-from vaelab.evaluate import scoring_images
+from vaelab.evaluation import scoring_images
 from vaelab.gaussian import reparameterize
 
 MODELS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 import vaelab
+from vaelab.cli import main
 from vaelab.config import PLAIN_TRAINING
 
 
@@ -48,3 +50,18 @@ def write_images(
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
         paths.append(path)
     return paths
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | None, str]:
+    """Run `vaelab ARGS --json --quiet`; return exit code, the last stdout line as JSON, stderr."""
+    code = main([*args, "--json", "--quiet"])
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if code == 0 else None), captured.err
+
+
+def png(path: str | Path) -> np.ndarray:
+    """A PNG file as a greyscale float array (fails if the file is not a PNG)."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("L"), dtype=np.float64)

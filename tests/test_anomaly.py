@@ -14,7 +14,6 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import vaelab
-from vaelab import training
 from vaelab.apps.anomaly import AnomalyDetector
 from vaelab.cli import main
 
@@ -82,31 +81,3 @@ def test_cli_fit_then_score(vae_run: Path, tmp_path: Path, capsys) -> None:
     (run / "model.safetensors").write_bytes((vae_run / "model.safetensors").read_bytes()[:-4] + b"\x00" * 4)
     assert main(["anomaly", "score", str(detector), "-o", str(tmp_path / "t.csv"), "--quiet"]) == 2
     assert "changed since" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
-
-
-def test_classes_keep_only_the_named_labels() -> None:
-
-    from vaelab.config import TrainConfig
-
-    _, labels = vaelab.load_dataset("mnist-mini", "train")
-    config = TrainConfig(classes="1,7").validate()
-    train_images, val_images = training.split_train_val(config, torch.device("cpu"))
-    assert len(train_images) + len(val_images) == int(((labels == 1) | (labels == 7)).sum())
-    with pytest.raises(vaelab.VaelabError, match="comma-separated integers"):
-        TrainConfig(classes="one").validate()
-    with pytest.raises(vaelab.VaelabError, match="no training image"):
-        training.split_train_val(TrainConfig(classes="42"), torch.device("cpu"))
-
-
-def test_benchmark_reports_every_method_per_class(capsys) -> None:
-    code = main(["anomaly", "benchmark", "--classes", "0", "--steps", "10", "--arch", "mlp", "--protocol",
-                 "one-class", "--json", "--quiet"])  # fmt: skip
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and set(result["auroc"]) == {"ae", "vae", "vae_recon", "pca", "iforest"} == set(
-        result["mean_auroc"]
-    )
-    for method, per_class in result["auroc"].items():
-        assert list(per_class) == ["0"] and 0 <= per_class["0"] <= 1
-        assert result["mean_auroc"][method] == per_class["0"]
-    assert result["auroc"]["pca"]["0"] > 0.8  # zeros are easy to tell from the other digits
-    assert main(["anomaly", "benchmark", "--classes", "12", "--quiet"]) == 2

@@ -1,3 +1,6 @@
+"""Run folders: loading without unpickling, precise mismatch errors, files others can read, and runs
+saved by earlier releases."""
+
 from __future__ import annotations
 
 import json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,8 @@ import pytest
 from PIL import Image
 
 import vaelab
-from conftest import write_images
+from conftest import run_cli, write_images
 from vaelab.apps.compress import dequantize, quantize
-from vaelab.cli import main
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
-    code = main([*args, "--json", "--quiet"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out.strip().splitlines()[-1]) if code == 0 else None, captured.err
 
 
 def test_int8_codes_are_within_half_a_step() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 import vaelab
-from vaelab.cli import main
+from conftest import run_cli
 from vaelab.data.noise import parse_noise
 
 N = 200_000  # pixels per statistical check
@@ -42,12 +41,6 @@ def test_mask_drops_the_requested_share() -> None:
 def test_bad_noise_specs_are_refused(spec: str) -> None:
     with pytest.raises(vaelab.VaelabError, match="--noise"):
         parse_noise(spec)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
-    code = main([*args, "--json", "--quiet"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out.strip().splitlines()[-1]) if code == 0 else None, captured.err
 
 
 def test_a_denoising_autoencoder_cleans_images(tmp_path: Path, capsys) -> None:

@@ -1,3 +1,5 @@
+"""Atomic, shareable, durable file output."""
+
 from __future__ import annotations
 
 import os

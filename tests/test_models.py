@@ -1,4 +1,8 @@
+"""Models: any image size, objectives on their defining properties, the pixelcnn decoder hiding no draws."""
+
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -8,6 +12,8 @@ from hypothesis import strategies as st
 from vaelab import ModelConfig, build_model
 from vaelab.distributions import bernoulli_nll
 from vaelab.errors import VaelabError
+
+FAST = {"arch": "mlp", "latent_dim": 4, "device": "cpu", "progress": False, "batch_size": 256}
 
 
 @settings(max_examples=15, deadline=None)
@@ -102,3 +108,63 @@ def test_a_pixelcnn_vae_scores_decodes_and_samples_any_image_size() -> None:
     assert set(first.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(VaelabError, match="no closed-form mean"):
         model.sample(4, draw=False)
+
+
+def _mean_loss(model, x: torch.Tensor, repeats: int, seed: int) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        losses = torch.stack([model(x, generator=g).loss for _ in range(repeats)]).double()
+    return float(losses.mean()), float(losses.std() / math.sqrt(repeats))
+
+
+def test_iwae_with_one_sample_is_the_elbo_and_more_samples_tighten_it() -> None:
+    torch.manual_seed(0)
+    elbo_model = build_model(ModelConfig(arch="mlp", latent_dim=3))
+    x = torch.rand(32, 1, 28, 28)
+    iwae_1 = build_model(ModelConfig(arch="mlp", latent_dim=3, objective="iwae", iw_samples=1))
+    iwae_20 = build_model(ModelConfig(arch="mlp", latent_dim=3, objective="iwae", iw_samples=20))
+    for m in (iwae_1, iwae_20):
+        m.load_state_dict(elbo_model.state_dict())
+    elbo, elbo_se = _mean_loss(elbo_model, x, 400, 1)
+    one, one_se = _mean_loss(iwae_1, x, 400, 2)
+    twenty, twenty_se = _mean_loss(iwae_20, x, 400, 3)
+    assert abs(one - elbo) < 4 * math.hypot(one_se, elbo_se)  # same expectation, other estimator
+    assert twenty < one - 4 * math.hypot(one_se, twenty_se)  # a tighter bound: a lower loss
+
+
+def test_free_bits_make_kl_below_the_floor_cost_exactly_the_floor() -> None:
+    model = build_model(ModelConfig(arch="mlp", latent_dim=3, free_bits=1000.0))
+    out = model(torch.rand(8, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    assert (out.kl < 1000).all()
+    torch.testing.assert_close(out.loss, out.recon.mean() + 3 * 1000.0)
+    mu_grad = torch.autograd.grad(
+        out.loss - out.recon.mean(), model.encoder.layers[-1].weight, allow_unused=True
+    )[0]
+    assert mu_grad is None or mu_grad.abs().max() == 0  # no pull towards the prior below the floor
+
+
+def test_kl_weight_argument_replaces_beta() -> None:
+    model = build_model(ModelConfig(arch="mlp", latent_dim=3, beta=4.0))
+    x = torch.rand(8, 1, 28, 28)
+    out = model(x, generator=torch.Generator().manual_seed(0), kl_weight=0.25)
+    torch.testing.assert_close(out.loss, (out.recon + 0.25 * out.kl).mean())
+
+
+def test_the_iwae_objective_is_the_evaluation_estimator() -> None:
+    from vaelab.importance import importance_log_weights, log_mean_exp
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mlp", latent_dim=3, objective="iwae", iw_samples=7))
+    x = (torch.rand(6, 1, 28, 28) > 0.5).float()
+    with torch.no_grad():
+        loss = model(x, generator=torch.Generator().manual_seed(4)).loss
+        mu, log_var = model.encode(x)
+        log_w, _, _ = importance_log_weights(
+            x,
+            mu,
+            log_var,
+            lambda xs, z: -model.reconstruction_loss(z, xs),
+            7,
+            torch.Generator().manual_seed(4),
+        )
+    torch.testing.assert_close(loss, -log_mean_exp(log_w).mean())

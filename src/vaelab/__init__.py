@@ -22,6 +22,7 @@ from vaelab.checkpoint import load
 from vaelab.config import ModelConfig, TrainConfig
 from vaelab.data import load_dataset, load_images
 from vaelab.errors import VaelabError
+from vaelab.estimators import LatentEncoder
 from vaelab.models import AE, VAE, ModelOutput, build_model
 from vaelab.training import TrainingDivergedError, train
 
@@ -29,6 +30,7 @@ __all__ = [
     "AE",
     "VAE",
     "AnomalyDetector",
+    "LatentEncoder",
     "ModelConfig",
     "ModelOutput",
     "TrainConfig",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,11 +274,6 @@ def setting_names(cls: type) -> set[str]:
 def setting_fields(cls: type) -> list[dataclasses.Field]:
     """The user-setting fields of a config dataclass, in declaration order."""
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
-
-
-def field_types(cls: type) -> dict[str, Any]:
-    """Resolved type hints of a config dataclass (the module uses postponed annotations)."""
-    return typing.get_type_hints(cls)
 
 
 def _check_choices(config: Any) -> None:

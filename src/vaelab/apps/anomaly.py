@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from vaelab import checkpoint, plots
-from vaelab.data.transforms import to_unit
+from vaelab.data.transforms import as_uint8_images, to_unit
 from vaelab.device import map_batches, model_device, resolve_device
 from vaelab.distributions import entropy_floor
 from vaelab.errors import VaelabError
@@ -32,20 +32,6 @@ from vaelab.options import Choices, DataDir, Dataset, Device, Inputs, Out, Posit
 from vaelab.runs import open_run, select_images, weights_hash
 
 SCORES = ("recon", "elbo", "nll")
-
-
-def as_uint8_images(X: Any) -> torch.Tensor:
-    """Images as a uint8 tensor [N, C, H, W]: uint8 arrays pass through, floats in [0, 1] are scaled."""
-    images = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
-    if images.dim() == 3:
-        images = images.unsqueeze(1)
-    if images.dim() != 4:
-        raise VaelabError(f"expected images [N, C, H, W] (or [N, H, W]), got shape {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images
-    if images.min() < 0 or images.max() > 1:
-        raise VaelabError("float images must lie in [0, 1]; pass uint8 images or divide by 255")
-    return (images.float() * 255).round().to(torch.uint8)
 
 
 class AnomalyDetector(OutlierMixin, BaseEstimator):

@@ -15,6 +15,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from vaelab import latent, plots
 from vaelab.errors import VaelabError
+from vaelab.estimators import LatentEncoder
 from vaelab.fileio import write_csv
 from vaelab.options import DataDir, Dataset, Device, Inputs, Out, Run, Seed, Split
 from vaelab.runs import open_run, select_images
@@ -59,18 +60,18 @@ def cluster(
     images = select_images(model, config, dataset, data_dir, split, inputs)
     if not 2 <= k <= len(images):
         raise VaelabError(f"--k must be between 2 and the number of images ({len(images)}), got {k}")
-    codes = latent.embed_images(model, images.images)
+    codes = LatentEncoder(run, device).fit().transform(images.images)  # [N, D]
     pixels = images.images.flatten(1).double().numpy() / 255.0
     dims = min(model.config.latent_dim, len(images), pixels.shape[1])
     representations = {
-        "latent": codes.double().numpy(),
+        "latent": codes.astype(np.float64),
         "pixels": pixels,
         "pca": PCA(n_components=dims, random_state=seed).fit_transform(pixels),
     }
     assignments = {name: kmeans(features, k, seed) for name, features in representations.items()}
 
     out = Path(out)
-    coords, axes = latent.scatter_coordinates(codes)
+    coords, axes = latent.scatter_coordinates(torch.from_numpy(codes))
     panels = [plots.ScatterPanel(f"k-means on the latent, k={k}", coords, torch.from_numpy(assignments["latent"]),
                                  [f"cluster {i}" for i in range(k)], axes)]  # fmt: skip
     if images.labels is not None:

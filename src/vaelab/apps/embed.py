@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from vaelab import latent
 from vaelab.errors import VaelabError
+from vaelab.estimators import LatentEncoder
 from vaelab.fileio import atomic_output, write_csv
 from vaelab.options import DataDir, Dataset, Device, Inputs, Out, Run, Split
 from vaelab.runs import open_run, select_images
@@ -35,7 +35,7 @@ def embed(
         raise VaelabError(f"-o {out}: choose a file ending in {', '.join(FORMATS)}")
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
-    codes = latent.embed_images(model, images.images).numpy().astype(np.float32)  # [N, D]
+    codes = LatentEncoder(run, device).fit().transform(images.images)  # [N, D] float32
     labels = images.labels.numpy() if images.labels is not None else None
     names = images.paths or [str(i) for i in range(len(codes))]
     if out.suffix == ".npy":

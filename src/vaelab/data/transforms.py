@@ -1,8 +1,14 @@
-"""Pixel transforms applied to uint8 batches on the training device."""
+"""Pixel transforms applied to uint8 batches on the training device, and the coercion of arrays a
+user passes in (numpy or torch, uint8 or [0, 1] floats) to one uint8 tensor."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
+
+from vaelab.errors import VaelabError
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -18,3 +24,17 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
 def binarize_uint8(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One fixed binarization of a uint8 set, returned as uint8 0/255 (static binarization)."""
     return (binarize(to_unit(images), generator) * 255).to(torch.uint8)
+
+
+def as_uint8_images(X: Any) -> torch.Tensor:
+    """Images as a uint8 tensor [N, C, H, W]: uint8 arrays pass through, floats in [0, 1] are scaled."""
+    images = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise VaelabError(f"expected images [N, C, H, W] (or [N, H, W]), got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images
+    if images.min() < 0 or images.max() > 1:
+        raise VaelabError("float images must lie in [0, 1]; pass uint8 images or divide by 255")
+    return (images.float() * 255).round().to(torch.uint8)

@@ -1,9 +1,8 @@
-"""Embeddings out and clustering in latent space, end to end on small runs."""
+"""`vaelab embed`: latent means of a dataset or of image files, out to .npy, .npz or .csv."""
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +10,7 @@ import pytest
 from PIL import Image
 
 import vaelab
-from conftest import write_images
-from vaelab.apps.cluster import cluster_accuracy
-from vaelab.cli import main
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
-    code = main([*args, "--json", "--quiet"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out.strip().splitlines()[-1]) if code == 0 else None, captured.err
-
-
-def test_cluster_accuracy_uses_the_best_matching() -> None:
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    assert cluster_accuracy(labels, np.array([5, 5, 3, 3, 9, 9])) == 1.0  # names do not matter
-    assert cluster_accuracy(labels, np.array([1, 1, 1, 1, 2, 2])) == pytest.approx(4 / 6)
+from conftest import run_cli, write_images
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
@@ -69,22 +54,3 @@ def test_embed_bad_input(vae_run: Path, tmp_path: Path, capsys) -> None:
     )
     assert code == 2 and "expects (1, 28, 28)" in err
     assert not (tmp_path / "e.npy").exists()
-
-
-def test_cluster_scores_latents_pixels_and_pca(vae_run: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "c.png"
-    code, result, _ = run_cli(["cluster", str(vae_run), "--k", "10", "-o", str(out)], capsys)
-    assert code == 0 and set(result["scores"]) == {"latent", "pixels", "pca"}
-    for s in result["scores"].values():
-        assert 0.1 < s["accuracy"] <= 1 and 0 < s["nmi"] <= 1 and -0.5 < s["ari"] <= 1
-    assert result["scores"]["pixels"]["accuracy"] > 0.35  # k-means on MNIST pixels is well above chance
-    with Image.open(out) as image:
-        assert np.asarray(image.convert("L")).std() > 10
-    rows = list(csv.reader(Path(result["assignments"]).read_text().splitlines()))
-    assert len(rows) == 2001 and {int(r[2]) for r in rows[1:]} <= set(range(10))
-
-
-def test_cluster_bad_k(vae_run: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(["cluster", str(vae_run), "--k", "5000", "-o", str(tmp_path / "c.png")], capsys)
-    assert code == 2 and "--k must be between 2 and the number of images (2000)" in err
-    assert not (tmp_path / "c.png").exists()

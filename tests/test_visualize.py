@@ -1,0 +1,71 @@
+"""Training, then every command that draws a model: samples, reconstructions, walks, latent maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import png, run_cli
+from vaelab.cli import main
+
+
+def test_train_then_every_viewing_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code, result, _ = run_cli(
+        ["train", "--model", "vae", "--arch", "mlp", "--latent-dim", "2", "--epochs", "2", "--loss", "bernoulli",
+         "--binarize", "dynamic", "--batch-size", "128", "--lr", "0.001", "--seed", "1", "--device", "cpu",
+         "--dataset", "mnist-mini", "--out", str(run)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and result["epochs"] == 2 and Path(result["model"]).is_file()
+    assert result["val_loss"] < 300
+
+    code, result, _ = run_cli(["sample", str(run), "-n", "16", "-o", str(tmp_path / "s.png")], capsys)
+    assert code == 0 and result["n"] == 16
+    samples = png(result["output"])
+    assert samples.std() > 20  # digits on black, not a blank or uniform grid
+
+    code, result, _ = run_cli(["reconstruct", str(run), "-n", "8", "-o", str(tmp_path / "r.png")], capsys)
+    assert code == 0 and 0 < result["mse_per_pixel"] < 0.1
+    assert png(result["output"]).shape[0] > png(result["output"]).shape[1] / 8  # two rows
+
+    out = tmp_path / "i.png"
+    code, result, _ = run_cli(
+        ["interpolate", str(run), "--from-class", "1", "--to-class", "7", "--steps", "6", "--method", "slerp",
+         "-o", str(out)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and result["steps"] == 6 and result["latent_distance"] > 0
+    strip = png(out)
+    assert strip.shape[1] > 5 * strip.shape[0]  # one row of six
+
+    code, result, _ = run_cli(["latent-plot", str(run), "-o", str(tmp_path / "l.png")], capsys)
+    assert code == 0 and result["n_points"] == 2000 and result["projection"] == "none"
+    assert png(result["output"]).std() > 10
+
+    code, result, _ = run_cli(["latent-grid", str(run), "-n", "5", "-o", str(tmp_path / "g.png")], capsys)
+    assert code == 0 and result["x_range"][0] < result["x_range"][1]
+
+
+def test_interpolate_between_two_image_files(vae_run: Path, tmp_path: Path, capsys) -> None:
+    for name, value in (("a.png", 0), ("b.png", 255)):
+        Image.fromarray(np.full((28, 28), value, dtype=np.uint8)).save(tmp_path / name)
+    code, result, _ = run_cli(
+        ["interpolate", str(vae_run), "--from-image", str(tmp_path / "a.png"), "--to-image", str(tmp_path / "b.png"),
+         "-o", str(tmp_path / "i.png")],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and result["steps"] == 10
+
+
+def test_latent_plot_of_a_wide_latent_says_pca(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--arch", "mlp", "--latent-dim", "5", "--epochs", "1", "--out", str(run), "--quiet"])
+        == 0
+    )
+    code, result, _ = run_cli(["latent-plot", str(run), "-o", str(tmp_path / "l.png")], capsys)
+    assert code == 0 and result["projection"] == "pca"
