@@ -27,7 +27,8 @@ from vaelab.fileio import atomic_output
 logger = logging.getLogger(__name__)
 
 CLASSIFIER_SEED = 1998  # LeNet's year; fixed so every user gets the same feature space
-EPOCHS = 8
+EPOCHS = 4  # with a one-cycle learning rate up to MAX_LR: 97.9% on mnist-mini's test digits in 14 s on
+MAX_LR = 3e-3  # 2 CPU cores, where 8 epochs at a constant 1e-3 gave 97.5% in 34 s
 FEATURES = 128
 
 
@@ -60,7 +61,9 @@ def classifier_for(dataset: str, data_dir: str | None, image_size: int | None, d
         raise ValueError(f"{dataset} has no labels to train a classifier on")
     classes = int(train.labels.max()) + 1
     key = hashlib.sha256(
-        json.dumps([dataset, image_size, len(train), classes, CLASSIFIER_SEED, EPOCHS]).encode()
+        json.dumps(
+            [dataset, image_size, len(train), classes, CLASSIFIER_SEED, EPOCHS, MAX_LR, "one-cycle"]
+        ).encode()
     ).hexdigest()[:16]
     path = cache_dir() / "classifiers" / f"{dataset.replace(':', '_').replace('/', '_')}-{key}.safetensors"
     with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG untouched
@@ -83,7 +86,9 @@ def classifier_for(dataset: str, data_dir: str | None, image_size: int | None, d
 def _fit(model: LeNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
     generator = torch.Generator().manual_seed(CLASSIFIER_SEED)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=MAX_LR)
+    steps = EPOCHS * -(-len(images) // 128)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=MAX_LR, total_steps=steps)
     for _ in range(EPOCHS):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), 128):
@@ -92,6 +97,7 @@ def _fit(model: LeNet, images: torch.Tensor, labels: torch.Tensor, device: torch
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
     model.eval()
 
 

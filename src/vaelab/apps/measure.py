@@ -131,10 +131,8 @@ def sample_quality(
     real_features = features(classifier, real)
 
     def accuracy(x: torch.Tensor) -> float:
-        predicted = torch.cat(
-            [classifier(x[s : s + 500].to(device)).argmax(1).cpu() for s in range(0, len(x), 500)]
-        )
-        return float((predicted == labels).double().mean())
+        predicted = map_batches(lambda batch: classifier(batch).argmax(1), x, device)
+        return float((predicted.long() == labels).double().mean())
 
     return {
         "fd": frechet_distance(features(classifier, samples), real_features),

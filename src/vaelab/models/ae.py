@@ -7,6 +7,7 @@ from torch import nn
 
 from vaelab import distributions
 from vaelab.config import ModelConfig
+from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.models.output import ModelOutput
 from vaelab.nets import build_decoder, build_encoder
@@ -49,8 +50,7 @@ class AE(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode n latents drawn from N(0, I). An AE has no prior, so expect poor images: that is the point."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=model_device(self))
         return self.decode(z)
 
     def forward(

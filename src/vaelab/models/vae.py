@@ -17,6 +17,7 @@ from torch import nn
 
 from vaelab import distributions
 from vaelab.config import ModelConfig
+from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, reparameterize
 from vaelab.importance import importance_log_weights, log_mean_exp
@@ -85,8 +86,7 @@ class VAE(nn.Module):
         pixels drawn from p(x|z) (0/1 images for Bernoulli pixels). None: the mean where it has a
         closed form, else drawn (pixelcnn: one pass per pixel).
         """
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=model_device(self))
         params = self.decoder(z)
         if draw is None:
             draw = not self.pixels.closed_form_mean
