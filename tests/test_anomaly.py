@@ -14,8 +14,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import vaelab
-from vaelab.apps.anomaly import AnomalyDetector
 from vaelab.cli import main
+from vaelab.estimators import AnomalyDetector
 
 
 @pytest.fixture(scope="module")

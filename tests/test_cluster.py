@@ -34,5 +34,5 @@ def test_cluster_scores_latents_pixels_and_pca(vae_run: Path, tmp_path: Path, ca
 
 def test_cluster_bad_k(vae_run: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["cluster", str(vae_run), "--k", "5000", "-o", str(tmp_path / "c.png")], capsys)
-    assert code == 2 and "--k must be between 2 and the number of images (2000)" in err
+    assert code == 2 and "k must be between 2 and the number of images (2000)" in err
     assert not (tmp_path / "c.png").exists()

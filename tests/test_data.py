@@ -79,7 +79,7 @@ def test_folder_rgb_and_pixels_survive(tmp_path: Path) -> None:
 def test_folder_mixed_sizes_need_image_size(tmp_path: Path) -> None:
     write_images(tmp_path, 3, (8, 8))
     write_images(tmp_path / "big", 3, (16, 12), seed=2)
-    with pytest.raises(vaelab.VaelabError, match="different sizes.*--image-size"):
+    with pytest.raises(vaelab.VaelabError, match="different sizes.*image_size"):
         vaelab.load_images(f"folder:{tmp_path}")
     resized = vaelab.load_images(f"folder:{tmp_path}", image_size=10)
     assert resized.images.shape[1:] == (1, 10, 10)
@@ -135,7 +135,7 @@ def test_idx_files_from_data_dir(tmp_path: Path, compress: bool, layout: str) ->
 
 
 def test_data_dir_without_files_names_the_flag(tmp_path: Path) -> None:
-    with pytest.raises(vaelab.VaelabError, match="--data-dir .* holds no train-images-idx3-ubyte"):
+    with pytest.raises(vaelab.VaelabError, match="data_dir .* holds no train-images-idx3-ubyte"):
         vaelab.load_dataset("mnist", "train", data_dir=str(tmp_path))
 
 

@@ -9,7 +9,7 @@ The public API, mirroring the `vaelab` command one to one::
     vaelab.sample("runs/vae2", n=64, out="samples.png")
 """
 
-from vaelab.apps.anomaly import AnomalyDetector, anomaly_fit, anomaly_score, load_detector
+from vaelab.apps.anomaly import anomaly_fit, anomaly_score, load_detector
 from vaelab.apps.anomaly_benchmark import anomaly_benchmark
 from vaelab.apps.cluster import cluster
 from vaelab.apps.compress import compress, decompress
@@ -22,7 +22,7 @@ from vaelab.checkpoint import load
 from vaelab.config import ModelConfig, TrainConfig
 from vaelab.data import load_dataset, load_images
 from vaelab.errors import VaelabError
-from vaelab.estimators import LatentEncoder
+from vaelab.estimators import AnomalyDetector, LatentEncoder
 from vaelab.models import AE, VAE, ModelOutput, build_model
 from vaelab.training import TrainingDivergedError, train
 

@@ -48,6 +48,7 @@ class Command:
     function: Callable[..., dict[str, Any]]
     help: str
     table: Callable[[dict[str, Any]], str] | None = None
+    description: str | None = None  # --help's text; the function's docstring when None
 
 
 def commands() -> dict[str, Command]:
@@ -66,7 +67,13 @@ def commands() -> dict[str, Command]:
     from vaelab.training import train
 
     return {
-        "train": Command(train, "train an AE or VAE into a run folder"),
+        "train": Command(
+            train,
+            "train an AE or VAE into a run folder",
+            description="Train a model. Losses are summed over pixels and averaged over images (nats per image "
+            "for the bernoulli loss). After every epoch the run folder gets config.json, model.safetensors, "
+            "training_state.safetensors and a line in metrics.jsonl.",
+        ),
         "sample": Command(visualize.sample, "decode random latents z ~ N(0, I) into a PNG grid"),
         "reconstruct": Command(visualize.reconstruct, "test images above their reconstructions, as a PNG"),
         "interpolate": Command(
@@ -157,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _description(command: Command) -> str:
-    doc = inspect.getdoc(command.function) or command.help
+    doc = command.description or inspect.getdoc(command.function) or command.help
     return doc.split("\n\n")[0].replace("\n", " ")
 
 

@@ -58,11 +58,11 @@ def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Te
     images, wanted = source.images, config.class_list()
     if wanted is not None:
         if source.labels is None:
-            raise VaelabError(f"--classes needs labels, and {config.dataset} has none")
+            raise VaelabError(f"classes needs labels, and {config.dataset} has none")
         images = images[torch.isin(source.labels, torch.tensor(wanted))]
         if len(images) == 0:
             raise VaelabError(
-                f"no training image of {config.dataset} has a label in --classes {config.classes}"
+                f"no training image of {config.dataset} has a label in classes {config.classes}"
             )
     n_val = max(1, round(len(images) * config.val_fraction))
     if len(images) - n_val < 1:
@@ -136,7 +136,7 @@ def train(
 
     device = resolve_device(config.device)
     if config.amp and device.type != "cuda":
-        logger.warning("--amp only applies on CUDA; training in float32 on %s", device.type)
+        logger.warning("amp only applies on CUDA; training in float32 on %s", device.type)
     train_images, val_images = split_train_val(config, device)
     noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])

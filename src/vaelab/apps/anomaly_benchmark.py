@@ -17,10 +17,10 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from vaelab.apps.anomaly import AnomalyDetector
 from vaelab.config import ARCHS, PLAIN_TRAINING
 from vaelab.data import load_images
 from vaelab.errors import VaelabError
+from vaelab.estimators import AnomalyDetector
 from vaelab.options import Choices, Device, Progress, Seed
 from vaelab.training import train
 

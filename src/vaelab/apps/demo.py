@@ -102,9 +102,9 @@ def demo(
 def _check_out(out: Path) -> None:
     """Refuse to write into a non-empty folder that is not an earlier demo's."""
     if out.exists() and not out.is_dir():
-        raise VaelabError(f"--out {out} is a file; choose a folder")
+        raise VaelabError(f"out {out} is a file; choose a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / INDEX).is_file():
-        raise VaelabError(f"--out {out} is not empty and holds no earlier demo; choose a new or empty folder")
+        raise VaelabError(f"out {out} is not empty and holds no earlier demo; choose a new or empty folder")
 
 
 def _samples(models: dict, path: Path, seed: int) -> Path:

@@ -8,33 +8,16 @@ class).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from vaelab.data.imageset import ImageSet
 from vaelab.errors import VaelabError
+
+__all__ = ["DATASET_NAMES", "IDX_DATASETS", "ImageSet", "load_dataset", "load_images", "resize_uint8"]
 
 IDX_DATASETS = ("mnist", "fashion-mnist", "kmnist")
 DATASET_NAMES = ("mnist-mini", *IDX_DATASETS, "folder:PATH")
-
-
-@dataclass
-class ImageSet:
-    """Images of one split: uint8 [N, C, H, W], int64 labels [N] or None, and where they came from."""
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-    class_names: list[str] | None = None
-    paths: list[str] | None = None  # one per image, for folder datasets
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        channels, height, width = self.images.shape[1:]
-        return int(channels), int(height), int(width)
-
-    def __len__(self) -> int:
-        return len(self.images)
 
 
 def load_images(

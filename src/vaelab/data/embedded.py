@@ -11,7 +11,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from vaelab.data import ImageSet
+from vaelab.data.imageset import ImageSet
 
 CLASS_NAMES = [str(d) for d in range(10)]
 

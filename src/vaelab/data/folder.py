@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from vaelab.data import ImageSet
+from vaelab.data.imageset import ImageSet
 from vaelab.errors import VaelabError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -59,7 +59,7 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
         first, second = sorted(sizes)[:2]
         raise VaelabError(
             f"images have different sizes ({first[1]}x{first[0]}, {second[1]}x{second[0]}, ...); "
-            "pass --image-size N to resize them all to N x N"
+            "pass image_size N (--image-size) to resize them all to N x N"
         )
     if mode == "L":
         return torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()  # [N, 1, H, W]

@@ -17,7 +17,7 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from vaelab.data import ImageSet
+from vaelab.data.imageset import ImageSet
 from vaelab.errors import VaelabError
 
 TORCHVISION_CLASSES = {
@@ -84,7 +84,7 @@ def load_idx_dataset(name: str, split: str, data_dir: str | None) -> ImageSet:
         found = find_idx_files(name, split, Path(data_dir))
         if found is None:
             raise VaelabError(
-                f"--data-dir {data_dir} holds no {PREFIX[split]}-images-idx3-ubyte[.gz] and "
+                f"data_dir {data_dir} holds no {PREFIX[split]}-images-idx3-ubyte[.gz] and "
                 f"{PREFIX[split]}-labels-idx1-ubyte[.gz]; point it at the folder with the {name} IDX files"
             )
         return _with_names(name, read_idx_pair(*found))
@@ -98,8 +98,8 @@ def load_idx_dataset(name: str, split: str, data_dir: str | None) -> ImageSet:
     except Exception as error:  # torchvision raises RuntimeError/URLError/OSError for network failures
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise VaelabError(
-            f"could not download {name} ({reason}); pass --data-dir DIR holding its IDX files, "
-            "or use the embedded --dataset mnist-mini"
+            f"could not download {name} ({reason}); pass data_dir (--data-dir) holding its IDX files, "
+            "or use the embedded dataset mnist-mini"
         ) from None
     found = find_idx_files(name, split, cache_dir())
     if found is None:

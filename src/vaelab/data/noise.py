@@ -45,13 +45,13 @@ def parse_noise(spec: str) -> Noise:
     kind, _, value = spec.partition(":")
     usage = "use gaussian:SIGMA, salt-pepper:P or mask:FRACTION, e.g. gaussian:0.3"
     if kind not in KINDS or not value:
-        raise VaelabError(f"--noise {spec!r} does not parse; {usage}")
+        raise VaelabError(f"noise {spec!r} does not parse; {usage}")
     try:
         amount = float(value)
     except ValueError:
-        raise VaelabError(f"--noise {spec!r}: {value!r} is not a number; {usage}") from None
+        raise VaelabError(f"noise {spec!r}: {value!r} is not a number; {usage}") from None
     if kind == "gaussian" and not amount >= 0:
-        raise VaelabError(f"--noise {spec!r}: SIGMA must be zero or positive")
+        raise VaelabError(f"noise {spec!r}: SIGMA must be zero or positive")
     if kind != "gaussian" and not 0 <= amount <= 1:
-        raise VaelabError(f"--noise {spec!r}: {kind} takes a probability between 0 and 1")
+        raise VaelabError(f"noise {spec!r}: {kind} takes a probability between 0 and 1")
     return Noise(kind, amount)

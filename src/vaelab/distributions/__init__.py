@@ -36,13 +36,21 @@ __all__ = [
     "bernoulli_nll",
     "entropy_floor",
     "for_model",
+    "param_channels",
 ]
 
 
+def param_channels(config: ModelConfig) -> int:
+    """Channels the decoder outputs for this config's pixel distribution: one map per image channel,
+    or for pixelcnn `ar_channels` feature maps from a conv decoder (an mlp decoder gives one map
+    per image channel)."""
+    if config.decoder == "pixelcnn" and config.arch != "mlp":
+        return config.ar_channels
+    return config.image_channels
+
+
 def for_model(config: ModelConfig) -> PixelDistribution:
-    """The pixel distribution a model config names: its loss, or the pixelcnn decoder (conditioned
-    on `ar_channels` feature maps from a conv decoder; an mlp decoder gives one map per channel)."""
+    """The pixel distribution a model config names: its loss, or the pixelcnn decoder."""
     if config.decoder == "pixelcnn":
-        features = config.image_channels if config.arch == "mlp" else config.ar_channels
-        return PixelCNN(config.image_channels, features, config.ar_channels, config.ar_layers)
+        return PixelCNN(config.image_channels, param_channels(config), config.ar_channels, config.ar_layers)
     return FACTORIZED[config.loss](config.image_channels)

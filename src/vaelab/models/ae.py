@@ -20,11 +20,10 @@ class AE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config, config.latent_dim)
-        pixels = distributions.for_model(config)
-        self.decoder = build_decoder(config, pixels.param_channels)
-        self.pixels = (
-            pixels  # registered after the decoder: parameter order is what saved optimizer state follows
-        )
+        # The decoder is built (and registered) before the pixel distribution: weight initialization
+        # draws, and saved optimizer state follows, in that order (as in vaelab 0.1.0).
+        self.decoder = build_decoder(config, distributions.param_channels(config))
+        self.pixels = distributions.for_model(config)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The latent code z of each image, [B, D]."""

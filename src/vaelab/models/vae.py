@@ -32,11 +32,10 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_encoder(config, 2 * config.latent_dim)  # mu and log sigma^2
-        pixels = distributions.for_model(config)
-        self.decoder = build_decoder(config, pixels.param_channels)
-        self.pixels = (
-            pixels  # registered after the decoder: parameter order is what saved optimizer state follows
-        )
+        # The decoder is built (and registered) before the pixel distribution: weight initialization
+        # draws, and saved optimizer state follows, in that order (as in vaelab 0.1.0).
+        self.decoder = build_decoder(config, distributions.param_channels(config))
+        self.pixels = distributions.for_model(config)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior (mu, log_var) of each image, each [B, D]."""
