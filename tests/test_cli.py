@@ -78,7 +78,10 @@ def test_every_command_is_an_exported_function_and_its_flags_are_its_parameters(
             continue
         parameters = inspect.signature(function).parameters
         required = [p for p in parameters.values() if p.default is inspect.Parameter.empty]
-        args = vars(parser.parse_args([*name.split(), *["X"] * len(required)]))
+        flagged = [p.name for p in required if "Required()" in str(p.annotation)]
+        positional = ["X"] * (len(required) - len(flagged))
+        flags = [item for flag in flagged for item in ("--" + flag.replace("_", "-"), "X")]
+        args = vars(parser.parse_args([*name.split(), *positional, *flags]))
         given = set(args) - {"command", "action", "command_name", "json", "quiet"}
         assert given == set(parameters) - {"progress"}, name
         for parameter in parameters.values():  # the CLI's defaults are the function's

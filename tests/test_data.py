@@ -180,3 +180,31 @@ def test_a_system_dataset_folder_is_found_without_data_dir(
     monkeypatch.setattr(datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])  # must not be needed
     x, _ = vaelab.load_dataset("fashion-mnist", "train")
     assert torch.equal(x[:, 0], torch.from_numpy(images))
+
+
+def test_shapes_and_folders_too_large_for_memory_are_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import run_cli
+
+    monkeypatch.setattr("vaelab.data.imageset.available_memory", lambda: 2 * 10**9)
+    with pytest.raises(vaelab.VaelabError, match=r"need 15.7 GB in memory, more than the 2.0 GB available"):
+        vaelab.load_images("shapes", "train", image_size=512)
+    code, _, err = run_cli(
+        ["train", "-o", str(tmp_path / "run"), "--dataset", "shapes", "--image-size", "512"], capsys
+    )
+    assert code == 2 and "choose a smaller image_size" in err and not (tmp_path / "run").exists()
+
+
+def test_a_folder_of_grey_and_colour_images_is_read_as_colour_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_images(tmp_path / "mixed", 3, (8, 8), mode="L")
+    Image.fromarray(np.full((8, 8, 3), (200, 10, 10), dtype=np.uint8)).save(tmp_path / "mixed" / "red.png")
+    with caplog.at_level("WARNING"):
+        images = vaelab.load_images(f"folder:{tmp_path / 'mixed'}", "train").images
+    assert images.shape[1] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "3 of 4 images are grayscale and the rest colour: all are read as RGB (grey as equal R, G, B)"
+    ]

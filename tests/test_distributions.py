@@ -9,7 +9,17 @@ import math
 import pytest
 import torch
 
-from vaelab.distributions import Bernoulli, L1Distance, L2Distance, PixelCNN, bernoulli_nll, entropy_floor
+from vaelab.distributions import (
+    Bernoulli,
+    DiscretizedLogistic,
+    L1Distance,
+    L2Distance,
+    PixelCNN,
+    bernoulli_nll,
+    bits_per_dim,
+    entropy_floor,
+)
+from vaelab.distributions.logistic import LOG_SCALE_OFFSET
 from vaelab.errors import VaelabError
 
 
@@ -116,3 +126,45 @@ def test_a_pixelcnn_has_no_closed_form_mean() -> None:
     assert pixels.likelihood and not pixels.closed_form_mean and pixels.param_channels == 4
     with pytest.raises(VaelabError, match="no closed-form mean"):
         pixels.mean(torch.randn(1, 4, 3, 3))
+
+
+@pytest.mark.parametrize(
+    ("mu", "log_scale"), [(0.3, -3.0), (0.0, -6.0), (1.2, -1.0), (0.5, 2.0), (0.999, -9.0), (-0.4, -8.0)]
+)
+def test_discretized_logistic_sums_to_one_over_the_256_values(mu: float, log_scale: float) -> None:
+    levels = (torch.arange(256, dtype=torch.float64) / 255).view(256, 1, 1, 1)
+    params = torch.tensor([mu, log_scale], dtype=torch.float64).view(1, 2, 1, 1).expand(256, 2, 1, 1)
+    log_p = -DiscretizedLogistic(1).loss(levels, params)
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_discretized_logistic_matches_its_definition_and_bits_per_dim() -> None:
+    mu, scale = 0.4, 0.05
+    params = torch.tensor([mu, math.log(scale) - LOG_SCALE_OFFSET], dtype=torch.float64).view(1, 2, 1, 1)
+
+    def cdf(t: float) -> float:
+        return 1 / (1 + math.exp(-(t - mu) / scale))
+
+    for k in (0, 1, 100, 254, 255):
+        x = torch.full((1, 1, 1, 1), k / 255, dtype=torch.float64)
+        upper = 1.0 if k == 255 else cdf((k + 0.5) / 255)
+        lower = 0.0 if k == 0 else cdf((k - 0.5) / 255)
+        expected = -math.log(upper - lower)
+        assert DiscretizedLogistic(1).loss(x, params).item() == pytest.approx(expected, rel=1e-9)
+    # A uniform model of 8-bit values costs exactly 8 bits per dimension.
+    assert bits_per_dim(3 * 4 * 4 * math.log(256), 3 * 4 * 4) == pytest.approx(8.0)
+
+
+def test_discretized_logistic_is_stable_for_confident_colour_predictions() -> None:
+    dist = DiscretizedLogistic(3)
+    assert dist.param_channels == 6
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 4, 4), generator=g).float() / 255
+    params = torch.cat([x + 0.3, torch.full_like(x, -20.0)], 1).requires_grad_()  # far off, very sharp
+    loss = dist.loss(x, params)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(params.grad).all() and (loss > 0).all()
+    exact = torch.cat([x, torch.full_like(x, -20.0)], 1)  # sharp and right: almost all mass on x
+    assert dist.loss(x, exact).max().item() < 1e-3
+    drawn = dist.sample(exact, torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, x) and torch.equal(dist.mean(exact), x)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from vaelab.evaluation import active_units, psnr
+from vaelab.evaluation import (
+    active_units,
+    mutual_information_gap,
+    png_bits_per_dim,
+    psnr,
+    structural_similarity,
+)
 from vaelab.gaussian import kl_to_standard_normal
 from vaelab.importance import importance_log_weights, log_mean_exp
 
@@ -100,3 +107,36 @@ def test_active_units_count_dimensions_that_vary() -> None:
 
 def test_psnr_of_a_known_error() -> None:
     assert psnr(torch.tensor([0.01])).item() == pytest.approx(20.0)
+
+
+def test_ssim_is_one_for_equal_images_and_follows_its_formula_on_flat_ones() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 16, 16, generator=g)
+    torch.testing.assert_close(structural_similarity(x, x), torch.ones(3, dtype=torch.float64))
+    a, b = torch.full((1, 1, 12, 12), 0.2), torch.full((1, 1, 12, 12), 0.6)
+    c1 = 0.01**2  # flat images: no variance, so SSIM is the luminance term alone
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+    assert structural_similarity(a, b).item() == pytest.approx(expected, rel=1e-6)
+    noisy = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    assert (structural_similarity(noisy, x) < 0.9).all()
+
+
+def test_png_bits_per_dim_is_small_for_flat_images_and_about_8_for_noise() -> None:
+    flat = torch.full((4, 3, 32, 32), 77, dtype=torch.uint8)
+    noise = torch.randint(
+        0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    assert png_bits_per_dim(flat) < 0.3
+    assert 8.0 < png_bits_per_dim(noise) < 8.5  # incompressible, plus PNG's own headers
+
+
+def test_mig_is_one_for_disentangled_codes_and_near_zero_for_duplicated_or_random_ones() -> None:
+    rng = np.random.default_rng(0)
+    factors = {"size": rng.random(5000), "shape": rng.integers(0, 3, 5000)}
+    noise = rng.normal(size=5000)
+    disentangled = np.stack([factors["size"], factors["shape"] + 0.1 * rng.random(5000), noise], 1)
+    result = mutual_information_gap(disentangled, factors)
+    assert result["mig"] > 0.9 and result["mig_best_dim"] == {"size": 0, "shape": 1}
+    duplicated = np.stack([factors["size"], factors["size"], factors["shape"], factors["shape"]], 1)
+    assert mutual_information_gap(duplicated, factors)["mig"] < 0.01  # each factor in two coordinates
+    assert mutual_information_gap(rng.normal(size=(5000, 4)), factors)["mig"] < 0.05

@@ -17,6 +17,7 @@ from vaelab.apps.demo import demo
 from vaelab.apps.denoise import denoise
 from vaelab.apps.embed import embed
 from vaelab.apps.measure import evaluate
+from vaelab.apps.steer import attribute, edit, traverse
 from vaelab.apps.visualize import interpolate, latent_grid, latent_plot, reconstruct, sample
 from vaelab.checkpoint import load
 from vaelab.config import ModelConfig, TrainConfig
@@ -39,12 +40,14 @@ __all__ = [
     "anomaly_benchmark",
     "anomaly_fit",
     "anomaly_score",
+    "attribute",
     "build_model",
     "cluster",
     "compress",
     "decompress",
     "demo",
     "denoise",
+    "edit",
     "embed",
     "evaluate",
     "interpolate",
@@ -57,4 +60,5 @@ __all__ = [
     "reconstruct",
     "sample",
     "train",
+    "traverse",
 ]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from vaelab.config import ModelConfig, TrainConfig, setting_fields
 from vaelab.errors import VaelabError
-from vaelab.options import Choices, Flag, Positional
+from vaelab.options import Choices, Flag, Positional, Required
 
 EPILOG = """examples:
   vaelab demo --out demo                      # AE vs VAE on the embedded digits, with index.html
@@ -62,6 +62,7 @@ def commands() -> dict[str, Command]:
         denoise,
         embed,
         measure,
+        steer,
         visualize,
     )
     from vaelab.training import train
@@ -83,6 +84,13 @@ def commands() -> dict[str, Command]:
             visualize.latent_plot, "scatter of the test set's latents coloured by class (PCA if > 2-D)"
         ),
         "latent-grid": Command(visualize.latent_grid, "decode an n x n grid over a 2-D latent plane"),
+        "traverse": Command(
+            steer.traverse, "rows of images, each moving one latent coordinate from -3 to +3 (PNG)"
+        ),
+        "attribute": Command(
+            steer.attribute, "find and save the latent direction of a known factor or CSV attribute"
+        ),
+        "edit": Command(steer.edit, "move images along a saved attribute vector: a strip of amounts (PNG)"),
         "evaluate": Command(
             measure.evaluate,
             "NLL (importance sampled), ELBO parts, active units, PSNR; writes RUN/eval.json",
@@ -199,6 +207,12 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable[..., Any
         choices = next((m.values for m in metadata if isinstance(m, Choices)), None)
         positional = next((m for m in metadata if isinstance(m, Positional)), None)
         short = next((m.short for m in metadata if isinstance(m, Flag)), None)
+        if parameter.default is inspect.Parameter.empty and any(isinstance(m, Required) for m in metadata):
+            flag = "--" + name.replace("_", "-")
+            parser.add_argument(
+                flag, dest=name, required=True, type=kind if kind in (int, float) else str, help=help_text
+            )
+            continue
         if parameter.default is inspect.Parameter.empty:
             parser.add_argument(
                 name, metavar=positional.metavar if positional else name.upper(), help=help_text

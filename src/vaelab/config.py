@@ -17,7 +17,7 @@ from vaelab.errors import VaelabError
 
 MODELS = ("ae", "vae")
 ARCHS = ("conv", "resnet", "mlp")
-LOSSES = ("bernoulli", "l2", "l1")
+LOSSES = ("bernoulli", "dlogistic", "l2", "l1")
 BINARIZE = ("none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
@@ -65,7 +65,10 @@ class ModelConfig:
     )
     latent_dim: int = setting(32, "size of the latent vector (2 to plot it, 16-64 for quality)")
     loss: str = setting(
-        "bernoulli", "pixel loss summed over pixels: bernoulli (cross-entropy), l2, l1", LOSSES
+        "bernoulli",
+        "pixel loss summed over pixels: bernoulli (cross-entropy), dlogistic (discretized logistic: the "
+        "likelihood of 8-bit colour images, in bits per dimension), l2, l1",
+        LOSSES,
     )
     beta: float = setting(1.0, "weight of the KL term of a VAE (1 = the plain VAE, >1 = beta-VAE)")
     objective: str = setting(
@@ -153,7 +156,8 @@ class TrainConfig:
     model_config: ModelConfig = field(default_factory=ModelConfig, metadata={"cli": False})
     dataset: str = setting(
         "mnist-mini",
-        "mnist-mini (embedded, offline), mnist, fashion-mnist, kmnist, or folder:PATH (your images)",
+        "mnist-mini (embedded digits), shapes (generated colour shapes, known factors), mnist, fashion-mnist, "
+        "kmnist, or folder:PATH (your images)",
     )
     data_dir: str | None = setting(None, "folder holding the IDX files of mnist/fashion-mnist/kmnist")
     image_size: int | None = setting(None, "resize every image to SIZE x SIZE (needed for mixed sizes)")

@@ -1,5 +1,5 @@
 """Honest figures for a trained model, in nats per image: ELBO parts, importance-sampled NLL,
-active units; MSE and PSNR where the pixel loss is not a likelihood.
+active units, bits per dimension; MSE, PSNR and SSIM of the mean reconstructions.
 
 The importance-sampled estimate (Burda et al., 2015) is
     log p(x) ~= log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x),
@@ -8,14 +8,18 @@ a lower bound in expectation that tightens as K grows and is never looser than t
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from vaelab.data.transforms import binarize, to_unit
 from vaelab.device import model_device
+from vaelab.distributions import bits_per_dim
 from vaelab.gaussian import kl_to_standard_normal, reparameterize
 from vaelab.importance import importance_log_weights, log_mean_exp
 from vaelab.models import AE, VAE
@@ -35,9 +39,10 @@ class Evaluation:
     recon: torch.Tensor  # E_q[-log p(x|z)] (VAE) or the pixel loss at z (AE), [N]
     kl: torch.Tensor | None  # closed-form KL(q || N(0, I)), [N]
     latent_means: torch.Tensor  # E_q[z], [N, D]
-    mse: (
-        torch.Tensor | None
-    )  # mean squared error per pixel of the mean reconstruction, [N] (None: no closed-form mean)
+    mse: torch.Tensor | None  # mean squared error per sub-pixel of the mean reconstruction, [N]
+    ssim: torch.Tensor | None  # structural similarity of the mean reconstruction, [N]
+    # (mse and ssim are None when the decoder has no closed-form mean image)
+    image_shape: tuple[int, int, int]  # (C, H, W): C * H * W dimensions per image, for bits per dim
 
 
 @torch.no_grad()
@@ -54,7 +59,7 @@ def evaluate_images(
     device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
     likelihood = isinstance(model, VAE) and model.pixels.likelihood
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("nll", "recon", "kl", "mu", "mse")}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("nll", "recon", "kl", "mu", "mse", "ssim")}
     for start in range(0, len(images), batch_size):
         x = to_unit(images[start : start + batch_size].to(device))
         if isinstance(model, VAE):
@@ -76,17 +81,66 @@ def evaluate_images(
             parts["recon"].append(model.pixels.loss(x, params))
         parts["mu"].append(mu)
         if model.pixels.closed_form_mean:
-            parts["mse"].append(mean_squared_error(model.pixels.mean(params), x))
+            reconstruction = model.pixels.mean(params)
+            parts["mse"].append(mean_squared_error(reconstruction, x))
+            parts["ssim"].append(structural_similarity(reconstruction, x))
         if progress is not None:
             progress.update(len(x))
     cat = {name: torch.cat(values).double().cpu() if values else None for name, values in parts.items()}
     neg_elbo = cat["recon"] + cat["kl"] if cat["kl"] is not None else None
-    return Evaluation(cat["nll"], neg_elbo, cat["recon"], cat["kl"], cat["mu"], cat["mse"])
+    return Evaluation(
+        cat["nll"],
+        neg_elbo,
+        cat["recon"],
+        cat["kl"],
+        cat["mu"],
+        cat["mse"],
+        cat["ssim"],
+        tuple(images.shape[1:]),
+    )
 
 
 def mean_squared_error(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per pixel of each image [B, C, H, W] (values in [0, 1]), [B]."""
     return (estimate.double() - target.double()).pow(2).flatten(1).mean(1)
+
+
+def structural_similarity(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM (Wang et al., 2004) of each image [B, C, H, W] in [0, 1] to its target, [B]: the
+    paper's 11 x 11 Gaussian window (sigma 1.5, smaller for tiny images), K1 = 0.01, K2 = 0.03,
+    dynamic range 1, averaged over the valid window positions and the channels."""
+    size = min(11, *estimate.shape[-2:])
+    coords = torch.arange(size, dtype=torch.float64, device=estimate.device) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    channels = estimate.shape[1]
+    window = (g[:, None] * g[None, :]).expand(channels, 1, size, size)
+    a, b = estimate.double(), target.double()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, window, groups=channels)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return ssim_map.flatten(1).mean(1)
+
+
+def png_bits_per_dim(images: torch.Tensor) -> float:
+    """Bits per sub-pixel that lossless PNG (zlib level 9) spends on uint8 images [N, C, H, W],
+    each saved as its own file: the baseline any likelihood model's bits per dimension should beat."""
+    total_bytes = 0
+    for image in images:
+        array = image.permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(
+            buffer, "PNG", compress_level=9
+        )
+        total_bytes += buffer.tell()
+    return 8 * total_bytes / images.numel()
 
 
 def active_units(latent_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -125,9 +179,52 @@ def summary(evaluation: Evaluation, k: int) -> dict[str, Any]:
             out[name] = out[f"{name}_se"] = None
     out["active_units"] = active_units(evaluation.latent_means)
     out["latent_dim"] = int(evaluation.latent_means.shape[1])
+    dims = math.prod(evaluation.image_shape)
+    out["bits_per_dim"] = bits_per_dim(out["nll"], dims) if out["nll"] is not None else None
     if evaluation.mse is not None:
         out["mse"], out["mse_se"] = mean_and_se(evaluation.mse)
         out["psnr"], out["psnr_se"] = mean_and_se(psnr(evaluation.mse))
+        out["ssim"], out["ssim_se"] = mean_and_se(evaluation.ssim)
     else:
-        out["mse"] = out["mse_se"] = out["psnr"] = out["psnr_se"] = None
+        for name in ("mse", "psnr", "ssim"):
+            out[name] = out[f"{name}_se"] = None
     return out
+
+
+MIG_BINS = 20  # equal-width bins per latent coordinate and per continuous factor, as in Chen et al.'s
+# and Locatello et al.'s (2019) reference evaluations
+
+
+def discretize(values: np.ndarray, bins: int = MIG_BINS) -> np.ndarray:
+    """Bin indices of values [N] in `bins` equal-width bins over their range; a column of few
+    distinct values (a categorical factor) keeps them as they are."""
+    values = np.asarray(values, dtype=np.float64)
+    distinct = np.unique(values)
+    if len(distinct) <= bins:
+        return np.searchsorted(distinct, values)
+    edges = np.linspace(values.min(), values.max(), bins + 1)[1:-1]
+    return np.digitize(values, edges)
+
+
+def mutual_information_gap(latents: np.ndarray, factors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """MIG (Chen et al., 2018) of latent codes [N, D] against known factors (name -> [N]).
+
+    For each factor v_k: the mutual information I(z_j; v_k) of every (discretized) coordinate, and
+    the gap between the largest and second largest divided by the factor's entropy H(v_k). MIG is
+    the mean gap over factors, in [0, 1]: 1 when each factor lives in one coordinate alone.
+    """
+    from sklearn.metrics import mutual_info_score
+
+    codes = [discretize(column) for column in np.asarray(latents).T]
+    gaps, best = {}, {}
+    for name, values in factors.items():
+        v = discretize(values)
+        entropy = mutual_info_score(v, v)
+        if entropy <= 0:
+            continue
+        mi = np.array([mutual_info_score(v, code) for code in codes])
+        order = np.argsort(mi)[::-1]
+        second = mi[order[1]] if len(mi) > 1 else 0.0
+        gaps[name] = float((mi[order[0]] - second) / entropy)
+        best[name] = int(order[0])
+    return {"mig": float(np.mean(list(gaps.values()))), "mig_per_factor": gaps, "mig_best_dim": best}

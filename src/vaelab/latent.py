@@ -1,4 +1,5 @@
-"""Working in latent space: encode a dataset, walk between two codes, decode a grid over the plane.
+"""Working in latent space: encode a dataset, walk between two codes, decode a grid over the plane,
+move one coordinate at a time (traversals).
 
 Latents are [N, D] float tensors; images [N, C, H, W] in [0, 1].
 """
@@ -13,6 +14,7 @@ import torch
 from vaelab import plots
 from vaelab.data import ImageSet
 from vaelab.device import map_batches, model_device
+from vaelab.gaussian import kl_to_standard_normal
 from vaelab.models import AE, VAE
 
 
@@ -136,3 +138,23 @@ def grid_panel(
     x_range, y_range = latent_extent(codes)
     images = decode_latents(model, plane_grid(x_range, y_range, n), draws)
     return plots.GridPanel(title, images, x_range, y_range)
+
+
+@torch.no_grad()
+def kl_per_dimension(model: VAE, images: torch.Tensor) -> torch.Tensor:
+    """The KL of q(z|x) to N(0, 1) in each latent dimension, averaged over uint8 images, [D] nats:
+    how much information each coordinate carries (near 0 for an unused one)."""
+
+    def kl(x: torch.Tensor) -> torch.Tensor:
+        return kl_to_standard_normal(*model.encode(x))
+
+    return map_batches(kl, images, model_device(model)).double().mean(0)
+
+
+def traversal_latents(z: torch.Tensor, dims: list[int], values: torch.Tensor) -> torch.Tensor:
+    """Copies of one latent z [D] with coordinate dims[i] set to each of `values` in turn: row i of
+    the traversal figure, [len(dims) * len(values), D]."""
+    rows = z.repeat(len(dims) * len(values), 1)
+    for i, dim in enumerate(dims):
+        rows[i * len(values) : (i + 1) * len(values), dim] = values
+    return rows

@@ -126,11 +126,11 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """[B, D] -> logits [B, C, H, W] through one hidden layer."""
+    """[B, D] -> `out_channels` maps [B, out_channels, H, W] through one hidden layer."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, out_channels: int) -> None:
         super().__init__()
-        self.shape = (config.image_channels, config.image_height, config.image_width)
+        self.shape = (out_channels, config.image_height, config.image_width)
         self.layers = nn.Sequential(
             nn.Linear(config.latent_dim, config.mlp_hidden),
             nn.ReLU(),
@@ -150,7 +150,7 @@ def build_encoder(config: ModelConfig, out_features: int) -> nn.Module:
 
 def build_decoder(config: ModelConfig, out_channels: int) -> nn.Module:
     """The decoder named by config.arch, mapping latents to `out_channels` maps of the image's size
-    (the parameters of the pixel distribution). The mlp decoder gives one map per image channel."""
+    (the parameters of the pixel distribution)."""
     if config.arch == "mlp":
-        return MLPDecoder(config)
+        return MLPDecoder(config, out_channels)
     return ConvDecoder(config, residual=config.arch == "resnet", out_channels=out_channels)

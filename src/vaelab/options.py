@@ -3,7 +3,7 @@
 A command's function (vaelab.sample, vaelab.embed, ...) annotates its parameters with these, or
 with its own ``Annotated[type, "help text"]``; the CLI builds every flag from those signatures, so
 the command line and the Python API cannot drift apart. ``Choices`` lists allowed values, ``Flag``
-gives a short flag.
+gives a short flag, ``Required`` makes a parameter without default a required flag.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class Positional:
     """The parameter is a positional command-line argument."""
 
     metavar: str
+
+
+@dataclass(frozen=True)
+class Required:
+    """The parameter has no default and is a required command-line flag (--name VALUE), not a
+    positional argument."""
 
 
 Run = Annotated[str | Path, Positional("RUN"), "run folder (written by vaelab train)"]

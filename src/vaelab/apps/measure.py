@@ -16,7 +16,14 @@ from vaelab.data import load_images
 from vaelab.data.transforms import to_unit
 from vaelab.device import map_batches, model_device
 from vaelab.errors import VaelabError
-from vaelab.evaluation import TEST_BINARIZATION_SEED, evaluate_images, scoring_images, summary
+from vaelab.evaluation import (
+    TEST_BINARIZATION_SEED,
+    evaluate_images,
+    mutual_information_gap,
+    png_bits_per_dim,
+    scoring_images,
+    summary,
+)
 from vaelab.fileio import write_json
 from vaelab.models import AE, VAE
 from vaelab.options import DataDir, Dataset, Device, NImages, Progress, Run, Seed
@@ -43,9 +50,11 @@ def evaluate(
     ] = None,
 ) -> dict[str, Any]:
     """Negative ELBO, its parts, the importance-sampled NLL (K samples per image, 1000 by
-    default), active units, MSE and PSNR on the test split; written to RUN/eval.json.
+    default) in nats per image and bits per dimension beside what PNG spends on the same images,
+    active units, MSE, PSNR and SSIM on the test split, and the mutual information gap (`mig`)
+    where the dataset has known factors (shapes); written to RUN/eval.json.
 
-    NLL needs a likelihood: a VAE with the bernoulli loss. For other runs the figures that make
+    NLL needs a likelihood: a VAE with the bernoulli or dlogistic loss. For other runs the figures that make
     sense are reported and `nll_absent` says why NLL is not; asking for `k` then is an error.
     With `quality` and a labelled dataset, sample quality is measured too (see sample_quality).
     `quality` None (the default) measures it when the decoder has a closed-form mean image; a
@@ -78,7 +87,12 @@ def evaluate(
         "model": model.config.model,
         "loss": model.config.loss,
         "nll_absent": None if has_likelihood else _why_no_nll(model),
+        "png_bits_per_dim": png_bits_per_dim(images),
     }
+    if test.factors:  # known generative factors (shapes): how disentangled the latent is
+        n = len(images)
+        factors = {name: values[:n] for name, values in test.factors.items()}
+        result.update(mutual_information_gap(evaluation.latent_means.numpy(), factors))
     drawn = not model.pixels.closed_form_mean
     if quality is None and drawn:
         result["quality_absent"] = (
@@ -89,7 +103,7 @@ def evaluate(
         result.update(sample_quality(model, config, test.images[:n_images], test.labels[:n_images], seed))
     if drawn:
         result["mse_absent"] = f"a {model.pixels.name} decoder has no closed-form mean image"
-    if has_likelihood and config.binarize == "none":
+    if has_likelihood and config.binarize == "none" and model.config.loss == "bernoulli":
         result["note"] = (
             "trained and scored on grayscale images: the Bernoulli 'likelihood' of non-binary pixels is "
             "not a normalized density, so NLL does not compare with binarized-MNIST figures"
@@ -155,13 +169,24 @@ def format_table(result: dict[str, Any]) -> str:
                        ("kl", "  KL")):  # fmt: skip
         if result.get(key) is not None:
             rows.append((label, f"{result[key]:.2f} ± {result[key + '_se']:.2f} nats per image"))
+    if result.get("bits_per_dim") is not None:
+        rows.append(("NLL in bits", f"{result['bits_per_dim']:.3f} bits per dimension"))
     if result.get("nll_absent"):
         rows.append(("NLL", f"not defined: {result['nll_absent']}"))
+    rows.append(("PNG", f"{result['png_bits_per_dim']:.3f} bits per dimension (lossless, same images)"))
     rows.append(("active units", f"{result['active_units']} of {result['latent_dim']}"))
     if result.get("mse") is not None:
-        rows.append(("MSE / PSNR", f"{result['mse']:.4f} per pixel / {result['psnr']:.2f} dB"))
+        rows.append(
+            (
+                "MSE / PSNR / SSIM",
+                f"{result['mse']:.4f} per pixel / {result['psnr']:.2f} dB / {result['ssim']:.3f}",
+            )
+        )
     else:
-        rows.append(("MSE / PSNR", f"not computed: {result['mse_absent']}"))
+        rows.append(("MSE / PSNR / SSIM", f"not computed: {result['mse_absent']}"))
+    if result.get("mig") is not None:
+        per_factor = ", ".join(f"{k} {v:.2f}" for k, v in result["mig_per_factor"].items())
+        rows.append(("MIG (disentanglement)", f"{result['mig']:.3f} ({per_factor})"))
     if result.get("quality_absent"):
         rows.append(("sample quality", f"not measured: {result['quality_absent']}"))
     if "fd" in result:

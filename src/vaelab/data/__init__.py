@@ -2,7 +2,8 @@
 
 Names: ``mnist-mini`` (embedded, 8,000 train / 2,000 test real MNIST digits, no network),
 ``mnist``, ``fashion-mnist``, ``kmnist`` (IDX files from ``data_dir``, a known system folder, or
-torchvision's download) and ``folder:PATH`` (a directory of images, optionally one sub-folder per
+torchvision's download), ``shapes`` (generated colour shapes with known factors, 20,000 train / 4,000
+test, no network) and ``folder:PATH`` (a directory of images, optionally one sub-folder per
 class).
 """
 
@@ -17,7 +18,7 @@ from vaelab.errors import VaelabError
 __all__ = ["DATASET_NAMES", "IDX_DATASETS", "ImageSet", "load_dataset", "load_images", "resize_uint8"]
 
 IDX_DATASETS = ("mnist", "fashion-mnist", "kmnist")
-DATASET_NAMES = ("mnist-mini", *IDX_DATASETS, "folder:PATH")
+DATASET_NAMES = ("mnist-mini", "shapes", *IDX_DATASETS, "folder:PATH")
 
 
 def load_images(
@@ -30,6 +31,10 @@ def load_images(
         from vaelab.data.embedded import load_mnist_mini
 
         result = load_mnist_mini(split)
+    elif name == "shapes":
+        from vaelab.data.shapes import load_shapes
+
+        return load_shapes(split, image_size)
     elif name in IDX_DATASETS:
         from vaelab.data.idx import load_idx_dataset
 

@@ -10,6 +10,7 @@ or more images), the rest to ``train``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from vaelab.data.imageset import ImageSet
+from vaelab.data.imageset import ImageSet, ensure_fits_in_memory
 from vaelab.errors import VaelabError
 
+logger = logging.getLogger(__name__)
+
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_SEED = 0
 TEST_SHARE = 0.2
@@ -43,11 +47,12 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
     equal R, G and B.
     """
     mode = "L" if channels == 1 else "RGB"  # decide grayscale after reading when channels is None
-    arrays = []
-    for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 2000, leave=False):
+    arrays, grey = [], 0
+    for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 10_000, leave=False):
         try:
             with Image.open(path) as image:
                 image.load()
+                grey += image.mode in GREY_MODES
                 converted = image.convert(mode)
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
@@ -60,6 +65,12 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
         raise VaelabError(
             f"images have different sizes ({first[1]}x{first[0]}, {second[1]}x{second[0]}, ...); "
             "pass image_size N (--image-size) to resize them all to N x N"
+        )
+    if channels is None and 0 < grey < len(paths):
+        logger.warning(
+            "%d of %d images are grayscale and the rest colour: all are read as RGB (grey as equal R, G, B)",
+            grey,
+            len(paths),
         )
     if mode == "L":
         return torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()  # [N, 1, H, W]
@@ -86,6 +97,8 @@ def load_folder(path: str, split: str, image_size: int | None) -> ImageSet:
     chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
     if len(chosen) == 0:
         raise VaelabError(f"folder:{path} has too few images for a {split} split; add more images")
+    if image_size is not None:
+        ensure_fits_in_memory(len(files), 3, image_size, image_size, f"folder:{path}")
     # Decode the whole folder so both splits agree on size and channels.
     images = read_image_files(files, image_size)[torch.from_numpy(chosen)]
     chosen_files = [files[i] for i in chosen]

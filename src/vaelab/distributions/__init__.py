@@ -9,7 +9,8 @@ Every distribution takes the decoder's output for z (`params`) and images x [B, 
 * ``sample(params, generator)``: images drawn from p(x|z) (likelihoods only).
 
 ``bernoulli``: factorized Bernoulli pixels; ``l2``/``l1``: distances of sigmoid(params) to x;
-``pixelcnn``: autoregressive Bernoulli pixels (each also sees the pixels before it).
+``dlogistic``: discretized logistic 8-bit sub-pixels (the likelihood for colour images, in bits
+per dimension); ``pixelcnn``: autoregressive Bernoulli pixels (each also sees the pixels before it).
 """
 
 from __future__ import annotations
@@ -19,21 +20,29 @@ from typing import TYPE_CHECKING
 from vaelab.distributions.base import PixelDistribution
 from vaelab.distributions.bernoulli import Bernoulli, bernoulli_nll, entropy_floor
 from vaelab.distributions.distance import L1Distance, L2Distance
+from vaelab.distributions.logistic import DiscretizedLogistic, bits_per_dim
 from vaelab.distributions.pixelcnn import PixelCNN
 
 if TYPE_CHECKING:
     from vaelab.config import ModelConfig
 
-FACTORIZED: dict[str, type[PixelDistribution]] = {"bernoulli": Bernoulli, "l2": L2Distance, "l1": L1Distance}
+FACTORIZED: dict[str, type[PixelDistribution]] = {
+    "bernoulli": Bernoulli,
+    "dlogistic": DiscretizedLogistic,
+    "l2": L2Distance,
+    "l1": L1Distance,
+}
 
 __all__ = [
     "FACTORIZED",
     "Bernoulli",
+    "DiscretizedLogistic",
     "L1Distance",
     "L2Distance",
     "PixelCNN",
     "PixelDistribution",
     "bernoulli_nll",
+    "bits_per_dim",
     "entropy_floor",
     "for_model",
     "param_channels",
@@ -41,12 +50,12 @@ __all__ = [
 
 
 def param_channels(config: ModelConfig) -> int:
-    """Channels the decoder outputs for this config's pixel distribution: one map per image channel,
-    or for pixelcnn `ar_channels` feature maps from a conv decoder (an mlp decoder gives one map
-    per image channel)."""
-    if config.decoder == "pixelcnn" and config.arch != "mlp":
-        return config.ar_channels
-    return config.image_channels
+    """Channels the decoder outputs for this config's pixel distribution: its parameter maps (one
+    per image channel, two for dlogistic), or for pixelcnn `ar_channels` feature maps from a conv
+    decoder (an mlp decoder gives it one map per image channel)."""
+    if config.decoder == "pixelcnn":
+        return config.image_channels if config.arch == "mlp" else config.ar_channels
+    return FACTORIZED[config.loss](config.image_channels).param_channels
 
 
 def for_model(config: ModelConfig) -> PixelDistribution:

@@ -1,0 +1,66 @@
+"""Per-image attribute labels from a CSV, laid out as CelebA's attribute list: the image file name
+first, then one column per attribute (numbers; CelebA writes 1 / -1).
+
+Names match an image by its path relative to the folder (``faces/0001.jpg``) or, when that is
+unambiguous, by its file name alone (``0001.jpg``). Images the CSV does not list get NaN.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from vaelab.errors import VaelabError
+
+
+def read_labels_csv(path: str | Path, image_paths: list[str], folder: str | Path) -> dict[str, np.ndarray]:
+    """The attribute columns of `path` for the images `image_paths` (files under `folder`), as
+    name -> float array [N] (NaN where an image is not listed)."""
+    path, folder = Path(path), Path(folder).expanduser()
+    if not path.is_file():
+        raise VaelabError(f"labels file {path} does not exist; give a CSV of file name, then attributes")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [row for row in csv.reader(f) if row]
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise VaelabError(f"{path} needs a header and rows of: file name, then one column per attribute")
+    header, rows = [h.strip() for h in rows[0]], rows[1:]
+    from vaelab.data.folder import list_images
+
+    files = [p.relative_to(folder).as_posix() for p in list_images(folder)]
+    by_name: dict[str, str] = {}
+    for relative in files:
+        by_name.setdefault(Path(relative).name, relative)
+        by_name[relative] = relative
+    index: dict[str, list[float]] = {}
+    missing = []
+    for row in rows:
+        name = row[0].strip().replace("\\", "/")
+        if name not in by_name:
+            missing.append(name)
+            continue
+        try:
+            index[by_name[name]] = [float(value) for value in row[1:]]
+        except ValueError:
+            raise VaelabError(
+                f"{path}: the row of {name} has a value that is not a number; attribute values must be numbers"
+            ) from None
+        if len(index[by_name[name]]) != len(header) - 1:
+            raise VaelabError(f"{path}: the row of {name} has {len(row)} columns, the header {len(header)}")
+    if missing:
+        if len(missing) == len(rows):
+            raise VaelabError(
+                f"{path}: no row names an image of {folder} (first column {header[0]!r}, e.g. {missing[0]!r}); "
+                "the first column must be the image file name"
+            )
+        raise VaelabError(
+            f"{path} names {len(missing)} files that are not in {folder} (e.g. {missing[0]!r}); "
+            "remove those rows or add the images"
+        )
+    table = np.full((len(image_paths), len(header) - 1), np.nan)
+    for i, image in enumerate(image_paths):
+        values = index.get(Path(image).resolve().relative_to(folder.resolve()).as_posix())
+        if values is not None:
+            table[i] = values
+    return {name: table[:, j] for j, name in enumerate(header[1:])}

@@ -1,0 +1,150 @@
+"""Traversals, attribute vectors and edits on a small colour model trained on a folder of
+generated shapes (with a CelebA-style labels CSV), and the disentanglement score it gets."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vaelab
+from conftest import png, run_cli
+from vaelab.apps.steer import load_attributes
+from vaelab.config import PLAIN_TRAINING
+from vaelab.data import shapes
+from vaelab.data.labels import read_labels_csv
+from vaelab.errors import VaelabError
+from vaelab.latent import embed_images
+
+N_IMAGES, SIZE = 2000, 16
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """N_IMAGES shapes as 16 px PNGs, with labels.csv: file name, big (1 / -1), size, rotation, x."""
+    folder = tmp_path_factory.mktemp("shapes") / "images"
+    folder.mkdir()
+    factors = {name: values[:N_IMAGES] for name, values in shapes.factor_table("train").items()}
+    images = shapes.render(factors, SIZE).permute(0, 2, 3, 1).numpy()
+    labels = folder.parent / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "big", "size", "rotation", "x"])
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+            big = 1 if factors["size"][i] > 0.16 else -1
+            writer.writerow(
+                [
+                    f"{i:04d}.png",
+                    big,
+                    f"{factors['size'][i]:.5f}",
+                    f"{factors['rotation'][i]:.3f}",
+                    f"{factors['x'][i]:.5f}",
+                ]
+            )
+    return folder, labels
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory: pytest.TempPathFactory, shapes_folder: tuple[Path, Path]) -> Path:
+    """A 6-D VAE with the discretized logistic likelihood, 16 px colour shapes, 20 epochs (seconds)."""
+    run = tmp_path_factory.mktemp("runs") / "colour"
+    settings = {**PLAIN_TRAINING, "loss": "dlogistic", "batch_size": 32}
+    vaelab.train(run, dataset=f"folder:{shapes_folder[0]}", image_size=SIZE, latent_dim=6, epochs=20,
+                 device="cpu", progress=False, **settings)  # fmt: skip
+    return run
+
+
+def test_traverse_shows_the_most_informative_coordinates_first(colour_run: Path, tmp_path: Path) -> None:
+    result = vaelab.traverse(colour_run, out=tmp_path / "t.png", rows=4, steps=5)
+    kl = result["kl_per_dim"]
+    assert len(result["dims"]) == 4 == len(set(result["dims"])) and kl == sorted(kl, reverse=True)
+    assert kl[0] > 0.5  # the model uses its latent
+    picture = png(result["out"])
+    assert picture.shape[0] > 4 * SIZE and picture.std() > 10  # four rows of images, not a blank
+    assert result["values"] == pytest.approx([-3, -1.5, 0, 1.5, 3])
+
+
+def test_traverse_of_an_ae_covers_every_coordinate(ae_run: Path, tmp_path: Path) -> None:
+    result = vaelab.traverse(ae_run, out=tmp_path / "t.png", steps=3)
+    assert result["dims"] == [0, 1] and result["kl_per_dim"] is None
+
+
+def test_attribute_vectors_are_the_mean_difference_or_the_regression_direction(
+    colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, labels = shapes_folder
+    train = vaelab.load_images(f"folder:{folder}", "train", image_size=SIZE)
+    codes = embed_images(vaelab.load(colour_run), train.images).double().numpy()
+    table = read_labels_csv(labels, train.paths, folder)
+    binary = vaelab.attribute(colour_run, factor="big", labels=labels)
+    big = table["big"] > 0
+    assert (
+        binary["kind"] == "binary" and binary["n_with"] == big.sum() and binary["n_without"] == (~big).sum()
+    )
+    size = vaelab.attribute(colour_run, factor="x", labels=labels, name="right")
+    assert size["kind"] == "continuous" and 0 < size["r2"] < 1
+    vectors, meta = load_attributes(colour_run)
+    assert set(vectors) == {"big", "right"} and meta["right"]["factor"] == "x"
+    # Amount 1 of a yes/no attribute takes the mean latent without it to the mean latent with it.
+    np.testing.assert_allclose(codes[big].mean(0), codes[~big].mean(0) + vectors["big"].numpy(), atol=1e-5)
+    # The continuous direction is the least-squares one: projections correlate with x by sqrt(R^2),
+    # and one unit along it raises the fitted x by one (d = w / |w|^2, so w . d = 1).
+    direction = vectors["right"].double().numpy()
+    projection = codes @ direction
+    assert np.corrcoef(projection, table["x"])[0, 1] == pytest.approx(np.sqrt(size["r2"]), abs=1e-4)
+    slope = np.polyfit(projection, table["x"], 1)[0]
+    assert slope * (direction @ direction) == pytest.approx(1.0, rel=1e-3)
+    edit = vaelab.edit(colour_run, attribute="right", amount=0.2, steps=3, n_images=8, out=tmp_path / "e.png")
+    assert edit["amounts"] == pytest.approx([-0.2, 0, 0.2]) and png(edit["out"]).std() > 10
+
+
+def test_edit_on_an_input_file_and_the_cli(colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder, labels = shapes_folder
+    code, result, _ = run_cli(["attribute", str(colour_run), "--factor", "rotation", "--labels", str(labels),
+                               "--name", "turn"], capsys)  # fmt: skip
+    assert code == 0 and result["name"] == "turn"
+    out = tmp_path / "edit.png"
+    code, result, _ = run_cli(["edit", str(colour_run), "--input", str(folder / "0003.png"), "--attribute", "turn",
+                               "--amount", "30", "-o", str(out)], capsys)  # fmt: skip
+    assert code == 0 and result["n_images"] == 1 and out.exists()
+
+
+def test_steering_refuses_bad_input_with_one_line(
+    colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = shapes_folder[1]
+    with pytest.raises(VaelabError, match="no factor or attribute 'smile'; known: big, size, rotation, x"):
+        vaelab.attribute(colour_run, factor="smile", labels=labels)
+    with pytest.raises(VaelabError, match="has no known factors"):
+        vaelab.attribute(colour_run, factor="size")
+    with pytest.raises(VaelabError, match="has no attribute 'nope'"):
+        vaelab.edit(colour_run, attribute="nope")
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("image_id,big\nmissing.png,1\n0001.png,1\n")
+    with pytest.raises(VaelabError, match="names 1 files that are not in"):
+        vaelab.attribute(colour_run, factor="big", labels=wrong)
+    nameless = tmp_path / "nameless.csv"
+    nameless.write_text("big,size\n1,0.2\n-1,0.1\n")
+    with pytest.raises(VaelabError, match="the first column must be the image file name"):
+        vaelab.attribute(colour_run, factor="big", labels=nameless)
+    code, _, err = run_cli(
+        ["attribute", str(colour_run), "--factor", "smile", "--labels", str(labels)], capsys
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_attribute_on_shapes_factors_and_the_disentanglement_score(colour_run: Path) -> None:
+    # The run's 16 px images match shapes rendered at 16 px, so its factors are at hand.
+    red = vaelab.attribute(colour_run, factor="hue=0.92:0.08", name="red", dataset="shapes", n_images=3000)
+    assert red["kind"] == "binary" and 0.1 < red["n_with"] / red["n_images"] < 0.22  # 16% of hues
+    ellipse = vaelab.attribute(colour_run, factor="shape=ellipse", dataset="shapes", n_images=3000)
+    assert 0.25 < ellipse["n_with"] / ellipse["n_images"] < 0.42
+    result = vaelab.evaluate(colour_run, k=5, n_images=400, dataset="shapes", quality=False, progress=False)
+    assert 0 <= result["mig"] <= 1 and set(result["mig_per_factor"]) <= set(shapes.FACTOR_NAMES)
+    assert result["bits_per_dim"] == pytest.approx(result["nll"] / (3 * SIZE * SIZE * np.log(2)))
+    assert 0 < result["png_bits_per_dim"] < 8 and 0 < result["ssim"] <= 1
