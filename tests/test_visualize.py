@@ -69,3 +69,29 @@ def test_latent_plot_of_a_wide_latent_says_pca(tmp_path: Path, capsys) -> None:
     )
     code, result, _ = run_cli(["latent-plot", str(run), "-o", str(tmp_path / "l.png")], capsys)
     assert code == 0 and result["projection"] == "pca"
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_colour_folders_of_64_to_256_px_train_sample_and_reconstruct(
+    size: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vaelab.data import shapes
+
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    factors = {name: values[:10] for name, values in shapes.factor_table("test").items()}
+    for i, image in enumerate(shapes.render(factors, size).permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    code, result, _ = run_cli(
+        ["train", "-o", str(run), "--dataset", f"folder:{folder}", "--arch", "conv", "--hidden", "0",
+         "--channels", "8", "--loss", "dlogistic", "--epochs", "1", "--batch-size", "4", "--device", "cpu"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and np.isfinite(result["val_loss"])
+    code, result, _ = run_cli(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")], capsys)
+    assert code == 0
+    with Image.open(tmp_path / "s.png") as grid:
+        assert grid.mode == "RGB" and grid.width >= 2 * size  # 2 x 2 colour images
+    code, result, _ = run_cli(["reconstruct", str(run), "-n", "2", "-o", str(tmp_path / "r.png")], capsys)
+    assert code == 0 and png(tmp_path / "r.png").shape[0] >= 2 * size
