@@ -25,6 +25,9 @@ def test_evaluate_writes_eval_json_with_nll_below_the_negative_elbo(vae_run: Pat
     assert 50 < result["nll"] < result["neg_elbo"] + 1.0  # the IS bound is at least as tight as the ELBO
     assert result["neg_elbo"] == pytest.approx(result["recon"] + result["kl"])
     assert json.loads((vae_run / "eval.json").read_text())["nll"] == result["nll"]
+    # Grey digits under the Bernoulli loss have no normalized density: no bits per dimension.
+    assert result["bits_per_dim"] is None and "no bits per dimension" in result["note"]
+    assert 0 < result["png_bits_per_dim"] < 8 and 0 < result["ssim"] <= 1
 
 
 def test_an_autoencoder_gets_psnr_and_the_reason_nll_is_absent(ae_run: Path, capsys) -> None:

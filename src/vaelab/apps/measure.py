@@ -105,9 +105,11 @@ def evaluate(
         result["mse_absent"] = f"a {model.pixels.name} decoder has no closed-form mean image"
     if has_likelihood and config.binarize == "none" and model.config.loss == "bernoulli":
         result["note"] = (
-            "trained and scored on grayscale images: the Bernoulli 'likelihood' of non-binary pixels is "
-            "not a normalized density, so NLL does not compare with binarized-MNIST figures"
+            "trained and scored on non-binary images: the Bernoulli 'likelihood' of such pixels is not a "
+            "normalized density, so NLL does not compare with binarized-MNIST figures and has no bits per "
+            "dimension (train with --loss dlogistic for those)"
         )
+        result["bits_per_dim"] = None
     path = Path(run) / EVAL_FILE
     write_json(path, result)
     result["out"] = result["output"] = str(path)
