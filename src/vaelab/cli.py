@@ -35,6 +35,9 @@ EPILOG = """examples:
   vaelab interpolate runs/vae2 --from-class 1 --to-class 7 -o one_to_seven.png
   vaelab latent-plot runs/vae2 -o latent.png
   vaelab evaluate runs/vae2                   # NLL (K=1000), ELBO parts, active units -> eval.json
+  vaelab train --dataset shapes --loss dlogistic --epochs 5 --out runs/shapes   # colour, known factors
+  vaelab traverse runs/shapes -o traversal.png
+  vaelab attribute runs/shapes --factor size && vaelab edit runs/shapes --attribute size --amount 0.08
 Every command takes --json: its last stdout line is then one JSON object of paths and figures.
 `vaelab COMMAND --help` lists every option; each is a parameter of the Python function
 of the same name (vaelab.sample, vaelab.anomaly_fit, ...)."""
@@ -93,7 +96,7 @@ def commands() -> dict[str, Command]:
         "edit": Command(steer.edit, "move images along a saved attribute vector: a strip of amounts (PNG)"),
         "evaluate": Command(
             measure.evaluate,
-            "NLL (importance sampled), ELBO parts, active units, PSNR; writes RUN/eval.json",
+            "NLL (importance sampled; bits/dim), ELBO parts, active units, PSNR, SSIM, MIG; writes RUN/eval.json",
             measure.format_table,
         ),
         "denoise": Command(
