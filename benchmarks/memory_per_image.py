@@ -13,10 +13,10 @@ one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 
 import torch
+from overrides import parse_override
 
 from vaelab.config import ModelConfig
 from vaelab.models import build_model
@@ -49,14 +49,6 @@ def measure(size: int, overrides: dict[str, object]) -> dict[str, float]:
         "fixed_mb": 4 * parameters * 4 / 2**20,  # weights, gradients, Adam's two moments
         "conv_channels": config.conv_channels(),
     }
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    key, _, value = text.partition("=")
-    try:
-        return key.replace("-", "_"), ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key.replace("-", "_"), value
 
 
 def main() -> None:

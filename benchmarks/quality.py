@@ -14,27 +14,19 @@ printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from overrides import parse_override
 
 import vaelab
 from vaelab.apps.measure import evaluate
 from vaelab.data.idx import find_idx_files
 
 TARGET_NLL, TARGET_MINUTES = 85.0, 10.0
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    key, _, value = text.partition("=")
-    try:
-        return key.replace("-", "_"), ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key.replace("-", "_"), value
 
 
 def main() -> None:

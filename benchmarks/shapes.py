@@ -17,7 +17,6 @@ the plain VAE's. The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import tempfile
@@ -26,19 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from overrides import parse_override
 
 import vaelab
 
 TARGET_PSNR, TARGET_MINUTES = 26.0, 10.0
 BETA_SETTINGS: dict[str, Any] = {"arch": "conv", "hidden": 256, "latent_dim": 10, "loss": "bernoulli"}
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    key, _, value = text.partition("=")
-    try:
-        return key.replace("-", "_"), ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key.replace("-", "_"), value
 
 
 def generate(repeats: int = 3) -> dict[str, Any]:
