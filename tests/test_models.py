@@ -41,6 +41,20 @@ def test_any_image_size_round_trips_to_its_own_shape(
     assert decoded.shape == (2, c, h, w) and decoded.min() >= 0 and decoded.max() <= 1
 
 
+def test_group_norm_adds_a_scale_and_shift_per_channel_of_every_hidden_feature_map() -> None:
+    settings = {"model": "vae", "arch": "resnet", "latent_dim": 4, "channels": 8, "image_channels": 3,
+                "image_height": 32, "image_width": 32, "loss": "dlogistic"}  # fmt: skip
+    plain, normed = build_model(ModelConfig(**settings)), build_model(ModelConfig(**settings, norm="group"))
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.modules())
+    # 32 px: stages [8, 16]. Encoder: after 2 convs + 2 per residual block; decoder: 2 per residual
+    # block and after the inner transposed conv (not the output): 8+8+8 + 16+16+16 and 16+16 + 8+8 + 8.
+    norm_channels = (8 * 3 + 16 * 3) + (16 * 2 + 8 * 2 + 8)
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(normed) - count(plain) == 2 * norm_channels
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.isfinite(normed(x, generator=torch.Generator().manual_seed(0)).loss)
+
+
 def test_hidden_layer_adds_exactly_its_dense_weights() -> None:
     plain = build_model(ModelConfig(model="vae", arch="conv", latent_dim=8, hidden=0))
     wide = build_model(ModelConfig(model="vae", arch="conv", latent_dim=8, hidden=100))

@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
 DECODERS = ("auto", "factorized", "pixelcnn")
 SCHEDULES = ("constant", "cosine")
+NORMS = ("none", "group")
 
 PIXELCNN_FREE_BITS = 0.25  # nats per latent dimension: 8 of the default 32-D latent's are free
 DEFAULT_LR, PIXELCNN_LR = 1e-3, 2e-3  # Adam; a pixelcnn decoder learns far faster with the larger one
@@ -81,6 +82,9 @@ class ModelConfig:
         f"default {PIXELCNN_FREE_BITS} with the pixelcnn decoder, which otherwise learns to ignore z, else 0)",
     )
     channels: int = setting(32, "conv/resnet: channels of the first stride-2 stage; each next stage doubles")
+    norm: str = setting(
+        "none", "conv/resnet: group normalization after each convolution (group), or none", NORMS
+    )
     hidden: int = setting(512, "conv/resnet: units of a dense layer between the conv features and the latent")
     mlp_hidden: int = setting(400, "mlp: units of its hidden layer (400 as in the PyTorch VAE example)")
     decoder: str = setting(

@@ -26,17 +26,22 @@ def _padded(size: int, stages: int) -> int:
     return math.ceil(size / multiple) * multiple
 
 
-class ResidualBlock(nn.Module):
-    """x + conv3x3(act(conv3x3(act(x)))): more depth at one resolution, easy to optimize."""
+def group_norm(channels: int) -> nn.GroupNorm:
+    """Group normalization (Wu & He, 2018) with up to 8 groups: independent of the batch size."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
 
-    def __init__(self, channels: int) -> None:
+
+class ResidualBlock(nn.Module):
+    """x + conv3x3(act(conv3x3(act(x)))), each act preceded by group norm when `norm`: more depth at
+    one resolution, easy to optimize."""
+
+    def __init__(self, channels: int, norm: bool = False) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.SiLU(),
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
-        )
+        layers: list[nn.Module] = []
+        for _ in range(2):
+            layers += [*([group_norm(channels)] if norm else []), nn.SiLU()]
+            layers.append(nn.Conv2d(channels, channels, kernel_size=3, padding=1))
+        self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -54,10 +59,12 @@ class ConvEncoder(nn.Module):
         self.padded_w = _padded(self.width, len(channels))
         layers: list[nn.Module] = []
         in_ch = config.image_channels
+        norm = config.norm == "group"
         for out_ch in channels:
-            layers += [nn.Conv2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1))
+            layers += [*([group_norm(out_ch)] if norm else []), nn.ReLU()]
             if residual:
-                layers.append(ResidualBlock(out_ch))
+                layers.append(ResidualBlock(out_ch, norm))
             in_ch = out_ch
         self.convs = nn.Sequential(*layers)
         scale = 2 ** len(channels)
@@ -96,12 +103,15 @@ class ConvDecoder(nn.Module):
             )
         else:
             self.head = nn.Linear(config.latent_dim, start)
+        norm = config.norm == "group"
         layers: list[nn.Module] = [nn.ReLU()]
-        for in_ch, out_ch in zip(channels, [*channels[1:], out_channels]):
+        for i, (in_ch, out_ch) in enumerate(zip(channels, [*channels[1:], out_channels])):
             if residual:
-                layers.append(ResidualBlock(in_ch))
-            layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
-        self.deconvs = nn.Sequential(*layers[:-1])  # no activation on the output
+                layers.append(ResidualBlock(in_ch, norm))
+            layers.append(nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1))
+            if i < len(channels) - 1:  # no normalization or activation on the output
+                layers += [*([group_norm(out_ch)] if norm else []), nn.ReLU()]
+        self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.deconvs(self.head(z).view(-1, *self.start_shape))
