@@ -96,7 +96,7 @@ def attribute(
     factor: Annotated[
         str,
         Required(),
-        "NAME (a continuous factor: its regression direction; a 0/1 or -1/1 column: with minus without), "
+        "NAME (a continuous factor: the mean move of the latent per unit of it; a 0/1 or -1/1 column: with minus without), "
         "NAME=VALUE (that value against the rest, e.g. shape=ellipse) or NAME=LOW:HIGH (values in that "
         "range, wrapping when LOW > HIGH, e.g. hue=0.92:0.08 for red)",
     ],
@@ -112,8 +112,9 @@ def attribute(
 
     For a yes/no attribute it is the difference of the mean latents of images with and without it
     (amount 1 moves an average image without it to an average image with it); for a continuous
-    factor the least-squares direction, scaled so amount 1 raises the factor by one of its units
-    (`r2` says how well the latents predict the factor linearly).
+    factor, the slope of the latent regressed on the factor (amount 1 is the average move of the
+    latent when the factor grows by one of its units; `r2` says how well the latent predicts the
+    factor linearly).
     """
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, None)
@@ -142,10 +143,13 @@ def attribute(
         info.update(kind="binary", n_with=int(has.sum()), n_without=int((~has).sum()))
     else:
         centred_codes, centred = codes - codes.mean(0), values - values.mean()
+        # The direction: how the latent moves, on average, per unit of the factor (the slope of
+        # each coordinate regressed on it), as the yes/no vector is the mean move from without
+        # to with. (Regressing the factor on the latent instead leans on barely used coordinates,
+        # which the decoder ignores.) R^2 says how well the latent predicts the factor linearly.
+        direction = centred_codes.T @ centred / max(float(centred @ centred), 1e-300)
         weights = np.linalg.lstsq(centred_codes, centred, rcond=None)[0]
-        predicted = centred_codes @ weights
-        r2 = 1 - ((centred - predicted) ** 2).sum() / max((centred**2).sum(), 1e-300)
-        direction = weights / max(float(weights @ weights), 1e-300)  # +1 along it: +1 predicted unit
+        r2 = 1 - ((centred - centred_codes @ weights) ** 2).sum() / max((centred**2).sum(), 1e-300)
         info.update(kind="continuous", r2=float(r2), factor_std=float(values.std()))
     name = name or factor
     info["norm"] = float(np.linalg.norm(direction))
