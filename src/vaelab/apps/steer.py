@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from vaelab import latent, plots
 from vaelab.data import ImageSet
 from vaelab.data.labels import read_labels_csv
+from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
 from vaelab.models import VAE
@@ -124,7 +125,7 @@ def attribute(
         raise VaelabError(
             f"{dataset or config.dataset} has no known factors; give labels FILE.csv (--labels) for a folder"
         )
-    images.images, values = images.images[:n_images], None
+    images.images = images.images[:n_images]
     factor_name, _, condition = factor.partition("=")
     if factor_name not in images.factors:
         known = ", ".join(images.factors)
@@ -136,7 +137,12 @@ def attribute(
     info: dict[str, Any] = {"factor": factor, "n_images": int(keep.sum())}
     binary_column = not condition and set(np.unique(values)) <= {-1.0, 0.0, 1.0}
     if condition or binary_column:
-        has = _condition_mask(values, condition, factor_name, images) if condition else values > 0
+        # A factor that is the images' labels (shape, in shapes) also takes their class names.
+        labelled = images.labels is not None and np.array_equal(
+            images.factors[factor_name], images.labels.numpy()
+        )
+        names = images.class_names if labelled else None
+        has = _condition_mask(values, condition, factor_name, names) if condition else values > 0
         if has.all() or not has.any():
             raise VaelabError(f"{factor}: every image is on one side; pick a value or range that splits them")
         direction = codes[has].mean(0) - codes[~has].mean(0)
@@ -195,7 +201,7 @@ def edit(
     decoded = latent.decode_latents(model, moved.flatten(0, 1)).view(len(z), steps, *images.shape[1:])
     names = [Path(p).name for p in chosen.paths] if inputs and chosen.paths else None
     rows = [
-        (names[i] if names else f"test {i}", torch.cat([images[i : i + 1].float() / 255, decoded[i]]))
+        (names[i] if names else f"test {i}", torch.cat([to_unit(images[i : i + 1]), decoded[i]]))
         for i in range(len(z))
     ]
     title = f"{attribute}: input, then amounts {-amount:+g} to {amount:+g}"
@@ -219,13 +225,15 @@ def load_attributes(run: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         return {key: f.get_tensor(key) for key in f.keys()}, meta  # noqa: SIM118 (safe_open is not iterable)
 
 
-def _condition_mask(values: np.ndarray, condition: str, factor: str, images: ImageSet) -> np.ndarray:
+def _condition_mask(
+    values: np.ndarray, condition: str, factor: str, class_names: list[str] | None
+) -> np.ndarray:
     low, colon, high = condition.partition(":")
     if colon:
         lo, hi = _number(low, factor), _number(high, factor)
         return (values >= lo) & (values < hi) if lo <= hi else (values >= lo) | (values < hi)
-    if factor == "shape" and images.class_names and condition in images.class_names:
-        return values == images.class_names.index(condition)
+    if class_names and condition in class_names:
+        return values == class_names.index(condition)
     return values == _number(condition, factor)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaelab.data.folder import list_images
 from vaelab.errors import VaelabError
 
 
@@ -26,8 +27,6 @@ def read_labels_csv(path: str | Path, image_paths: list[str], folder: str | Path
     if len(rows) < 2 or len(rows[0]) < 2:
         raise VaelabError(f"{path} needs a header and rows of: file name, then one column per attribute")
     header, rows = [h.strip() for h in rows[0]], rows[1:]
-    from vaelab.data.folder import list_images
-
     files = [p.relative_to(folder).as_posix() for p in list_images(folder)]
     by_name: dict[str, str] = {}
     for relative in files:
