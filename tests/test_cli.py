@@ -25,16 +25,28 @@ from vaelab.cli import main
             "class 12 has no",
         ),
         (["sample", "{run}", "-n", "0", "-o", "{tmp}/s.png"], "n must be at least 1, got 0"),
-        (["latent-grid", "{run16}", "-o", "{tmp}/g.png"], "needs a 2-D latent"),
+        (["latent-grid", "{run1}", "-o", "{tmp}/g.png"], "needs a latent of 2 or more"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
     args: list[str], message: str, tmp_path: Path, vae_run: Path, capsys, request
 ) -> None:
-    run16 = tmp_path / "run16"
-    if "{run16}" in args:
-        assert main(["train", "--arch", "mlp", "--epochs", "1", "--out", str(run16), "--quiet"]) == 0
-    filled = [a.format(tmp=tmp_path, run=vae_run, run16=run16) for a in args]
+    run1 = tmp_path / "run1"
+    if "{run1}" in args:
+        command = [
+            "train",
+            "--arch",
+            "mlp",
+            "--latent-dim",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            str(run1),
+            "--quiet",
+        ]
+        assert main(command) == 0
+    filled = [a.format(tmp=tmp_path, run=vae_run, run1=run1) for a in args]
     code, _, err = run_cli(filled, capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

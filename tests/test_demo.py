@@ -17,6 +17,9 @@ def test_demo_writes_every_figure_and_an_index(tmp_path: Path, capsys) -> None:
             assert Path(path).name in html
         assert png(path).std() > 10, name
     assert set(result["runs"]) == {"ae-2d", "vae-2d", "vae-16d"}
+    for name, report in result["reports"].items():  # each model's full report, linked from the index
+        assert Path(report) == out / "runs" / name / "report.html" and Path(report).stat().st_size > 50_000
+        assert f"href='runs/{name}/report.html'" in html
     # a second demo into the same folder replaces it; a foreign non-empty folder is refused
     other = tmp_path / "other"
     other.mkdir()

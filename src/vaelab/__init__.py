@@ -17,6 +17,8 @@ from vaelab.apps.demo import demo
 from vaelab.apps.denoise import denoise
 from vaelab.apps.embed import embed
 from vaelab.apps.measure import evaluate
+from vaelab.apps.run_report import report
+from vaelab.apps.serve import create_app, serve
 from vaelab.apps.steer import attribute, edit, traverse
 from vaelab.apps.visualize import interpolate, latent_grid, latent_plot, reconstruct, sample
 from vaelab.checkpoint import load
@@ -44,6 +46,7 @@ __all__ = [
     "build_model",
     "cluster",
     "compress",
+    "create_app",
     "decompress",
     "demo",
     "denoise",
@@ -58,7 +61,9 @@ __all__ = [
     "load_detector",
     "load_images",
     "reconstruct",
+    "report",
     "sample",
+    "serve",
     "train",
     "traverse",
 ]

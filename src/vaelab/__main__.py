@@ -1,5 +1,7 @@
-"""`python -m vaelab ...` runs the same command line as `vaelab ...`."""
+"""`python -m vaelab ...` runs the same command line as `vaelab ...`, exit status included."""
+
+import sys
 
 from vaelab.cli import main
 
-main()
+sys.exit(main())

@@ -38,6 +38,8 @@ EPILOG = """examples:
   vaelab train --dataset shapes --loss dlogistic --epochs 5 --out runs/shapes   # colour, known factors
   vaelab traverse runs/shapes -o traversal.png
   vaelab attribute runs/shapes --factor size && vaelab edit runs/shapes --attribute size --amount 0.08
+  vaelab report runs/vae2                     # runs/vae2/report.html, pictures embedded
+  vaelab serve runs/vae2                      # explore it in the browser at http://127.0.0.1:8000/
 Every command takes --json: its last stdout line is then one JSON object of paths and figures.
 `vaelab COMMAND --help` lists every option; each is a parameter of the Python function
 of the same name (vaelab.sample, vaelab.anomaly_fit, ...)."""
@@ -65,6 +67,8 @@ def commands() -> dict[str, Command]:
         denoise,
         embed,
         measure,
+        run_report,
+        serve,
         steer,
         visualize,
     )
@@ -86,7 +90,9 @@ def commands() -> dict[str, Command]:
         "latent-plot": Command(
             visualize.latent_plot, "scatter of the test set's latents coloured by class (PCA if > 2-D)"
         ),
-        "latent-grid": Command(visualize.latent_grid, "decode an n x n grid over a 2-D latent plane"),
+        "latent-grid": Command(
+            visualize.latent_grid, "decode an n x n grid over the latent plane (2 main directions if > 2-D)"
+        ),
         "traverse": Command(
             steer.traverse, "rows of images, each moving one latent coordinate from -3 to +3 (PNG)"
         ),
@@ -126,6 +132,14 @@ def commands() -> dict[str, Command]:
             cluster.cluster,
             "k-means on latents vs pixels vs PCA; NMI, ARI, accuracy; scatter PNG",
             cluster.format_table,
+        ),
+        "report": Command(
+            run_report.report,
+            "one self-contained HTML page about a run: curves, evaluation, samples, latent space, results",
+        ),
+        "serve": Command(
+            serve.serve,
+            "a local web app and JSON API to explore the latent space (FastAPI; vaelab[serve])",
         ),
         "demo": Command(
             demo.demo, "AE vs VAE on the embedded digits: trains 3 small models, writes index.html"
@@ -324,6 +338,8 @@ def _print_human(name: str, command: Command, result: dict[str, Any]) -> None:
     elif name == "train":
         loss = f"  (val loss {result['val_loss']:.2f} per image)" if "val_loss" in result else ""
         print(f"trained {result['epochs']} epochs into {result['out']}{loss}")
+    elif name == "serve":
+        print(f"stopped serving {result['url']}")
     elif name == "demo":
         print(f"demo written to {result['out']}; open {result['index']}")
     else:

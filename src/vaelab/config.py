@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
 DECODERS = ("auto", "factorized", "pixelcnn")
 SCHEDULES = ("constant", "cosine")
+LOGGERS = ("none", "tensorboard", "mlflow")
 NORMS = ("none", "group")
 
 PIXELCNN_FREE_BITS = 0.25  # nats per latent dimension: 8 of the default 32-D latent's are free
@@ -196,6 +197,12 @@ class TrainConfig:
     noise: str | None = setting(
         None,
         "train a denoiser: corrupt inputs with gaussian:SIGMA, salt-pepper:P or mask:FRACTION, score clean",
+    )
+    log: str = setting(
+        "none",
+        "also send each epoch's figures and a few sample grids to tensorboard (RUN/tensorboard) or mlflow "
+        "(MLFLOW_TRACKING_URI, else MLflow's default)",
+        LOGGERS,
     )
 
     @classmethod

@@ -74,3 +74,14 @@ def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]]
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
+
+
+RESULT_COMMANDS = ("denoise", "cluster", "anomaly score")
+
+
+def write_result_record(out: str | Path, command: str, result: dict[str, Any]) -> Path:
+    """Save a command's result as JSON beside its picture (OUT with the suffix .json), with the
+    command's name, so `vaelab report` can show the figures of whatever a run folder holds."""
+    path = Path(out).with_suffix(".json")
+    write_json(path, {"command": command, **result})
+    return path

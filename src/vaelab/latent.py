@@ -131,13 +131,29 @@ def scatter_panel(model: AE | VAE, images: ImageSet, title: str) -> plots.Scatte
     return plots.ScatterPanel(title, coords, images.labels, images.class_names, axes)
 
 
+def plane_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str]]:
+    """The plane a latent scatter or grid shows: (origin [D], two orthonormal directions [2, D],
+    axis labels). A 2-D latent is its own plane; a larger one is shown on the plane through the
+    mean of `codes` spanned by their first two principal directions."""
+    d = codes.shape[1]
+    if d == 2:
+        return torch.zeros(2), torch.eye(2), ("z[0]", "z[1]")
+    mean = codes.mean(0)
+    _, singular, vh = torch.linalg.svd(codes - mean, full_matrices=False)
+    share = (singular[:2].pow(2) / singular.pow(2).sum().clamp_min(1e-12)).tolist()
+    return mean, vh[:2], (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+
+
 def grid_panel(
     model: AE | VAE, codes: torch.Tensor, n: int, title: str, draws: int | None = None
 ) -> plots.GridPanel:
-    """Images decoded over the central 98% box of a model's 2-D test latents."""
-    x_range, y_range = latent_extent(codes)
-    images = decode_latents(model, plane_grid(x_range, y_range, n), draws)
-    return plots.GridPanel(title, images, x_range, y_range)
+    """Images decoded over the central 98% box of a model's test latents on their plane (see
+    plane_axes): the latent plane itself in 2-D, the two main principal directions beyond."""
+    origin, directions, labels = plane_axes(codes)
+    x_range, y_range = latent_extent((codes - origin) @ directions.T)
+    points = origin + plane_grid(x_range, y_range, n) @ directions
+    images = decode_latents(model, points, draws)
+    return plots.GridPanel(title, images, x_range, y_range, labels)
 
 
 @torch.no_grad()

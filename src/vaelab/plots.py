@@ -117,6 +117,7 @@ class GridPanel:
     images: torch.Tensor
     x_range: tuple[float, float]
     y_range: tuple[float, float]
+    axis_labels: tuple[str, str] = ("z[0]", "z[1]")
 
 
 def save_latent_grids(panels: Sequence[GridPanel], path: str | Path) -> Path:
@@ -130,8 +131,8 @@ def save_latent_grids(panels: Sequence[GridPanel], path: str | Path) -> Path:
         ax.imshow(grid, cmap="gray", extent=extent, aspect="auto", interpolation="nearest")
         ax.set_box_aspect(1)  # square digits whatever the latent ranges
         ax.set_title(panel.title, fontsize=11)
-        ax.set_xlabel("z[0]")
-        ax.set_ylabel("z[1]")
+        ax.set_xlabel(panel.axis_labels[0])
+        ax.set_ylabel(panel.axis_labels[1])
     return save_figure(fig, path)
 
 
@@ -148,6 +149,28 @@ def save_loss_curves(runs: dict[str, list[dict]], path: str | Path, units: str =
     ax.set_ylabel(f"loss ({units})")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_loss_parts(metrics: list[dict], path: str | Path, units: str = "nats per image") -> Path:
+    """One run's loss per epoch in its parts, side by side: the total, the reconstruction term and
+    (for a VAE) the KL term; validation solid, training dashed."""
+    parts = [("loss", "total loss"), ("recon", "reconstruction")]
+    if any(row.get("val_kl") for row in metrics):
+        parts.append(("kl", "KL divergence to the prior"))
+    fig = Figure(figsize=(4.2 * len(parts), 3.6), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(parts), squeeze=False)[0]
+    epochs = [row["epoch"] for row in metrics]
+    for ax, (key, title) in zip(axes, parts):
+        ax.plot(epochs, [row[f"train_{key}"] for row in metrics], color="C0", alpha=0.6, linestyle="--",
+                label="training", marker="." if len(epochs) < 3 else None)  # fmt: skip
+        ax.plot(epochs, [row[f"val_{key}"] for row in metrics], color="C0", label="validation",
+                marker="o" if len(epochs) < 3 else None)  # fmt: skip
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(units)
+        ax.grid(alpha=0.25)
+    axes[0].legend(fontsize=9)
     return save_figure(fig, path)
 
 

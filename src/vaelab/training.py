@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,18 +22,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint
+from vaelab import checkpoint, latent, tracking
 from vaelab.config import DEFAULT_LR, TrainConfig
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
-from vaelab.device import resolve_device
+from vaelab.device import model_device, resolve_device
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE, build_model
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE = ("epochs", "device", "amp", "patience")  # settings a resumed run may change
+RESUMABLE = ("epochs", "device", "amp", "patience", "log")  # settings a resumed run may change
 COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
 
@@ -119,7 +120,7 @@ def train(
 
     Settings come from `config` and/or keyword arguments named like the fields of TrainConfig and
     ModelConfig (the CLI flags, e.g. latent_dim=2). With resume=True the run's saved settings are
-    used; only those in RESUMABLE (epochs, device, amp, patience) may change.
+    used; only those in RESUMABLE (epochs, device, amp, patience, log) may change.
     """
     run_dir = Path(out)
     requested = {**(config.settings() if config else {}), **settings}
@@ -177,6 +178,10 @@ def train(
         model_config.model, model_config.arch, model_config.latent_dim, model_config.loss, device, n_train, len(val_images),
         "x".join(map(str, image_shape)), config.epochs,
     )  # fmt: skip
+    tracker = tracking.open_logger(config.log, run_dir, config.settings(), resume)
+    grid_latents = torch.randn(  # the same 64 latents decoded in every logged sample grid
+        64, model_config.latent_dim, generator=torch.Generator().manual_seed(derive_seed(config.seed, "log"))
+    )
     bar = tqdm(
         total=(config.epochs - start_epoch + 1) * steps_per_epoch,
         desc=f"train {model_config.model}-{model_config.latent_dim}d",
@@ -184,85 +189,100 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
-    for epoch in range(start_epoch, config.epochs + 1):
-        # ---- one pass over the training images, in a fresh random order
-        model.train()
-        started = time.perf_counter()
-        totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
-        order = torch.randperm(n_train, generator=generator, device=device)
-        for step, start in enumerate(range(0, n_train, batch_size), 1):
-            done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
-            kl_weight = model_config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
-            x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
-            if config.binarize == "dynamic":
-                x = binarize(x, generator)
-            x_in = x if noise is None else noise.apply(x, generator)  # denoising: corrupt, score clean
-            with autocast:
-                out = model(x_in, target=x, generator=generator, kl_weight=kl_weight)
-            loss = out.loss.item()
-            if not math.isfinite(loss):
-                raise _diverged(run_dir, config, epoch, step, loss)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            if ema is not None:
-                update_average(ema, model, ema_decay(done, config.ema))
-            totals[0] += loss * len(x)
-            totals[1] += out.recon.detach().sum().item()
-            totals[2] += out.kl.detach().sum().item()
-            bar.update()
-            if step % 20 == 0:
-                bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
-        seconds = time.perf_counter() - started
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            # ---- one pass over the training images, in a fresh random order
+            model.train()
+            started = time.perf_counter()
+            totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
+            order = torch.randperm(n_train, generator=generator, device=device)
+            for step, start in enumerate(range(0, n_train, batch_size), 1):
+                done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
+                kl_weight = model_config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
+                x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
+                if config.binarize == "dynamic":
+                    x = binarize(x, generator)
+                x_in = x if noise is None else noise.apply(x, generator)  # denoising: corrupt, score clean
+                with autocast:
+                    out = model(x_in, target=x, generator=generator, kl_weight=kl_weight)
+                loss = out.loss.item()
+                if not math.isfinite(loss):
+                    raise _diverged(run_dir, config, epoch, step, loss)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                if ema is not None:
+                    update_average(ema, model, ema_decay(done, config.ema))
+                totals[0] += loss * len(x)
+                totals[1] += out.recon.detach().sum().item()
+                totals[2] += out.kl.detach().sum().item()
+                bar.update()
+                if step % 20 == 0:
+                    bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
+            seconds = time.perf_counter() - started
 
-        # ---- validation, metrics, checkpoint
-        val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
-        scored = model if ema is None else ema  # with --ema the average is what is kept and judged
-        val = mean_losses(scored, val_images, 512, val_generator, noise)
-        row = {
-            "epoch": epoch,
-            "train_loss": totals[0] / n_train,
-            "train_recon": totals[1] / n_train,
-            "train_kl": totals[2] / n_train,
-            "val_loss": val["loss"],
-            "val_recon": val["recon"],
-            "val_kl": val["kl"],
-            "epoch_seconds": seconds,
-            "images_per_second": n_train / seconds,
-            "lr": optimizer.param_groups[0]["lr"],
-            "kl_weight": kl_weight,
-        }
-        metrics.append(row)
-        if val["loss"] < state["best_val_loss"]:  # model.safetensors keeps the best weights
-            state.update(best_val_loss=val["loss"], best_epoch=epoch)
-            checkpoint.save_model(run_dir, scored, config, epoch)
-        state["epoch"] = epoch
-        checkpoint.save_training_state(run_dir, model, optimizer, generator, state, ema)
-        checkpoint.write_metrics(run_dir, metrics)
-        bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
-        logger.info(
-            "epoch %d/%d  train %.2f (recon %.2f, kl %.2f)  val %.2f%s  per image  %.0f img/s",
-            epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"], row["val_loss"],
-            " (best)" if state["best_epoch"] == epoch else "", row["images_per_second"],
-        )  # fmt: skip
-        collapsed = (
-            model_config.model == "vae" and epoch > config.lr_warmup_epochs and val["kl"] < COLLAPSED_KL
-        )
-        if collapsed and not warned_collapse:  # once per run
-            logger.warning(
-                "epoch %d: validation KL is %.2f nats per image, so the decoder is modelling the images "
-                "without z (posterior collapse); retrain with a longer --lr-warmup-epochs, a lower --lr "
-                "or more --free-bits",
-                epoch, val["kl"],
+            # ---- validation, metrics, checkpoint
+            val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
+            scored = model if ema is None else ema  # with --ema the average is what is kept and judged
+            val = mean_losses(scored, val_images, 512, val_generator, noise)
+            row = {
+                "epoch": epoch,
+                "train_loss": totals[0] / n_train,
+                "train_recon": totals[1] / n_train,
+                "train_kl": totals[2] / n_train,
+                "val_loss": val["loss"],
+                "val_recon": val["recon"],
+                "val_kl": val["kl"],
+                "epoch_seconds": seconds,
+                "images_per_second": n_train / seconds,
+                "lr": optimizer.param_groups[0]["lr"],
+                "kl_weight": kl_weight,
+            }
+            metrics.append(row)
+            if val["loss"] < state["best_val_loss"]:  # model.safetensors keeps the best weights
+                state.update(best_val_loss=val["loss"], best_epoch=epoch)
+                checkpoint.save_model(run_dir, scored, config, epoch)
+            state["epoch"] = epoch
+            checkpoint.save_training_state(run_dir, model, optimizer, generator, state, ema)
+            checkpoint.write_metrics(run_dir, metrics)
+            if tracker is not None:
+                tracker.log_epoch(row, _log_grid(scored, grid_latents, epoch, config.epochs))
+            bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
+            logger.info(
+                "epoch %d/%d  train %.2f (recon %.2f, kl %.2f)  val %.2f%s  per image  %.0f img/s",
+                epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"], row["val_loss"],
+                " (best)" if state["best_epoch"] == epoch else "", row["images_per_second"],
             )  # fmt: skip
-            warned_collapse = True
-        if config.patience and epoch - state["best_epoch"] >= config.patience:
-            logger.info("early stop: no better validation loss for %d epochs", config.patience)
-            break
+            collapsed = (
+                model_config.model == "vae" and epoch > config.lr_warmup_epochs and val["kl"] < COLLAPSED_KL
+            )
+            if collapsed and not warned_collapse:  # once per run
+                logger.warning(
+                    "epoch %d: validation KL is %.2f nats per image, so the decoder is modelling the images "
+                    "without z (posterior collapse); retrain with a longer --lr-warmup-epochs, a lower --lr "
+                    "or more --free-bits",
+                    epoch, val["kl"],
+                )  # fmt: skip
+                warned_collapse = True
+            if config.patience and epoch - state["best_epoch"] >= config.patience:
+                logger.info("early stop: no better validation loss for %d epochs", config.patience)
+                break
+    finally:
+        if tracker is not None:
+            tracker.close(finished=sys.exc_info()[0] is None)
     bar.close()
     return summarize(run_dir)
+
+
+def _log_grid(model: AE | VAE, latents: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor | None:
+    """Images decoded from the fixed latents on a few epochs (tracking.sample_epochs), for the
+    logger; None on the others, and for a decoder that draws pixel by pixel."""
+    if epoch not in tracking.sample_epochs(epochs) or not model.pixels.closed_form_mean:
+        return None
+    model.eval()
+    return latent.decode_latents(model, latents.to(model_device(model)))
 
 
 def ema_decay(step: int, decay: float) -> float:

@@ -21,7 +21,7 @@ from vaelab.errors import VaelabError
 from vaelab.estimators import SCORES, AnomalyDetector
 
 __all__ = ["AnomalyDetector", "anomaly_fit", "anomaly_score", "load_detector"]
-from vaelab.fileio import write_csv, write_json
+from vaelab.fileio import write_csv, write_json, write_result_record
 from vaelab.options import Choices, DataDir, Dataset, Device, Inputs, Out, Positional, Run, Seed, Split
 from vaelab.runs import open_run, select_images, weights_hash
 
@@ -112,11 +112,14 @@ def anomaly_score(
         grid,
         f"{fitted.score} score; threshold {fitted.offset_:.1f}",
     )
-    return {
+    result = {
         "out": str(out),
         "output": str(out),
         "grid": str(grid),
         "n_images": len(scores),
         "n_anomalies": int((flags == -1).sum()),
         "threshold": fitted.offset_,
+        "score": fitted.score,
     }
+    result["record"] = str(write_result_record(out, "anomaly score", result))
+    return result

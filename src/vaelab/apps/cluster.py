@@ -16,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from vaelab import latent, plots
 from vaelab.errors import VaelabError
 from vaelab.estimators import LatentEncoder
-from vaelab.fileio import write_csv
+from vaelab.fileio import write_csv, write_result_record
 from vaelab.options import DataDir, Dataset, Device, Inputs, Out, Run, Seed, Split
 from vaelab.runs import open_run, select_images
 
@@ -92,6 +92,7 @@ def cluster(
     if images.labels is not None:
         labels = images.labels.numpy()
         result["scores"] = {name: scores(labels, clusters) for name, clusters in assignments.items()}
+    result["record"] = str(write_result_record(out, "cluster", result))
     return result
 
 

@@ -2,7 +2,8 @@
 
 Trains an AE and a VAE with a 2-D latent and a VAE with a 16-D latent on mnist-mini, then draws
 samples, reconstructions, the two latent spaces side by side, the decoded latent planes, and the
-1 -> 7 interpolation, and writes index.html that explains each picture.
+1 -> 7 interpolation, and writes index.html that explains each picture and links each model's
+full report (`vaelab report`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import torch
 
 from vaelab import checkpoint, latent, plots
+from vaelab.apps.run_report import report
 from vaelab.config import PLAIN_TRAINING
 from vaelab.data.transforms import to_unit
 from vaelab.device import model_device
@@ -86,13 +88,20 @@ def demo(
             out / "loss_curves.png",
         ),
     }
+    reports = {
+        name: Path(report(run_dir, seed=seed, device=device, progress=False)["out"])
+        for name, run_dir in runs.items()
+    }
     final = {name: checkpoint.read_metrics(run_dir)[-1] for name, run_dir in runs.items()}
-    index = _write_index(out, final, epochs, train_seconds)
+    index = _write_index(
+        out, final, epochs, train_seconds, {n: p.relative_to(out) for n, p in reports.items()}
+    )
     return {
         "out": str(out),
         "index": str(index),
         "figures": {k: str(v) for k, v in figures.items()},
         "runs": {k: str(v) for k, v in runs.items()},
+        "reports": {k: str(v) for k, v in reports.items()},
         "val_loss": {name: row["val_loss"] for name, row in final.items()},
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - started,
@@ -137,7 +146,9 @@ def _interpolation(models: dict, test: Any, path: Path) -> Path:
     )
 
 
-def _write_index(out: Path, final: dict[str, dict], epochs: int, seconds: float) -> Path:
+def _write_index(
+    out: Path, final: dict[str, dict], epochs: int, seconds: float, reports: dict[str, Path]
+) -> Path:
     table = (
         ["model", "val loss", "reconstruction", "KL"],
         [
@@ -194,5 +205,7 @@ def _write_index(out: Path, final: dict[str, dict], epochs: int, seconds: float)
         f"(7,200 training images) in {seconds:.0f} s. Losses below are nats per validation image.",
         sections,
         table,
-        footer="Run folders are in runs/; try `vaelab sample runs/vae-2d -n 64 -o more.png`.",
+        footer="Run folders are in runs/; try `vaelab sample runs/vae-2d -n 64 -o more.png`, or explore "
+        "one in the browser with `vaelab serve runs/vae-16d`.",
+        links=[(f"Full report: {LABELS[name]}", path.as_posix()) for name, path in reports.items()],
     )

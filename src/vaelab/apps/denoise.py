@@ -15,6 +15,7 @@ from vaelab.data.noise import parse_noise
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.evaluation import mean_squared_error, psnr, structural_similarity
+from vaelab.fileio import write_result_record
 from vaelab.options import DataDir, Dataset, Device, Draws, Inputs, NImages, Out, Run, Seed, Split
 from vaelab.runs import open_run, select_images
 
@@ -86,7 +87,7 @@ def denoise(
     title = f"{corruption}: PSNR {psnr['noisy']:.1f} dB noisy, {psnr['model']:.1f} model, {psnr['median']:.1f} median"
     plots.save_labelled_rows(rows, out, title)
     best_baseline = max(psnr["median"], psnr["tv"])
-    return {
+    result = {
         "out": str(out),
         "output": str(out),
         "noise": str(corruption),
@@ -95,6 +96,8 @@ def denoise(
         "ssim": ssim,
         "model_beats_baselines": psnr["model"] > best_baseline,
     }
+    result["record"] = str(write_result_record(out, "denoise", result))
+    return result
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -163,16 +163,29 @@ def latent_grid(
     draws: Draws = DRAWS,
     device: Device = "auto",
 ) -> dict[str, Any]:
-    """Decode an n x n grid over the part of the 2-D latent plane that the test set occupies (a
-    pixelcnn decoder: the average of `draws` images drawn per point)."""
+    """Decode an n x n grid over the part of the latent plane that the test set occupies: the
+    plane itself for a 2-D latent, else the plane of the test codes' two main principal directions
+    through their mean (a pixelcnn decoder: the average of `draws` images drawn per point)."""
     model, config = open_run(run, device)
-    if model.config.latent_dim != 2:
-        raise VaelabError(f"latent-grid needs a 2-D latent; this run has {model.config.latent_dim}")
+    if model.config.latent_dim < 2:
+        raise VaelabError(
+            f"latent-grid needs a latent of 2 or more dimensions; this run has {model.config.latent_dim}"
+        )
     _positive("n", n)
     codes = latent.embed_images(model, run_images(model, config).images)
-    panel = latent.grid_panel(model, codes, n, f"{model.config.model.upper()}: decoded latent plane", draws)
+    plane = (
+        "decoded latent plane" if model.config.latent_dim == 2 else "decoded plane of the 2 main directions"
+    )
+    panel = latent.grid_panel(model, codes, n, f"{model.config.model.upper()}: {plane}", draws)
     plots.save_latent_grids([panel], out)
-    return {"out": str(out), "output": str(out), "n": n, "x_range": panel.x_range, "y_range": panel.y_range}
+    return {
+        "out": str(out),
+        "output": str(out),
+        "n": n,
+        "x_range": panel.x_range,
+        "y_range": panel.y_range,
+        "projection": "none" if model.config.latent_dim == 2 else "pca",
+    }
 
 
 def _positive(flag: str, value: int) -> None:

@@ -12,6 +12,9 @@ channels of one pixel are independent given that context: a valid factorization 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,12 +101,20 @@ class PixelCNN(PixelDistribution):
             y = y + block(F.silu(y)) + condition
         return self.output(F.silu(y))
 
-    @torch.no_grad()
     def generate(
         self, features: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw images pixel by pixel: the 0/1 images [B, C, H, W] and the probability each pixel
         was drawn with (what one pass of forward() gives on the drawn images)."""
+        *_, (_, images, probs) = self.generate_rows(features, generator)
+        return images, probs
+
+    @torch.no_grad()
+    def generate_rows(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """generate(), row by row: after each row, (rows done, images so far, probabilities so
+        far), so a caller can show progress; the last item is generate()'s result."""
         batch, _, height, width = features.shape
         channels = self.output.out_channels
         x = features.new_zeros(batch, channels, height, width)
@@ -111,10 +122,24 @@ class PixelCNN(PixelDistribution):
         r = self.reach
         for i in range(height):
             top = max(0, i - r)
-            for j in range(width):
-                left, right = max(0, j - r), min(width, j + r + 1)
-                window = self(x[:, :, top : i + 1, left:right], features[:, :, top : i + 1, left:right])
-                p = torch.sigmoid(window[:, :, -1, j - left])
-                probs[:, :, i, j] = p
-                x[:, :, i, j] = torch.bernoulli(p, generator=generator)
-        return x, probs
+            with _plain_cpu_convolutions():
+                for j in range(width):
+                    left, right = max(0, j - r), min(width, j + r + 1)
+                    window = self(x[:, :, top : i + 1, left:right], features[:, :, top : i + 1, left:right])
+                    p = torch.sigmoid(window[:, :, -1, j - left])
+                    probs[:, :, i, j] = p
+                    x[:, :, i, j] = torch.bernoulli(p, generator=generator)
+            yield i + 1, x, probs
+
+
+@contextlib.contextmanager
+def _plain_cpu_convolutions() -> Iterator[None]:
+    """oneDNN off while drawing: its convolutions build a kernel for each new input shape, and the
+    windows drawn pixel by pixel come in dozens of shapes, so the first image of a batch size took
+    about 35 s to build kernels for a few milliseconds of arithmetic (0.3 s without oneDNN)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
