@@ -5,9 +5,10 @@
 
 Starts `vaelab serve` for a grey 28 px model (the default `vaelab train` network on mnist-mini) and
 a colour 64 px one (the default network on 64 px `shapes` images), each in its own process on the
-CPU. Each round sends, from 8 client threads with one keep-alive connection each, `--requests`
-decode requests per client to each server in turn (the two servers interleaved), every request a
-fresh random latent, and times each from send to the last byte of the PNG. Figures: p50 and p99
+CPU, twice: as served (concurrent requests share forward passes, `--max-batch 32`) and one by one
+(`--max-batch 1`). Each round sends, from 8 client threads with one keep-alive connection each,
+`--requests` decode requests per client to each of the four servers in turn (interleaved), every
+request a fresh random latent, and times each from send to the last byte of the PNG. Figures: p50 and p99
 per model over all requests, the median of the per-round p99, and one client alone for
 comparison. Targets: p99 under 50 ms for the 28 px model, well under 100 ms for both. Weights do
 not change the time of a forward pass, so one epoch of training is enough. The last line printed
@@ -60,12 +61,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path) -> tuple[subprocess.Popen, int, dict[str, Any], float]:
+def start_server(run: Path, max_batch: int) -> tuple[subprocess.Popen, int, dict[str, Any], float]:
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "vaelab", "serve", str(run), "--port", str(port), "--device", "cpu", "--quiet"]
-    )
+        [sys.executable, "-m", "vaelab", "serve", str(run), "--port", str(port), "--device", "cpu", "--quiet",
+         "--max-batch", str(max_batch)]
+    )  # fmt: skip
     while True:
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -124,7 +126,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         grey, colour = (args.grey, args.colour) if args.grey and args.colour else train_runs(Path(tmp))
-        servers = {name: start_server(run) for name, run in (("grey28", grey), ("colour64", colour))}
+        servers = {
+            f"{name}{suffix}": start_server(run, max_batch)
+            for name, run in (("grey28", grey), ("colour64", colour))
+            for suffix, max_batch in (("", 32), ("_one_by_one", 1))
+        }
         try:
             pooled: dict[str, list[float]] = {name: [] for name in servers}
             round_p99: dict[str, list[float]] = {name: [] for name in servers}
@@ -133,7 +139,7 @@ def main() -> None:
                     times = round_of(port, info["latent_dim"], CLIENTS, args.requests, r)
                     pooled[name] += times
                     round_p99[name].append(float(np.percentile(np.asarray(times) * 1000, 99)))
-                    print(f"round {r + 1}: {name:8s} p50 {np.median(times) * 1000:6.1f} ms  "
+                    print(f"round {r + 1}: {name:20s} p50 {np.median(times) * 1000:6.1f} ms  "
                           f"p99 {round_p99[name][-1]:6.1f} ms")  # fmt: skip
             alone = {
                 name: percentiles(round_of(port, info["latent_dim"], 1, 200, 99))

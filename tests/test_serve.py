@@ -202,6 +202,36 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(
     decoded(client.post("/api/decode", json={"z": [0.0, 0.0]}))  # still serving
 
 
+def test_concurrent_decodes_share_forward_passes_and_each_gets_its_own_image() -> None:
+    import threading
+
+    calls: list[int] = []
+
+    def slow_double(z: torch.Tensor) -> torch.Tensor:
+        calls.append(len(z))
+        time.sleep(0.05)
+        if (z < 0).any():
+            raise ValueError("negative")
+        return z * 2
+
+    batcher = serve_module.DecodeBatcher(slow_double)
+    results: dict[int, torch.Tensor] = {}
+
+    def ask(i: int) -> None:
+        results[i] = batcher.decode(torch.full((3,), float(i)))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(torch.equal(results[i], torch.full((3,), 2.0 * i)) for i in range(8))
+    assert sum(calls) == 8 and len(calls) <= 3  # the first alone, the rest waited and went together
+    with pytest.raises(ValueError, match="negative"):  # an error reaches the request, not the worker
+        batcher.decode(torch.full((3,), -1.0))
+    assert torch.equal(batcher.decode(torch.ones(3)), torch.full((3,), 2.0))  # still working
+
+
 # ---- colour 64 px, attributes
 
 

@@ -30,7 +30,8 @@ import logging
 import math
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -71,7 +72,7 @@ class RequestError(Exception):
 class Explorer:
     """A run opened for serving: everything the API answers from, computed once."""
 
-    def __init__(self, run: str | Path, device: str = "auto") -> None:
+    def __init__(self, run: str | Path, device: str = "auto", max_batch: int = 32) -> None:
         self.model, self.config = open_run(run, device)
         self.device = model_device(self.model)
         self.lock = threading.Lock()  # one model call at a time: no oversubscribed CPU threads
@@ -91,6 +92,7 @@ class Explorer:
         self.detector.model_ = self.model
         self.test_scores = np.sort(self.detector.score_samples(self.images))
         self.run_name = Path(run).resolve().name
+        self.batcher = DecodeBatcher(self._decode_batch, max_batch)
 
     def _axes(self) -> dict[str, Any]:
         """The latent's own coordinates up to 2-D; else its first AXES principal directions."""
@@ -191,12 +193,17 @@ class Explorer:
         return tensor
 
     def decode(self, z: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """The image of one latent [D]: the mean image, or one drawn pixel by pixel."""
+        """The image of one latent [D]: the mean image (decoded together with the latents other
+        requests are waiting on), or one drawn pixel by pixel."""
+        if not self.autoregressive:
+            return self.batcher.decode(z)
         with self.lock, torch.no_grad():
-            if not self.autoregressive:
-                return self.model.decode(z[None].to(self.device))[0].cpu()
             generator = torch.Generator(self.device).manual_seed(seed)
             return self.model.pixels.sample(self.model.decoder(z[None].to(self.device)), generator)[0].cpu()
+
+    def _decode_batch(self, z: torch.Tensor) -> torch.Tensor:
+        with self.lock, torch.no_grad():
+            return self.model.decode(z.to(self.device)).cpu()
 
     def decode_stream(self, z: torch.Tensor, seed: int = 0) -> Iterator[bytes]:
         """NDJSON lines: {"rows_done", "rows"} while drawing, then {"image": PNG data URL}."""
@@ -263,6 +270,46 @@ class Explorer:
         return png_bytes(images, nrow=TRAVERSAL_STEPS)
 
 
+class DecodeBatcher:
+    """Decodes the latents of concurrent requests in one forward pass.
+
+    Each caller adds its latent and waits; one worker thread takes every latent waiting (up to
+    max_batch) and decodes them together, so a lone request is decoded at once and eight
+    concurrent ones cost little more than one (a 64 px colour decoder: 4.4 ms for one latent,
+    12 ms for eight, on 2 CPU cores)."""
+
+    def __init__(self, decode_batch: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 32) -> None:
+        self.decode_batch = decode_batch
+        self.max_batch = max_batch
+        self.waiting: list[tuple[torch.Tensor, Future[torch.Tensor]]] = []
+        self.ready = threading.Condition()
+        self.batches: list[int] = []  # the size of each batch decoded (recent ones), for tests
+        threading.Thread(target=self._work, name="vaelab-decode", daemon=True).start()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        future: Future[torch.Tensor] = Future()
+        with self.ready:
+            self.waiting.append((z, future))
+            self.ready.notify()
+        return future.result()
+
+    def _work(self) -> None:
+        while True:
+            with self.ready:
+                while not self.waiting:
+                    self.ready.wait()
+                batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch :]
+            self.batches = [*self.batches[-999:], len(batch)]
+            try:
+                images = self.decode_batch(torch.stack([z for z, _ in batch]))
+            except Exception as error:  # handed to every waiting request
+                for _, future in batch:
+                    future.set_exception(error)
+                continue
+            for (_, future), image in zip(batch, images):
+                future.set_result(image)
+
+
 def png_bytes(images: torch.Tensor, nrow: int = 8) -> bytes:
     """One image [C, H, W] (or a grid of [N, C, H, W]) in [0, 1] as PNG bytes, at its own size."""
     if images.dim() == 4:
@@ -317,15 +364,18 @@ def page() -> str:
     return resources.files("vaelab.apps").joinpath(PAGE).read_text(encoding="utf-8")
 
 
-def create_app(run: str | Path, device: str = "auto") -> Any:
-    """The FastAPI application serving `run` (opened now, once)."""
+def create_app(run: str | Path, device: str = "auto", max_batch: int = 32) -> Any:
+    """The FastAPI application serving `run` (opened now, once); concurrent decode requests
+    share forward passes of up to `max_batch` latents."""
+    if max_batch < 1:
+        raise VaelabError(f"max_batch must be at least 1, got {max_batch}")
     fastapi = _import_fastapi()
     from fastapi import File, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from pydantic import BaseModel, Field
 
-    explorer = Explorer(run, device)
+    explorer = Explorer(run, device, max_batch)
     app = fastapi.FastAPI(
         title=f"vaelab explorer: {explorer.run_name}",
         description="Decode latent vectors, draw samples, reconstruct uploads, traverse the latent space.",
@@ -425,13 +475,16 @@ def serve(
     host: Annotated[str, "address to listen on (127.0.0.1: this computer only)"] = "127.0.0.1",
     port: Annotated[int, "port to listen on"] = 8000,
     device: Device = "auto",
+    max_batch: Annotated[
+        int, "latents of concurrent decode requests decoded in one pass, at most (1 = one by one)"
+    ] = 32,
 ) -> dict[str, Any]:
     """Serve a web page and a JSON API to explore the run's latent space (samples, the latent
     plane, interpolation, uploads and drawings, traversals, attribute sliders), until Ctrl-C."""
     if not 0 < port < 65536:
         raise VaelabError(f"port must be between 1 and 65535, got {port}")
     _check_can_listen(host, port)  # before the seconds spent opening the run
-    app = create_app(run, device)
+    app = create_app(run, device, max_batch)
     try:
         import uvicorn
     except ImportError:
