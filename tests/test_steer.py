@@ -147,3 +147,15 @@ def test_attribute_on_shapes_factors_and_the_disentanglement_score(colour_run: P
     assert 0 <= result["mig"] <= 1 and set(result["mig_per_factor"]) <= set(shapes.FACTOR_NAMES)
     assert result["bits_per_dim"] == pytest.approx(result["nll"] / (3 * SIZE * SIZE * np.log(2)))
     assert 0 < result["png_bits_per_dim"] < 8 and 0 < result["ssim"] <= 1
+
+
+def test_categorical_values_are_named_and_a_wrong_name_lists_them() -> None:
+    from vaelab.apps.steer import _condition_mask
+
+    values = np.array([0.0, 1.0, 2.0, 3.0, 1.0])
+    names = list(shapes.BACKGROUNDS)
+    assert _condition_mask(values, "white", "background", names).tolist() == [False, True, False, False, True]
+    assert _condition_mask(values, "1", "background", names).tolist() == [False, True, False, False, True]
+    with pytest.raises(VaelabError, match="its values: black, white, grey, second colour"):
+        _condition_mask(values, "whit", "background", names)
+    assert shapes.load_shapes("test", 8).factor_value_names["background"] == names

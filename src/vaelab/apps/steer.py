@@ -137,11 +137,14 @@ def attribute(
     info: dict[str, Any] = {"factor": factor, "n_images": int(keep.sum())}
     binary_column = not condition and set(np.unique(values)) <= {-1.0, 0.0, 1.0}
     if condition or binary_column:
-        # A factor that is the images' labels (shape, in shapes) also takes their class names.
+        # A categorical factor takes the names of its values (background=white, in shapes), and
+        # so does a factor that is the images' labels (shape=ellipse).
         labelled = images.labels is not None and np.array_equal(
             images.factors[factor_name], images.labels.numpy()
         )
-        names = images.class_names if labelled else None
+        names = (images.factor_value_names or {}).get(factor_name) or (
+            images.class_names if labelled else None
+        )
         has = _condition_mask(values, condition, factor_name, names) if condition else values > 0
         if has.all() or not has.any():
             raise VaelabError(f"{factor}: every image is on one side; pick a value or range that splits them")
@@ -234,14 +237,20 @@ def _condition_mask(
         return (values >= lo) & (values < hi) if lo <= hi else (values >= lo) | (values < hi)
     if class_names and condition in class_names:
         return values == class_names.index(condition)
-    return values == _number(condition, factor)
+    try:
+        return values == float(condition)
+    except ValueError:
+        known = f"; its values: {', '.join(class_names)}" if class_names else ""
+        raise VaelabError(
+            f"{factor}={condition}: {condition!r} is not a number or a known value{known}"
+        ) from None
 
 
 def _number(text: str, factor: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise VaelabError(f"{factor}={text}: {text!r} is not a number (or a known value name)") from None
+        raise VaelabError(f"{factor}={text}: {text!r} is not a number or a known value name") from None
 
 
 def _csv_factors(labels: str | Path, images: ImageSet, dataset: str) -> dict[str, np.ndarray]:

@@ -22,6 +22,8 @@ class ImageSet:
     # Known characteristics of each image, name -> array [N]: the generative factors of `shapes`, or
     # the attribute columns of a folder's labels CSV.
     factors: dict[str, np.ndarray] | None = None
+    # Names of the values of categorical factors (value i is named names[i]), e.g. background.
+    factor_value_names: dict[str, list[str]] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

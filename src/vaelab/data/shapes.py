@@ -123,4 +123,5 @@ def load_shapes(split: str, image_size: int | None = None) -> ImageSet:
         labels=torch.from_numpy(factors["shape"]).to(torch.int64),
         class_names=list(SHAPE_NAMES),
         factors=factors,
+        factor_value_names={"shape": list(SHAPE_NAMES), "background": list(BACKGROUNDS)},
     )
