@@ -22,7 +22,7 @@ from torch import nn
 
 from vaelab.config import ModelConfig, TrainConfig, setting_names
 from vaelab.errors import VaelabError
-from vaelab.fileio import atomic_output, write_json
+from vaelab.fileio import atomic_output, checked_write, write_json
 from vaelab.models import AE, VAE, build_model
 
 CONFIG = "config.json"
@@ -45,6 +45,11 @@ V1_TRAIN_DEFAULTS: dict[str, Any] = {"lr_warmup_epochs": 0}  # runs saved before
 def is_run(run_dir: str | Path) -> bool:
     """True when the folder holds a saved model."""
     return (Path(run_dir) / CONFIG).is_file() and (Path(run_dir) / WEIGHTS).is_file()
+
+
+def can_resume(run_dir: str | Path) -> bool:
+    """True when the folder holds a run's settings and training state (perhaps no model yet)."""
+    return (Path(run_dir) / CONFIG).is_file() and (Path(run_dir) / STATE).is_file()
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -94,10 +99,17 @@ def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
 def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch: int) -> None:
     """Write the weights (as of `epoch`) and config.json of `model` into run_dir, atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_output(run_dir / WEIGHTS, durable=True) as tmp:
+    with checked_write(run_dir / WEIGHTS), atomic_output(run_dir / WEIGHTS, durable=True) as tmp:
         save_file(state, str(tmp), metadata={"epoch": str(epoch), "format": "vaelab"})
-    config = {"format": CONFIG_FORMAT, "model": model.config.to_dict(), "train": train_config.to_dict()}
-    write_json(run_dir / CONFIG, config, durable=True)
+    write_config(run_dir, model.config, train_config)
+
+
+def write_config(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig) -> None:
+    """Write config.json: written when training starts (so a run killed in its first epoch can be
+    resumed from its training state) and again with every saved model."""
+    config = {"format": CONFIG_FORMAT, "model": model_config.to_dict(), "train": train_config.to_dict()}
+    with checked_write(run_dir / CONFIG):
+        write_json(run_dir / CONFIG, config, durable=True)
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> AE | VAE:
@@ -156,12 +168,16 @@ def save_training_state(
     generator: torch.Generator,
     progress: dict[str, Any],
     ema: AE | VAE | None = None,
+    epoch_order: torch.Tensor | None = None,
 ) -> None:
     """Write what --resume needs: the latest weights (model.safetensors holds the best ones),
     Adam's moments, the random generator, the weight average if any (`ema`), and `progress`
-    (epoch, best validation loss, ...)."""
+    (epoch, best validation loss, ...). Within an epoch, `progress["partial"]` says how far it got
+    and `epoch_order` is the epoch's order of the training images."""
     optim_state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state().cpu()}
+    if epoch_order is not None:
+        tensors["epoch_order"] = epoch_order.detach().contiguous().cpu()
     for prefix, module in (("model", model), ("ema", ema)):
         for name, value in module.state_dict().items() if module is not None else ():
             tensors[f"{prefix}.{name}"] = value.detach().contiguous().cpu()
@@ -169,7 +185,7 @@ def save_training_state(
         for key, value in slots.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
     metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(optim_state["param_groups"])}
-    with atomic_output(run_dir / STATE, durable=True) as tmp:
+    with checked_write(run_dir / STATE), atomic_output(run_dir / STATE, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
@@ -220,6 +236,12 @@ def load_training_state(
             )
     optimizer.load_state_dict({"state": optim, "param_groups": param_groups})
     generator.set_state(tensors["rng_state"])
+    if "partial" in progress:
+        if "epoch_order" not in tensors:
+            raise VaelabError(
+                f"{path} stops within an epoch but lacks its image order; train again without --resume"
+            )
+        progress["partial"]["order"] = tensors["epoch_order"]
     return progress
 
 
@@ -233,5 +255,5 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl atomically (it is small: one line per epoch)."""
-    with atomic_output(run_dir / METRICS, durable=True) as tmp:
+    with checked_write(run_dir / METRICS), atomic_output(run_dir / METRICS, durable=True) as tmp:
         tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))

@@ -198,6 +198,11 @@ class TrainConfig:
         None,
         "train a denoiser: corrupt inputs with gaussian:SIGMA, salt-pepper:P or mask:FRACTION, score clean",
     )
+    save_every: int = setting(
+        0,
+        "also save the training state every N optimizer steps within an epoch (0 = at epoch ends only), "
+        "so a killed run loses at most N steps",
+    )
     log: str = setting(
         "none",
         "also send each epoch's figures and a few sample grids to tensorboard (RUN/tensorboard) or mlflow "
@@ -230,7 +235,7 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 1)
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 1)
-        for name in ("kl_warmup_epochs", "lr_warmup_epochs", "patience"):
+        for name in ("kl_warmup_epochs", "lr_warmup_epochs", "patience", "save_every"):
             _at_least(name, getattr(self, name), 0)
         if self.lr is not None and not self.lr > 0:
             raise VaelabError(f"lr must be positive, got {self.lr}")

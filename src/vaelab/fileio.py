@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -12,6 +13,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from vaelab.errors import VaelabError
 
 
 def _umask() -> int:
@@ -45,6 +48,20 @@ def atomic_output(path: str | Path, durable: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def checked_write(path: str | Path) -> Iterator[None]:
+    """Turn a failed write of a run file (disk full, quota, read-only or lost folder) into one
+    line that says the previous version of the file is intact (writes are atomic)."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or str(error)
+        hint = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
+        raise VaelabError(
+            f"cannot write {path} ({reason}); {hint} and resume: the run folder keeps its last complete checkpoint"
+        ) from None
 
 
 def _fsync(path: Path) -> None:

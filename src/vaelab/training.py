@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import logging
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from vaelab.models import AE, VAE, build_model
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE = ("epochs", "device", "amp", "patience", "log")  # settings a resumed run may change
+RESUMABLE = ("epochs", "device", "amp", "patience", "log", "save_every")  # settings a resumed run may change
 COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
 
@@ -120,7 +123,7 @@ def train(
 
     Settings come from `config` and/or keyword arguments named like the fields of TrainConfig and
     ModelConfig (the CLI flags, e.g. latent_dim=2). With resume=True the run's saved settings are
-    used; only those in RESUMABLE (epochs, device, amp, patience, log) may change.
+    used; only those in RESUMABLE (epochs, device, amp, patience, log, save_every) may change.
     """
     run_dir = Path(out)
     requested = {**(config.settings() if config else {}), **settings}
@@ -133,6 +136,7 @@ def train(
             raise VaelabError(
                 f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another out"
             )
+        check_writable(run_dir)
         (run_dir / checkpoint.METRICS).unlink(missing_ok=True)  # left by a run that never saved an epoch
 
     device = resolve_device(config.device)
@@ -157,12 +161,16 @@ def train(
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema else None  # validated and saved
     metrics: list[dict[str, Any]] = []
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}  # what --resume continues from
+    partial: dict[str, Any] | None = None  # an epoch interrupted after a mid-epoch checkpoint
     if resume:
         state = checkpoint.load_training_state(run_dir, model, optimizer, generator, ema)
         metrics = [row for row in checkpoint.read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
+        partial = state.pop("partial", None)
     start_epoch = state["epoch"] + 1
     warned_collapse = False
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir, create=True)
+    if not resume:
+        checkpoint.write_config(run_dir, model_config, config)
 
     n_train, batch_size = len(train_images), config.batch_size
     steps_per_epoch = math.ceil(n_train / batch_size)
@@ -183,6 +191,7 @@ def train(
         64, model_config.latent_dim, generator=torch.Generator().manual_seed(derive_seed(config.seed, "log"))
     )
     bar = tqdm(
+        initial=partial["step"] if partial else 0,
         total=(config.epochs - start_epoch + 1) * steps_per_epoch,
         desc=f"train {model_config.model}-{model_config.latent_dim}d",
         unit="step",
@@ -194,9 +203,16 @@ def train(
             # ---- one pass over the training images, in a fresh random order
             model.train()
             started = time.perf_counter()
-            totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
-            order = torch.randperm(n_train, generator=generator, device=device)
+            if partial is not None:  # go on after the last mid-epoch checkpoint (--save-every)
+                order, totals, skip = partial["order"].to(device), partial["totals"], partial["step"]
+                started -= partial["seconds"]
+                partial = None
+            else:
+                totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
+                order, skip = torch.randperm(n_train, generator=generator, device=device), 0
             for step, start in enumerate(range(0, n_train, batch_size), 1):
+                if step <= skip:
+                    continue
                 done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
                 kl_weight = model_config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
                 for group in optimizer.param_groups:
@@ -221,6 +237,10 @@ def train(
                 bar.update()
                 if step % 20 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
+                if config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch:
+                    progress = {**state, "partial": {"step": step, "totals": totals,
+                                                     "seconds": time.perf_counter() - started}}  # fmt: skip
+                    checkpoint.save_training_state(run_dir, model, optimizer, generator, progress, ema, order)
             seconds = time.perf_counter() - started
 
             # ---- validation, metrics, checkpoint
@@ -241,12 +261,14 @@ def train(
                 "kl_weight": kl_weight,
             }
             metrics.append(row)
+            # The training state last: a run killed between these writes redoes this epoch, and
+            # redoing it gives the same weights, metrics and best epoch again.
             if val["loss"] < state["best_val_loss"]:  # model.safetensors keeps the best weights
                 state.update(best_val_loss=val["loss"], best_epoch=epoch)
                 checkpoint.save_model(run_dir, scored, config, epoch)
             state["epoch"] = epoch
-            checkpoint.save_training_state(run_dir, model, optimizer, generator, state, ema)
             checkpoint.write_metrics(run_dir, metrics)
+            checkpoint.save_training_state(run_dir, model, optimizer, generator, state, ema)
             if tracker is not None:
                 tracker.log_epoch(row, _log_grid(scored, grid_latents, epoch, config.epochs))
             bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
@@ -274,6 +296,26 @@ def train(
             tracker.close(finished=sys.exc_info()[0] is None)
     bar.close()
     return summarize(run_dir)
+
+
+def check_writable(run_dir: Path, create: bool = False) -> None:
+    """Make sure files can be written in the run folder (creating it when `create`), before any
+    training: a folder that cannot be written is one line, not a crash after the first epoch."""
+    try:
+        if create:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+        if existing == run_dir:
+            with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test."):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{existing} is not writable")
+    except OSError as error:
+        raise VaelabError(
+            f"cannot write to {run_dir} ({error.strerror or error}); choose a folder you can write to"
+        ) from None
 
 
 def _log_grid(model: AE | VAE, latents: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor | None:
@@ -339,7 +381,7 @@ def _best(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
-    if not checkpoint.is_run(run_dir):
+    if not checkpoint.can_resume(run_dir):
         raise VaelabError(f"nothing to resume: {run_dir} holds no saved run; drop resume to start one")
     merged = checkpoint.read_train_config(run_dir).settings()  # older formats upgraded there
     for key, value in requested.items():

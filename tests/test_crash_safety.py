@@ -1,0 +1,160 @@
+"""Crash-safe training: mid-epoch checkpoints (--save-every), a run killed with SIGKILL goes on
+from its last checkpoint and ends with the weights of an uninterrupted run, and failures to write
+are one line that leaves the last checkpoint intact."""
+
+from __future__ import annotations
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import vaelab
+from conftest import run_cli
+from vaelab import checkpoint, training
+from vaelab.errors import VaelabError
+
+# constant lr and no warm-ups, so nothing depends on when the run was told its length; batch 64
+# gives 113 steps per epoch of mnist-mini
+SETTINGS = {"arch": "mlp", "latent_dim": 4, "device": "cpu", "batch_size": 64, "lr_schedule": "constant",
+            "binarize": "dynamic", "ema": 0.99}  # fmt: skip
+
+
+def state_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / checkpoint.STATE))
+
+
+def progress_of(run: Path) -> dict:
+    with safe_open(str(run / checkpoint.STATE), framework="pt") as f:
+        return json.loads(f.metadata()["progress"])
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("crash") / "full"
+    vaelab.train(run, epochs=2, progress=False, **SETTINGS)
+    return run
+
+
+def test_an_interrupted_epoch_goes_on_from_its_last_checkpoint_to_the_same_weights(
+    uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = training.warmup_factor
+
+    def stop_at_step_150(*args: object) -> float:  # called once per step: stop 10 steps past a checkpoint
+        calls["n"] += 1
+        if calls["n"] == 150:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    run = tmp_path / "split"
+    monkeypatch.setattr(training, "warmup_factor", stop_at_step_150)
+    with pytest.raises(KeyboardInterrupt):
+        vaelab.train(run, epochs=2, save_every=20, progress=False, **SETTINGS)
+    saved = progress_of(run)
+    assert saved["epoch"] == 1 and saved["partial"]["step"] == 140 - 113  # global step 140, in epoch 2
+    monkeypatch.setattr(training, "warmup_factor", real)
+    vaelab.train(run, resume=True, progress=False)
+    assert same(state_tensors(run), state_tensors(uninterrupted))  # weights, average, Adam, generator
+    assert same(
+        load_file(str(run / "model.safetensors")), load_file(str(uninterrupted / "model.safetensors"))
+    )
+    ours, theirs = (checkpoint.read_metrics(r) for r in (run, uninterrupted))
+    assert [m["val_loss"] for m in ours] == [m["val_loss"] for m in theirs]
+    assert ours[1]["train_loss"] == pytest.approx(theirs[1]["train_loss"], rel=1e-12)  # partial sums kept
+    assert "partial" not in progress_of(run)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(uninterrupted: Path, tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "train", *flags, "--epochs", "2", "--save-every", "10", "--out",
+         str(run), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:  # kill it as soon as a mid-epoch checkpoint exists
+        if (run / checkpoint.STATE).exists() and "partial" in progress_of(run):
+            break
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no mid-epoch checkpoint within 120 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    vaelab.train(run, resume=True, progress=False)
+    assert same(
+        load_file(str(run / "model.safetensors")), load_file(str(uninterrupted / "model.safetensors"))
+    )
+    assert [m["epoch"] for m in checkpoint.read_metrics(run)] == [1, 2]
+
+
+def test_an_unwritable_run_folder_is_refused_before_training(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["train", "--arch", "mlp", "--epochs", "1", "--out", str(blocker / "run")], capsys)
+    assert code == 2 and "cannot write to" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    settings = {**SETTINGS, "batch_size": 256}
+    vaelab.train(run, epochs=1, progress=False, **settings)
+    before = state_tensors(run)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(VaelabError, match=r"No space left on device\); free some space and resume") as error:
+        vaelab.train(run, resume=True, epochs=2, progress=False)
+    assert "\n" not in str(error.value)
+    assert same(state_tensors(run), before) and progress_of(run)["epoch"] == 1
+    assert not list(run.glob(".*tmp*"))  # the temporary file was removed
+    monkeypatch.undo()
+    vaelab.train(run, resume=True, epochs=2, progress=False)  # and the run goes on from there
+    assert [m["epoch"] for m in checkpoint.read_metrics(run)] == [1, 2]
+
+
+def test_a_checkpoint_without_its_epoch_order_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = training.warmup_factor
+
+    def stop(*args: object) -> float:
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, "warmup_factor", stop)
+    with pytest.raises(KeyboardInterrupt):
+        vaelab.train(run, epochs=1, save_every=20, progress=False, **SETTINGS)
+    monkeypatch.undo()
+    tensors = state_tensors(run)
+    with safe_open(str(run / checkpoint.STATE), framework="pt") as f:
+        metadata = f.metadata()
+    del tensors["epoch_order"]
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(run / checkpoint.STATE), metadata=metadata)
+    with pytest.raises(VaelabError, match="lacks its image order"):
+        vaelab.train(run, resume=True, progress=False)
