@@ -24,6 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vaelab.config import ModelConfig, TrainConfig, setting_fields
+from vaelab.distributed import is_lead_process
 from vaelab.errors import VaelabError
 from vaelab.options import Choices, Flag, Positional, Required
 
@@ -211,6 +212,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="run folder to create (or continue with --resume)",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes through torchrun (one per GPU, or CPU processes); --batch-size is the "
+        "global batch. Several machines: run `torchrun --nnodes ... -m vaelab train ...` yourself (default: 1)",
+    )
 
 
 def _add_parameters(parser: argparse.ArgumentParser, function: Callable[..., Any]) -> None:
@@ -325,8 +334,8 @@ def _call(command: Command, name: str, args: argparse.Namespace) -> dict[str, An
         k: v for k, v in vars(args).items() if k not in ("command", "action", "command_name", "json", "quiet")
     }
     if name == "train":
-        out, resume = given.pop("out"), given.pop("resume")
-        return command.function(out, resume=resume, progress=not args.quiet, **given)
+        out, resume, nproc = given.pop("out"), given.pop("resume"), given.pop("nproc")
+        return command.function(out, resume=resume, nproc=nproc, progress=not args.quiet, **given)
     if "progress" in inspect.signature(command.function).parameters:
         given["progress"] = not args.quiet
     return command.function(**given)
@@ -367,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         package_logger.removeHandler(handler)
+    if not is_lead_process():  # a torchrun worker other than rank 0: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(result, sort_keys=True, default=str))
     else:

@@ -198,6 +198,7 @@ class TrainConfig:
         None,
         "train a denoiser: corrupt inputs with gaussian:SIGMA, salt-pepper:P or mask:FRACTION, score clean",
     )
+    world_size: int = setting(1, "processes that trained the run together (torchrun)", cli=False)
     save_every: int = setting(
         0,
         "also save the training state every N optimizer steps within an epoch (0 = at epoch ends only), "
@@ -273,17 +274,22 @@ class TrainConfig:
         return labels
 
     def to_dict(self) -> dict[str, Any]:
-        """The training settings alone (config.json keeps the model's beside them)."""
-        return {name: getattr(self, name) for name in setting_names(TrainConfig)}
+        """The training settings and what the run records of how it ran (world_size), without the
+        model config (config.json keeps it beside them)."""
+        return {name: getattr(self, name) for name in _recorded_names()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """The inverse of to_dict (the model config left at its defaults)."""
-        unknown = sorted(set(data) - setting_names(TrainConfig))
+        unknown = sorted(set(data) - _recorded_names())
         if unknown:
-            known = ", ".join(sorted(setting_names(TrainConfig)))
+            known = ", ".join(sorted(_recorded_names()))
             raise VaelabError(f"unknown training setting: {', '.join(unknown)} (known: {known})")
         return cls(**data)
+
+
+def _recorded_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_config"}
 
 
 def setting_names(cls: type) -> set[str]:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint, latent, tracking
+from vaelab import checkpoint, distributed, latent, tracking
 from vaelab.config import DEFAULT_LR, TrainConfig
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
@@ -117,6 +117,7 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    nproc: int = 1,
     **settings: Any,
 ) -> dict[str, Any]:
     """Train a model into the run folder `out` and return its paths and final figures.
@@ -124,22 +125,39 @@ def train(
     Settings come from `config` and/or keyword arguments named like the fields of TrainConfig and
     ModelConfig (the CLI flags, e.g. latent_dim=2). With resume=True the run's saved settings are
     used; only those in RESUMABLE (epochs, device, amp, patience, log, save_every) may change.
+
+    nproc > 1 runs the training in that many processes through torchrun (DistributedDataParallel;
+    `batch_size` is then the global batch, shared among them); inside processes torchrun started,
+    each rank trains its share and rank 0 writes the run folder.
     """
     run_dir = Path(out)
     requested = {**(config.settings() if config else {}), **settings}
+    if nproc < 1:
+        raise VaelabError(f"nproc must be at least 1, got {nproc}")
+    if nproc > 1 and not distributed.in_torchrun():
+        distributed.launch(run_dir, requested, nproc, resume, progress)
+        return summarize(run_dir)
     if resume:
         config = _resume_config(run_dir, requested)
     else:
         # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
         config = TrainConfig.from_settings(**requested).validate().resolved()
-        if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
-            raise VaelabError(
-                f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another out"
-            )
-        check_writable(run_dir)
-        (run_dir / checkpoint.METRICS).unlink(missing_ok=True)  # left by a run that never saved an epoch
+        if distributed.is_lead_process():  # the other ranks write nothing
+            if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
+                raise VaelabError(
+                    f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another out"
+                )
+            check_writable(run_dir)
+            (run_dir / checkpoint.METRICS).unlink(missing_ok=True)  # left by a run that never saved an epoch
 
-    device = resolve_device(config.device)
+    context, device = distributed.setup(resolve_device(config.device))
+    lead = context.lead
+    progress = progress and lead
+    if config.batch_size < context.world:
+        raise VaelabError(
+            f"batch_size {config.batch_size} is smaller than the {context.world} processes sharing it"
+        )
+    config = dataclasses.replace(config, world_size=context.world)
     if config.amp and device.type != "cuda":
         logger.warning("amp only applies on CUDA; training in float32 on %s", device.type)
     train_images, val_images = split_train_val(config, device)
@@ -152,12 +170,14 @@ def train(
     config = dataclasses.replace(config, model_config=model_config)
 
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
-        torch.manual_seed(derive_seed(config.seed, "init"))
+        torch.manual_seed(derive_seed(config.seed, "init"))  # the same on every rank
         model = build_model(model_config).to(device)
+    net = model if context.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     assert config.lr is not None  # resolved above
     lr = config.lr
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
-    generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
+    stream = "train" if lead else f"train-rank{context.rank}"  # rank 0's draws are a single process's
+    generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, stream))
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema else None  # validated and saved
     metrics: list[dict[str, Any]] = []
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}  # what --resume continues from
@@ -166,14 +186,22 @@ def train(
         state = checkpoint.load_training_state(run_dir, model, optimizer, generator, ema)
         metrics = [row for row in checkpoint.read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
         partial = state.pop("partial", None)
+        if not lead:  # the state holds rank 0's generator; the others draw afresh
+            generator.manual_seed(derive_seed(config.seed, f"{stream}-resumed-{state['epoch']}"))
+            if partial is not None:
+                partial["totals"] = [0.0, 0.0, 0.0]  # rank 0 carries the sums of every rank
     start_epoch = state["epoch"] + 1
     warned_collapse = False
-    check_writable(run_dir, create=True)
-    if not resume:
+    if lead:
+        check_writable(run_dir, create=True)
         checkpoint.write_config(run_dir, model_config, config)
 
     n_train, batch_size = len(train_images), config.batch_size
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    # With several processes a last batch with fewer images than processes is left out (every
+    # rank must have images); one process trains on every image.
+    last = n_train % batch_size
+    n_used = n_train - last if 0 < last < context.world else n_train
+    steps_per_epoch = math.ceil(n_used / batch_size)
     total_steps = config.epochs * steps_per_epoch
     lr_warmup_steps = config.lr_warmup_epochs * steps_per_epoch
     autocast = (
@@ -186,7 +214,7 @@ def train(
         model_config.model, model_config.arch, model_config.latent_dim, model_config.loss, device, n_train, len(val_images),
         "x".join(map(str, image_shape)), config.epochs,
     )  # fmt: skip
-    tracker = tracking.open_logger(config.log, run_dir, config.settings(), resume)
+    tracker = tracking.open_logger(config.log, run_dir, config.settings(), resume) if lead else None
     grid_latents = torch.randn(  # the same 64 latents decoded in every logged sample grid
         64, model_config.latent_dim, generator=torch.Generator().manual_seed(derive_seed(config.seed, "log"))
     )
@@ -210,20 +238,27 @@ def train(
             else:
                 totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
                 order, skip = torch.randperm(n_train, generator=generator, device=device), 0
-            for step, start in enumerate(range(0, n_train, batch_size), 1):
+                distributed.broadcast(order, context)  # every rank follows rank 0's order
+            for step, start in enumerate(range(0, n_used, batch_size), 1):
                 if step <= skip:
                     continue
                 done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
                 kl_weight = model_config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
-                x = to_unit(train_images[order[start : start + batch_size]])  # [B, C, H, W] in [0, 1]
+                batch = order[start : min(start + batch_size, n_used)]
+                x = to_unit(
+                    train_images[batch[context.rank :: context.world]]
+                )  # this rank's share, in [0, 1]
                 if config.binarize == "dynamic":
                     x = binarize(x, generator)
                 x_in = x if noise is None else noise.apply(x, generator)  # denoising: corrupt, score clean
                 with autocast:
-                    out = model(x_in, target=x, generator=generator, kl_weight=kl_weight)
-                loss = out.loss.item()
+                    out = net(x_in, target=x, generator=generator, kl_weight=kl_weight)
+                if context.world > 1:  # the mean over all ranks: each sees a NaN anywhere, at one step
+                    loss = float(distributed.sum_(out.loss.detach().float().clone(), context)) / context.world
+                else:
+                    loss = out.loss.item()
                 if not math.isfinite(loss):
                     raise _diverged(run_dir, config, epoch, step, loss)
                 optimizer.zero_grad(set_to_none=True)
@@ -231,32 +266,39 @@ def train(
                 optimizer.step()
                 if ema is not None:
                     update_average(ema, model, ema_decay(done, config.ema))
-                totals[0] += loss * len(x)
+                totals[0] += (out.loss.item() if context.world > 1 else loss) * len(x)
                 totals[1] += out.recon.detach().sum().item()
                 totals[2] += out.kl.detach().sum().item()
                 bar.update()
                 if step % 20 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
                 if config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch:
-                    progress = {**state, "partial": {"step": step, "totals": totals,
-                                                     "seconds": time.perf_counter() - started}}  # fmt: skip
-                    checkpoint.save_training_state(run_dir, model, optimizer, generator, progress, ema, order)
+                    summed = distributed.sum_(torch.tensor(totals, dtype=torch.float64), context).tolist()
+                    if lead:
+                        saved = {**state, "partial": {"step": step, "totals": summed,
+                                                      "seconds": time.perf_counter() - started}}  # fmt: skip
+                        checkpoint.save_training_state(
+                            run_dir, model, optimizer, generator, saved, ema, order
+                        )
             seconds = time.perf_counter() - started
+            totals = distributed.sum_(torch.tensor(totals, dtype=torch.float64), context).tolist()
 
-            # ---- validation, metrics, checkpoint
+            # ---- validation, metrics, checkpoint (every rank validates the same weights alike)
             val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
             scored = model if ema is None else ema  # with --ema the average is what is kept and judged
             val = mean_losses(scored, val_images, 512, val_generator, noise)
             row = {
                 "epoch": epoch,
-                "train_loss": totals[0] / n_train,
-                "train_recon": totals[1] / n_train,
-                "train_kl": totals[2] / n_train,
+                "train_loss": totals[0] / n_used,
+                "train_recon": totals[1] / n_used,
+                "train_kl": totals[2] / n_used,
                 "val_loss": val["loss"],
                 "val_recon": val["recon"],
                 "val_kl": val["kl"],
                 "epoch_seconds": seconds,
-                "images_per_second": n_train / seconds,
+                "images_per_second": n_used / seconds,
+                "images_seen": epoch * n_used,  # all ranks together
+                "optimizer_steps": epoch * steps_per_epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 "kl_weight": kl_weight,
             }
@@ -265,10 +307,12 @@ def train(
             # redoing it gives the same weights, metrics and best epoch again.
             if val["loss"] < state["best_val_loss"]:  # model.safetensors keeps the best weights
                 state.update(best_val_loss=val["loss"], best_epoch=epoch)
-                checkpoint.save_model(run_dir, scored, config, epoch)
+                if lead:
+                    checkpoint.save_model(run_dir, scored, config, epoch)
             state["epoch"] = epoch
-            checkpoint.write_metrics(run_dir, metrics)
-            checkpoint.save_training_state(run_dir, model, optimizer, generator, state, ema)
+            if lead:
+                checkpoint.write_metrics(run_dir, metrics)
+                checkpoint.save_training_state(run_dir, model, optimizer, generator, state, ema)
             if tracker is not None:
                 tracker.log_epoch(row, _log_grid(scored, grid_latents, epoch, config.epochs))
             bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
@@ -295,6 +339,7 @@ def train(
         if tracker is not None:
             tracker.close(finished=sys.exc_info()[0] is None)
     bar.close()
+    distributed.finish(context)  # every rank waits until rank 0 has written the last epoch
     return summarize(run_dir)
 
 

@@ -1,0 +1,113 @@
+"""Training in several processes with PyTorch's own distributed engine: torchrun starts them
+(`vaelab train --nproc N` runs it for you), DistributedDataParallel averages their gradients,
+NCCL between GPUs and gloo between CPU processes.
+
+Each process learns its rank from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK).
+Every rank draws the epoch's order of the training images the same way (rank 0's, broadcast) and
+takes its share of each global batch; only rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vaelab.errors import VaelabError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: its rank among `world` processes, and whether it started the
+    process group (and so must end it)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    started_group: bool = False
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the one process that writes files, logs and shows progress."""
+        return self.rank == 0
+
+
+def in_torchrun() -> bool:
+    """True inside a process started by torchrun (or any launcher that sets WORLD_SIZE)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def is_lead_process() -> bool:
+    """True in a single process and in rank 0 of a torchrun job (before joining its group)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup(device: torch.device) -> tuple[Context, torch.device]:
+    """Join the process group torchrun prepared (a no-op in a single process); the device of this
+    rank (cuda:LOCAL_RANK on GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if rank != 0:  # one voice: the others only warn
+        logging.getLogger("vaelab").setLevel(logging.WARNING)
+    return Context(rank, world, local_rank, started), device
+
+
+def sum_(tensor: torch.Tensor, context: Context) -> torch.Tensor:
+    """The element-wise sum of `tensor` over all ranks (in place; returned)."""
+    if context.world > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast(tensor: torch.Tensor, context: Context) -> torch.Tensor:
+    """Rank 0's `tensor`, on every rank (in place; returned)."""
+    if context.world > 1:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def finish(context: Context) -> None:
+    """Wait for every rank, then leave the process group if this process started it."""
+    if context.world > 1:
+        dist.barrier()
+        if context.started_group:
+            dist.destroy_process_group()
+
+
+def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progress: bool) -> None:
+    """Run `vaelab train` in `nproc` processes on this machine through torchrun (`--standalone`:
+    its own rendezvous on a free port), with the same settings; raise if it fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "vaelab", "train", "--out", str(out)]  # fmt: skip
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        command.append(flag if value is True else f"{flag}={value}")
+    if resume:
+        command.append("--resume")
+    if not progress:
+        command.append("--quiet")
+    logger.info(
+        "launching %d training processes: torchrun --standalone --nproc-per-node %d ...", nproc, nproc
+    )
+    code = subprocess.run(command).returncode
+    if code != 0:
+        raise VaelabError(f"training in {nproc} processes failed (exit status {code}); see the lines above")
