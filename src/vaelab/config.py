@@ -24,6 +24,7 @@ OBJECTIVES = ("elbo", "iwae")
 DECODERS = ("auto", "factorized", "pixelcnn")
 SCHEDULES = ("constant", "cosine")
 LOGGERS = ("none", "tensorboard", "mlflow")
+PRECISIONS = ("fp32", "bf16", "fp16")
 NORMS = ("none", "group")
 
 PIXELCNN_FREE_BITS = 0.25  # nats per latent dimension: 8 of the default 32-D latent's are free
@@ -177,7 +178,15 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "share of the training split held out for validation")
     seed: int = setting(0, "seed of every random draw (weights, shuffling, sampling, binarization)")
     device: str = setting("auto", "auto picks CUDA, then Apple MPS, then CPU", DEVICES)
-    amp: bool = setting(False, "bfloat16 mixed precision (CUDA only)")
+    amp: bool = setting(
+        False, "bfloat16 mixed precision: the same as --precision bf16 (kept for older commands)"
+    )
+    precision: str = setting(
+        "fp32",
+        "arithmetic of the forward pass: fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler); "
+        "weights and optimizer state stay fp32",
+        PRECISIONS,
+    )
     kl_warmup_epochs: int = setting(
         10, "raise the KL weight linearly from 0 to beta over this many epochs (0 = off)"
     )
@@ -257,7 +266,8 @@ class TrainConfig:
         so a resumed run keeps it whatever later defaults say."""
         model = self.model_config.resolved(binarized=self.binarize != "none")
         lr = self.lr if self.lr is not None else PIXELCNN_LR if model.decoder == "pixelcnn" else DEFAULT_LR
-        return dataclasses.replace(self, model_config=model, lr=lr)
+        precision = "bf16" if self.amp and self.precision == "fp32" else self.precision
+        return dataclasses.replace(self, model_config=model, lr=lr, precision=precision)
 
     def class_list(self) -> list[int] | None:
         """The labels of `classes` as integers (None: every class)."""

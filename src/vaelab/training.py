@@ -36,7 +36,15 @@ from vaelab.models import AE, VAE, build_model
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE = ("epochs", "device", "amp", "patience", "log", "save_every")  # settings a resumed run may change
+RESUMABLE = (
+    "epochs",
+    "device",
+    "amp",
+    "precision",
+    "patience",
+    "log",
+    "save_every",
+)  # settings a resumed run may change
 COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
 
@@ -124,7 +132,7 @@ def train(
 
     Settings come from `config` and/or keyword arguments named like the fields of TrainConfig and
     ModelConfig (the CLI flags, e.g. latent_dim=2). With resume=True the run's saved settings are
-    used; only those in RESUMABLE (epochs, device, amp, patience, log, save_every) may change.
+    used; only those in RESUMABLE (epochs, device, amp, precision, patience, log, save_every) may change.
 
     nproc > 1 runs the training in that many processes through torchrun (DistributedDataParallel;
     `batch_size` is then the global batch, shared among them); inside processes torchrun started,
@@ -158,8 +166,6 @@ def train(
             f"batch_size {config.batch_size} is smaller than the {context.world} processes sharing it"
         )
     config = dataclasses.replace(config, world_size=context.world)
-    if config.amp and device.type != "cuda":
-        logger.warning("amp only applies on CUDA; training in float32 on %s", device.type)
     train_images, val_images = split_train_val(config, device)
     noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])
@@ -204,11 +210,9 @@ def train(
     steps_per_epoch = math.ceil(n_used / batch_size)
     total_steps = config.epochs * steps_per_epoch
     lr_warmup_steps = config.lr_warmup_epochs * steps_per_epoch
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if config.amp and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    autocast, scaler = _mixed_precision(config.precision, device)
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     logger.info(
         "training %s/%s (latent %d, %s loss) on %s: %d train / %d val images %s, %d epochs",
         model_config.model, model_config.arch, model_config.latent_dim, model_config.loss, device, n_train, len(val_images),
@@ -262,8 +266,14 @@ def train(
                 if not math.isfinite(loss):
                     raise _diverged(run_dir, config, epoch, step, loss)
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    out.loss.backward()
+                    optimizer.step()
+                else:  # fp16: scale the loss so small gradients survive; skip steps whose gradients overflow
+                    scaler.scale(out.loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    state["scaler"] = scaler.state_dict()
                 if ema is not None:
                     update_average(ema, model, ema_decay(done, config.ema))
                 totals[0] += (out.loss.item() if context.world > 1 else loss) * len(x)
@@ -341,6 +351,20 @@ def train(
     bar.close()
     distributed.finish(context)  # every rank waits until rank 0 has written the last epoch
     return summarize(run_dir)
+
+
+def _mixed_precision(
+    precision: str, device: torch.device
+) -> tuple[contextlib.AbstractContextManager[Any], torch.amp.GradScaler | None]:
+    """The autocast context of the forward pass, and the gradient scaler fp16 needs."""
+    if precision == "fp32":
+        return contextlib.nullcontext(), None
+    if device.type not in ("cuda", "cpu"):
+        logger.warning("precision %s is not supported on %s; training in fp32", precision, device.type)
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 def check_writable(run_dir: Path, create: bool = False) -> None:
