@@ -45,6 +45,7 @@ RESUMABLE = (
     "log",
     "save_every",
 )  # settings a resumed run may change
+CHECK_EVERY = 32  # steps between checks of the losses for NaN (each one waits for the device)
 COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
 
@@ -236,13 +237,16 @@ def train(
             model.train()
             started = time.perf_counter()
             if partial is not None:  # go on after the last mid-epoch checkpoint (--save-every)
-                order, totals, skip = partial["order"].to(device), partial["totals"], partial["step"]
+                order, saved_totals, skip = partial["order"].to(device), partial["totals"], partial["step"]
                 started -= partial["seconds"]
                 partial = None
             else:
-                totals = [0.0, 0.0, 0.0]  # loss, recon, kl summed over images
+                saved_totals = [0.0, 0.0, 0.0]
                 order, skip = torch.randperm(n_train, generator=generator, device=device), 0
                 distributed.broadcast(order, context)  # every rank follows rank 0's order
+            # loss, recon, kl summed over images, on the device: the host waits only at checks
+            totals = torch.tensor(saved_totals, dtype=torch.float64, device=device)
+            unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, images, loss/recon/kl) unchecked
             for step, start in enumerate(range(0, n_used, batch_size), 1):
                 if step <= skip:
                     continue
@@ -259,12 +263,6 @@ def train(
                 x_in = x if noise is None else noise.apply(x, generator)  # denoising: corrupt, score clean
                 with autocast:
                     out = net(x_in, target=x, generator=generator, kl_weight=kl_weight)
-                if context.world > 1:  # the mean over all ranks: each sees a NaN anywhere, at one step
-                    loss = float(distributed.sum_(out.loss.detach().float().clone(), context)) / context.world
-                else:
-                    loss = out.loss.item()
-                if not math.isfinite(loss):
-                    raise _diverged(run_dir, config, epoch, step, loss)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     out.loss.backward()
@@ -273,17 +271,24 @@ def train(
                     scaler.scale(out.loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
-                    state["scaler"] = scaler.state_dict()
                 if ema is not None:
                     update_average(ema, model, ema_decay(done, config.ema))
-                totals[0] += (out.loss.item() if context.world > 1 else loss) * len(x)
-                totals[1] += out.recon.detach().sum().item()
-                totals[2] += out.kl.detach().sum().item()
+                parts = (
+                    out.loss.detach().float(),
+                    out.recon.detach().sum().float(),
+                    out.kl.detach().sum().float(),
+                )
+                unchecked.append((step, len(x), torch.stack(parts)))  # no wait for the device here
                 bar.update()
-                if step % 20 == 0:
+                saving = config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch
+                if saving or len(unchecked) >= CHECK_EVERY or step == steps_per_epoch:
+                    loss = _check_losses(unchecked, totals, context, run_dir, config, epoch)
+                    unchecked = []
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
-                if config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch:
-                    summed = distributed.sum_(torch.tensor(totals, dtype=torch.float64), context).tolist()
+                if saving:
+                    summed = distributed.sum_(totals.clone(), context).tolist()
+                    if scaler is not None:
+                        state["scaler"] = scaler.state_dict()
                     if lead:
                         saved = {**state, "partial": {"step": step, "totals": summed,
                                                       "seconds": time.perf_counter() - started}}  # fmt: skip
@@ -291,7 +296,9 @@ def train(
                             run_dir, model, optimizer, generator, saved, ema, order
                         )
             seconds = time.perf_counter() - started
-            totals = distributed.sum_(torch.tensor(totals, dtype=torch.float64), context).tolist()
+            totals = distributed.sum_(totals, context).tolist()
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
 
             # ---- validation, metrics, checkpoint (every rank validates the same weights alike)
             val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
@@ -464,6 +471,29 @@ def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
                 f"a resumed run keeps its settings (only {', '.join(RESUMABLE)} may change)"
             )
     return TrainConfig.from_settings(**merged).validate().resolved()
+
+
+def _check_losses(
+    unchecked: list[tuple[int, int, torch.Tensor]],
+    totals: torch.Tensor,
+    context: distributed.Context,
+    run_dir: Path,
+    config: TrainConfig,
+    epoch: int,
+) -> float:
+    """Add the steps kept on the device since the last check to `totals` (loss, recon, kl summed
+    over images), and bring their losses to the host in one transfer (their mean over ranks, so
+    every rank stops at the same check); raise TrainingDivergedError naming the first step whose
+    loss was NaN or infinite. Return the last step's loss."""
+    parts = torch.stack([p for _, _, p in unchecked]).double()  # [steps, 3]
+    sizes = torch.tensor([n for _, n, _ in unchecked], dtype=torch.float64, device=parts.device)
+    totals += torch.cat([(parts[:, 0] * sizes).sum(0, keepdim=True), parts[:, 1:].sum(0)])
+    losses = distributed.sum_(parts[:, 0].clone(), context) / context.world
+    values = losses.cpu().tolist()
+    for (step, _, _), value in zip(unchecked, values):
+        if not math.isfinite(value):
+            raise _diverged(run_dir, config, epoch, step, value)
+    return values[-1]
 
 
 def _diverged(
