@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,28 @@ def write_images(
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
         paths.append(path)
     return paths
+
+
+def write_shapes_folder(
+    root: Path, count: int, size: int, columns: dict[str, Callable[[dict[str, np.ndarray], int], object]]
+) -> tuple[Path, Path]:
+    """The first `count` training images of `shapes` as `size` px PNGs in root/images, and
+    root/labels.csv laid out as CelebA's attribute list: the file name, then one column per entry
+    of `columns` (name -> its value for image i, from the factors)."""
+    from vaelab.data import shapes
+
+    folder = root / "images"
+    folder.mkdir(parents=True)
+    factors = {name: values[:count] for name, values in shapes.factor_table("train").items()}
+    images = shapes.render(factors, size).permute(0, 2, 3, 1).numpy()
+    labels = root / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", *columns])
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+            writer.writerow([f"{i:04d}.png", *(value(factors, i) for value in columns.values())])
+    return folder, labels
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | None, str]:

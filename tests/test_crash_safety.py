@@ -41,6 +41,23 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def interrupt_training(monkeypatch: pytest.MonkeyPatch, run: Path, step: int, epochs: int) -> None:
+    """Train `run` with a checkpoint every 20 steps and stop it (Ctrl-C) at global step `step`."""
+    calls = {"n": 0}
+    real = training.warmup_factor
+
+    def stop(*args: object) -> float:  # called once per step
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "warmup_factor", stop)
+        with pytest.raises(KeyboardInterrupt):
+            vaelab.train(run, epochs=epochs, save_every=20, progress=False, **SETTINGS)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("crash") / "full"
@@ -51,22 +68,10 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_interrupted_epoch_goes_on_from_its_last_checkpoint_to_the_same_weights(
     uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = {"n": 0}
-    real = training.warmup_factor
-
-    def stop_at_step_150(*args: object) -> float:  # called once per step: stop 10 steps past a checkpoint
-        calls["n"] += 1
-        if calls["n"] == 150:
-            raise KeyboardInterrupt
-        return real(*args)
-
     run = tmp_path / "split"
-    monkeypatch.setattr(training, "warmup_factor", stop_at_step_150)
-    with pytest.raises(KeyboardInterrupt):
-        vaelab.train(run, epochs=2, save_every=20, progress=False, **SETTINGS)
+    interrupt_training(monkeypatch, run, 150, epochs=2)  # 10 steps past the checkpoint at step 140
     saved = progress_of(run)
     assert saved["epoch"] == 1 and saved["partial"]["step"] == 140 - 113  # global step 140, in epoch 2
-    monkeypatch.setattr(training, "warmup_factor", real)
     vaelab.train(run, resume=True, progress=False)
     assert same(state_tensors(run), state_tensors(uninterrupted))  # weights, average, Adam, generator
     assert same(
@@ -135,20 +140,8 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(
 def test_a_checkpoint_without_its_epoch_order_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = {"n": 0}
-    real = training.warmup_factor
-
-    def stop(*args: object) -> float:
-        calls["n"] += 1
-        if calls["n"] == 30:
-            raise KeyboardInterrupt
-        return real(*args)
-
     run = tmp_path / "run"
-    monkeypatch.setattr(training, "warmup_factor", stop)
-    with pytest.raises(KeyboardInterrupt):
-        vaelab.train(run, epochs=1, save_every=20, progress=False, **SETTINGS)
-    monkeypatch.undo()
+    interrupt_training(monkeypatch, run, 30, epochs=1)
     tensors = state_tensors(run)
     with safe_open(str(run / checkpoint.STATE), framework="pt") as f:
         metadata = f.metadata()

@@ -4,7 +4,6 @@ colour 64 px model with attribute vectors, and a pixel-by-pixel (pixelcnn) decod
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -24,9 +23,9 @@ import torch
 from PIL import Image
 
 import vaelab
+from conftest import write_shapes_folder
 from vaelab.apps import serve as serve_module
 from vaelab.config import PLAIN_TRAINING
-from vaelab.data import shapes
 from vaelab.estimators import AnomalyDetector
 from vaelab.latent import decode_latents, embed_images
 
@@ -41,17 +40,10 @@ COLOUR_SIZE, COLOUR_IMAGES = 64, 300
 @pytest.fixture(scope="module")
 def colour_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small VAE on 64 px colour shapes (dlogistic, 2 epochs), with a saved `size` attribute."""
-    folder = tmp_path_factory.mktemp("shapes64") / "images"
-    folder.mkdir()
-    factors = {name: values[:COLOUR_IMAGES] for name, values in shapes.factor_table("train").items()}
-    images = shapes.render(factors, COLOUR_SIZE).permute(0, 2, 3, 1).numpy()
-    labels = folder.parent / "labels.csv"
-    with open(labels, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_id", "size"])
-        for i, image in enumerate(images):
-            Image.fromarray(image).save(folder / f"{i:04d}.png")
-            writer.writerow([f"{i:04d}.png", f"{factors['size'][i]:.5f}"])
+    size = {"size": lambda factors, i: f"{factors['size'][i]:.5f}"}
+    folder, labels = write_shapes_folder(
+        tmp_path_factory.mktemp("shapes64"), COLOUR_IMAGES, COLOUR_SIZE, size
+    )
     run = tmp_path_factory.mktemp("runs") / "colour64"
     settings = {**PLAIN_TRAINING, "loss": "dlogistic", "batch_size": 32, "channels": 8}
     vaelab.train(run, dataset=f"folder:{folder}", latent_dim=8, epochs=2, device="cpu", progress=False,

@@ -3,15 +3,13 @@ generated shapes (with a CelebA-style labels CSV), and the disentanglement score
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import vaelab
-from conftest import png, run_cli
+from conftest import png, run_cli, write_shapes_folder
 from vaelab.apps.steer import load_attributes
 from vaelab.config import PLAIN_TRAINING
 from vaelab.data import shapes
@@ -25,27 +23,13 @@ N_IMAGES, SIZE = 2000, 16
 @pytest.fixture(scope="module")
 def shapes_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """N_IMAGES shapes as 16 px PNGs, with labels.csv: file name, big (1 / -1), size, rotation, x."""
-    folder = tmp_path_factory.mktemp("shapes") / "images"
-    folder.mkdir()
-    factors = {name: values[:N_IMAGES] for name, values in shapes.factor_table("train").items()}
-    images = shapes.render(factors, SIZE).permute(0, 2, 3, 1).numpy()
-    labels = folder.parent / "labels.csv"
-    with open(labels, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_id", "big", "size", "rotation", "x"])
-        for i, image in enumerate(images):
-            Image.fromarray(image).save(folder / f"{i:04d}.png")
-            big = 1 if factors["size"][i] > 0.16 else -1
-            writer.writerow(
-                [
-                    f"{i:04d}.png",
-                    big,
-                    f"{factors['size'][i]:.5f}",
-                    f"{factors['rotation'][i]:.3f}",
-                    f"{factors['x'][i]:.5f}",
-                ]
-            )
-    return folder, labels
+    columns = {
+        "big": lambda f, i: 1 if f["size"][i] > 0.16 else -1,
+        "size": lambda f, i: f"{f['size'][i]:.5f}",
+        "rotation": lambda f, i: f"{f['rotation'][i]:.3f}",
+        "x": lambda f, i: f"{f['x'][i]:.5f}",
+    }
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes"), N_IMAGES, SIZE, columns)
 
 
 @pytest.fixture(scope="module")
