@@ -89,13 +89,25 @@ def latent_extent(
     return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
 
+def principal_axes(
+    latents: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+    """The first k principal axes of latents [N, D]: their mean [D], the directions [k, D]
+    (orthonormal), the standard deviation of the latents along each [k], and each one's share of
+    the variance."""
+    mean = latents.mean(0)
+    _, singular, vh = torch.linalg.svd(latents - mean, full_matrices=False)
+    k = min(k, len(singular))
+    variance = singular.pow(2)
+    share = (variance[:k] / variance.sum().clamp_min(1e-12)).tolist()
+    std = singular[:k] / math.sqrt(max(1, len(latents) - 1))
+    return mean, vh[:k], std, share
+
+
 def pca_2d(latents: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     """Project latents [N, D] on their first two principal axes: coordinates [N, 2] and variance shares."""
-    centred = latents - latents.mean(0)
-    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
-    variance = singular.pow(2)
-    share = (variance[:2] / variance.sum().clamp_min(1e-12)).tolist()
-    return centred @ vh[:2].T, share
+    mean, directions, _, share = principal_axes(latents, 2)
+    return (latents - mean) @ directions.T, share
 
 
 def grid_size(n: int) -> int:
@@ -135,13 +147,10 @@ def plane_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[s
     """The plane a latent scatter or grid shows: (origin [D], two orthonormal directions [2, D],
     axis labels). A 2-D latent is its own plane; a larger one is shown on the plane through the
     mean of `codes` spanned by their first two principal directions."""
-    d = codes.shape[1]
-    if d == 2:
+    if codes.shape[1] == 2:
         return torch.zeros(2), torch.eye(2), ("z[0]", "z[1]")
-    mean = codes.mean(0)
-    _, singular, vh = torch.linalg.svd(codes - mean, full_matrices=False)
-    share = (singular[:2].pow(2) / singular.pow(2).sum().clamp_min(1e-12)).tolist()
-    return mean, vh[:2], (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+    mean, directions, _, share = principal_axes(codes, 2)
+    return mean, directions, (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
 
 
 def grid_panel(

@@ -27,7 +27,6 @@ import base64
 import io
 import json
 import logging
-import math
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vaelab import latent
-from vaelab.apps.steer import KL_IMAGES, load_attributes
+from vaelab.apps.steer import load_attributes, traversal_axes
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.estimators import AnomalyDetector
@@ -86,7 +85,9 @@ class Explorer:
         self.codes = latent.embed_images(self.model, self.images).double()
         self.axes = self._axes()
         self.z_limit = 10.0 * max(1.0, float(self.codes.abs().max()))
-        self.traversal_dims, self.traversal_spread = self._traversal()
+        self.traversal_dims, self.traversal_centre, self.traversal_spread, _ = traversal_axes(
+            self.model, self.images, TRAVERSAL_ROWS
+        )
         self.attributes, self.attribute_info = load_attributes(run)
         self.detector = AnomalyDetector(run, score="recon", device=str(self.device))
         self.detector.model_ = self.model
@@ -100,23 +101,9 @@ class Explorer:
         if d <= 2:
             return {"kind": "coordinates", "mean": [0.0] * d, "directions": torch.eye(d).tolist(),
                     "std": self.codes.std(0).tolist(), "labels": [f"z[{i}]" for i in range(d)]}  # fmt: skip
-        mean = self.codes.mean(0)
-        _, singular, vh = torch.linalg.svd(self.codes - mean, full_matrices=False)
-        k = min(AXES, d, len(self.codes))
-        std = (singular[:k] / math.sqrt(max(1, len(self.codes) - 1))).tolist()
-        share = (singular[:k].pow(2) / singular.pow(2).sum().clamp_min(1e-12)).tolist()
-        return {"kind": "pca", "mean": mean.tolist(), "directions": vh[:k].tolist(), "std": std,
+        mean, directions, std, share = latent.principal_axes(self.codes, AXES)
+        return {"kind": "pca", "mean": mean.tolist(), "directions": directions.tolist(), "std": std.tolist(),
                 "labels": [f"PC{i + 1} ({s:.0%})" for i, s in enumerate(share)]}  # fmt: skip
-
-    def _traversal(self) -> tuple[list[int], list[float]]:
-        """The coordinates a traversal moves (a VAE's most informative ones) and the spread of each."""
-        d = self.codes.shape[1]
-        if isinstance(self.model, VAE):
-            kl = latent.kl_per_dimension(self.model, self.images[:KL_IMAGES])
-            dims = kl.argsort(descending=True)[: min(TRAVERSAL_ROWS, d)].tolist()
-            return dims, [1.0] * len(dims)
-        dims = list(range(min(TRAVERSAL_ROWS, d)))
-        return dims, self.codes.std(0)[dims].tolist()
 
     # ---- answers
 
@@ -260,11 +247,8 @@ class Explorer:
                 "traversals need a decoder with a mean image; this one draws pixel by pixel", 409
             )
         units = torch.linspace(-3.0, 3.0, TRAVERSAL_STEPS)
-        centre = torch.zeros(len(z)) if isinstance(self.model, VAE) else self.codes.mean(0).float()
-        rows = [
-            latent.traversal_latents(z, [d], centre[d] + units * spread)
-            for d, spread in zip(self.traversal_dims, self.traversal_spread)
-        ]
+        centre, spread = self.traversal_centre, self.traversal_spread
+        rows = [latent.traversal_latents(z, [d], centre[d] + units * spread[d]) for d in self.traversal_dims]
         with self.lock:
             images = latent.decode_latents(self.model, torch.cat(rows))
         return png_bytes(images, nrow=TRAVERSAL_STEPS)

@@ -23,7 +23,7 @@ from vaelab.data.labels import read_labels_csv
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
-from vaelab.models import VAE
+from vaelab.models import AE, VAE
 from vaelab.options import DataDir, Dataset, Device, Flag, Inputs, NImages, Out, Required, Run, Split
 from vaelab.runs import open_run, select_images
 
@@ -65,17 +65,8 @@ def traverse(
             raise VaelabError(f"index must be between 0 and {len(test) - 1}, got {index}")
         image = test.images[index : index + 1]
     z = latent.embed_images(model, image)[0]
-    latent_dim = model.config.latent_dim
     units = torch.linspace(-limit, limit, steps)
-    if isinstance(model, VAE):
-        kl = latent.kl_per_dimension(model, test.images[:KL_IMAGES])
-        dims = kl.argsort(descending=True)[: rows or min(DEFAULT_ROWS, latent_dim)].tolist()
-        centre, spread = torch.zeros(latent_dim), torch.ones(latent_dim)
-    else:
-        kl = None
-        codes = latent.embed_images(model, test.images[:KL_IMAGES])
-        dims = list(range(min(rows or latent_dim, latent_dim)))
-        centre, spread = codes.mean(0), codes.std(0)
+    dims, centre, spread, kl = traversal_axes(model, test.images, rows)
     grid = torch.cat([latent.traversal_latents(z, [d], centre[d] + units * spread[d]) for d in dims])
     images = latent.decode_latents(model, grid)
     labels = [f"z[{d}]" + (f"\nKL {float(kl[d]):.2f}" if kl is not None else "") for d in dims]
@@ -90,6 +81,23 @@ def traverse(
         "values": units.tolist(),
         "steps": steps,
     }
+
+
+def traversal_axes(
+    model: AE | VAE, images: torch.Tensor, rows: int | None = None
+) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What a traversal moves, from (up to KL_IMAGES of) `images`: the coordinates (a VAE's `rows`
+    with the most KL, most first, default DEFAULT_ROWS; an AE's first `rows`, default all), the
+    centre and spread of every coordinate (the prior N(0, 1) for a VAE, the codes' mean and
+    standard deviation for an AE), each [D], and a VAE's KL per coordinate (None for an AE)."""
+    latent_dim = model.config.latent_dim
+    if isinstance(model, VAE):
+        kl = latent.kl_per_dimension(model, images[:KL_IMAGES])
+        dims = kl.argsort(descending=True)[: rows or min(DEFAULT_ROWS, latent_dim)].tolist()
+        return dims, torch.zeros(latent_dim), torch.ones(latent_dim), kl
+    codes = latent.embed_images(model, images[:KL_IMAGES])
+    dims = list(range(min(rows or latent_dim, latent_dim)))
+    return dims, codes.mean(0), codes.std(0), None
 
 
 def attribute(
