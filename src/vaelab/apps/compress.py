@@ -1,14 +1,22 @@
 """`vaelab compress` / `decompress`: store images as their latent codes.
 
-File layout (little-endian):
-    8 bytes   magic b"VAELATNT"
-    4 bytes   header length L (uint32)
-    L bytes   header, UTF-8 JSON: format version, the model's weights hash (SHA-256 of
-              model.safetensors), image shape [C, H, W], latent_dim, dtype ("float16" or "int8"),
-              count, the file names (absent for dataset images, which are numbered), and for int8
-              the per-dimension offset and scale
-    N*D*b     the codes, row by row (b = 2 for float16, 1 for int8)
-The header is shared by every image in the file; decoding with another model is refused.
+By default the codes are entropy-coded (vaelab.codec): rotated onto the principal axes of the
+run's training codes, quantized with one step, and coded under a prior learned from the training
+codes, so each image costs the bits its code carries. `--dtype int8` and `float16` store fixed-size
+codes instead.
+
+File layout (version 2, little-endian; every byte counts, so the header is binary):
+    4 bytes   magic b"VLZ2"
+    4 bytes   CRC-32 of everything after these 8 bytes (a damaged file is refused)
+    8 bytes   the first 8 bytes of the SHA-256 of the run's model.safetensors
+    1 byte    codes: 0 float16, 1 int8, 2 entropy
+    5 bytes   image shape: channels (uint8), height, width (uint16)
+    varint    image count N;  varint latent size D
+    varint    L, then L bytes: the file names joined by newlines, raw DEFLATE (L = 0: numbered)
+    codes     float16: nothing more;  int8: D offsets, D scales (float32);
+              entropy: the step (float32) and the CRC-32 of the run's prior (uint32)
+    payload   the codes: N*D float16 or int8 values, or the entropy-coded stream
+Version 1 files (magic b"VAELATNT", a JSON header) still decompress.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,20 +34,39 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from PIL import Image
+from safetensors import safe_open
 
-from vaelab import latent
+from vaelab import codec, latent
 from vaelab.errors import VaelabError
-from vaelab.evaluation import mean_squared_error, psnr
+from vaelab.evaluation import mean_squared_error, psnr, structural_similarity
 from vaelab.fileio import atomic_output
 from vaelab.options import Choices, DataDir, Dataset, Device, Inputs, Out, Positional, Run, Split
 from vaelab.plots import save_figure
 from vaelab.runs import open_run, select_images, weights_hash
 
-MAGIC = b"VAELATNT"
-VERSION = 1
-DTYPES = {"float16": np.float16, "int8": np.int8}
+MAGIC, MAGIC_V1 = b"VLZ2", b"VAELATNT"
+DTYPES = ("entropy", "int8", "float16")
 DECODE_DRAWS = 8  # pixelcnn decoders: images drawn (seed 0, so repeatable) to estimate each mean image
+DEFAULT_STEP = 0.25  # quantization step of the entropy coder, in standard deviations of the codes
+RD_STEPS = (0.125, 0.25, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)  # the rate-distortion curve's steps
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+WEBP_QUALITIES = (0, 1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+
+
+@dataclass
+class Header:
+    """What a compressed file says about its codes."""
+
+    model: bytes  # first 8 bytes of the weights' SHA-256
+    dtype: str
+    shape: tuple[int, int, int]
+    count: int
+    latent_dim: int
+    names: list[str] | None = None
+    step: float = 0.0  # entropy
+    prior: int = 0  # entropy: CRC-32 of the prior
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # int8
+    scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # int8
 
 
 def quantize(codes: np.ndarray, dtype: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -47,7 +76,7 @@ def quantize(codes: np.ndarray, dtype: str) -> tuple[np.ndarray, dict[str, Any]]
     low, high = codes.min(0), codes.max(0)
     scale = np.where(high > low, (high - low) / 255.0, 1.0).astype(np.float32)
     q = np.clip(np.rint((codes - low) / scale) - 128, -128, 127).astype(np.int8)
-    return q, {"offset": low.astype(np.float32).tolist(), "scale": scale.tolist()}
+    return q, {"offset": low.astype(np.float32), "scale": scale}
 
 
 def dequantize(values: np.ndarray, header: dict[str, Any]) -> np.ndarray:
@@ -58,32 +87,173 @@ def dequantize(values: np.ndarray, header: dict[str, Any]) -> np.ndarray:
     return (values.astype(np.float32) + 128) * scale + offset
 
 
-def pack(header: dict[str, Any], values: np.ndarray) -> bytes:
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Reader:
+    """Reads the fields of a header; running past the end is a damaged file."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise ValueError("header runs past the end")
+        self.at += n
+        return self.data[self.at - n : self.at]
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def varint(self) -> int:
+        value, shift = 0, 0
+        while True:
+            (byte,) = self.take(1)
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80 or shift > 56:
+                return value
+            shift += 7
+
+
+def pack_names(names: list[str]) -> bytes:
+    """File names front-coded (each as the length of the prefix it shares with the one before, then
+    the rest, NUL-terminated) and deflated: numbered names cost about a byte each."""
+    coded, before = bytearray(), b""
+    for name in names:
+        raw = name.encode()
+        common = next((i for i, (a, b) in enumerate(zip(before, raw)) if a != b), min(len(before), len(raw)))
+        shared = min(255, common)
+        coded += bytes([shared]) + raw[shared:] + b"\0"
+        before = raw
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(bytes(coded)) + packer.flush()
+
+
+def unpack_names(data: bytes) -> list[str]:
+    """The names written by pack_names."""
+    coded, names, before, at = zlib.decompress(data, -15), [], b"", 0
+    while at < len(coded):
+        end = coded.index(b"\0", at + 1)
+        before = before[: coded[at]] + coded[at + 1 : end]
+        names.append(before.decode())
+        at = end + 1
+    return names
+
+
+def pack(header: Header, payload: bytes) -> bytes:
     """The bytes of a compressed file."""
-    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    return (
-        MAGIC + struct.pack("<I", len(head)) + head + values.astype(values.dtype.newbyteorder("<")).tobytes()
-    )
+    names = pack_names(header.names) if header.names else b""
+    body = bytearray(header.model[:8])
+    body += struct.pack("<BBHH", DTYPES.index(header.dtype), *header.shape)
+    body += _varint(header.count) + _varint(header.latent_dim) + _varint(len(names)) + names
+    if header.dtype == "int8":
+        body += header.offset.astype("<f4").tobytes() + header.scale.astype("<f4").tobytes()
+    elif header.dtype == "entropy":
+        body += struct.pack("<fI", header.step, header.prior)
+    body += payload
+    return MAGIC + struct.pack("<I", zlib.crc32(body)) + bytes(body)
 
 
-def unpack(data: bytes, source: str) -> tuple[dict[str, Any], np.ndarray]:
-    """Header and codes of a compressed file; a damaged file is a VaelabError."""
-    if data[:8] != MAGIC or len(data) < 12:
+def unpack(data: bytes, source: str) -> tuple[Header, bytes]:
+    """Header and payload of a compressed file; a damaged file is a VaelabError."""
+    if data[:8] == MAGIC_V1:
+        return _unpack_v1(data, source)
+    if data[:4] != MAGIC or len(data) < 8:
         raise VaelabError(f"{source} is not a vaelab compressed file")
-    (length,) = struct.unpack("<I", data[8:12])
+    body = data[8:]
+    if struct.unpack("<I", data[4:8])[0] != zlib.crc32(body):
+        raise VaelabError(
+            f"{source} is truncated or damaged (its checksum does not match); compress the images again"
+        )
     try:
-        header = json.loads(data[12 : 12 + length])
-        dtype = np.dtype(DTYPES[header["dtype"]]).newbyteorder("<")
-        count, dim = int(header["count"]), int(header["latent_dim"])
+        reader = _Reader(body)
+        model = reader.take(8)
+        kind, channels, height, width = reader.unpack("<BBHH")
+        header = Header(model, DTYPES[kind], (channels, height, width), reader.varint(), reader.varint())
+        names = reader.take(reader.varint())
+        if names:
+            header.names = unpack_names(names)
+        if header.dtype == "int8":
+            header.offset = np.frombuffer(reader.take(4 * header.latent_dim), "<f4").astype(np.float32)
+            header.scale = np.frombuffer(reader.take(4 * header.latent_dim), "<f4").astype(np.float32)
+        elif header.dtype == "entropy":
+            header.step, header.prior = reader.unpack("<fI")
+    except (ValueError, IndexError, zlib.error, UnicodeDecodeError):
+        raise VaelabError(f"{source} has a damaged header; compress the images again") from None
+    return header, body[reader.at :]
+
+
+def _unpack_v1(data: bytes, source: str) -> tuple[Header, bytes]:
+    (length,) = struct.unpack("<I", data[8:12]) if len(data) >= 12 else (0,)
+    try:
+        saved = json.loads(data[12 : 12 + length])
+        header = Header(bytes.fromhex(saved["model_sha256"])[:8], saved["dtype"], tuple(saved["shape"]),
+                        int(saved["count"]), int(saved["latent_dim"]), saved.get("names"))  # fmt: skip
+        if header.dtype == "int8":
+            header.offset = np.asarray(saved["offset"], np.float32)
+            header.scale = np.asarray(saved["scale"], np.float32)
     except (ValueError, KeyError, TypeError):
         raise VaelabError(f"{source} has a damaged header; compress the images again") from None
-    payload = data[12 + length :]
-    if len(payload) != count * dim * dtype.itemsize:
+    return header, data[12 + length :]
+
+
+def _values(header: Header, payload: bytes, source: str) -> np.ndarray:
+    """The fixed-size codes [N, D] of a float16 or int8 payload."""
+    dtype = np.dtype(np.float16 if header.dtype == "float16" else np.int8).newbyteorder("<")
+    if len(payload) != header.count * header.latent_dim * dtype.itemsize:
         raise VaelabError(
-            f"{source} is truncated or damaged: {len(payload)} bytes of codes where {count} images need "
-            f"{count * dim * dtype.itemsize}"
+            f"{source} is truncated or damaged: {len(payload)} bytes of codes where {header.count} images "
+            f"need {header.count * header.latent_dim * dtype.itemsize}"
         )
-    return header, np.frombuffer(payload, dtype=dtype).reshape(count, dim)
+    return np.frombuffer(payload, dtype=dtype).reshape(header.count, header.latent_dim)
+
+
+def run_prior(run: Run, model: Any, config: Any) -> codec.LatentPrior:
+    """The run's entropy prior, fitted on its training split's codes the first time and kept in
+    the run folder (fitted again when the weights change)."""
+    path, digest = Path(run) / codec.PRIOR_FILE, weights_hash(run)
+    if path.is_file():
+        with safe_open(str(path), "numpy") as saved:
+            fitted_for = (saved.metadata() or {}).get("model_sha256")
+        if fitted_for == digest:
+            return codec.load_prior(path)
+    training = select_images(model, config, None, None, "train", None)
+    prior = codec.fit_prior(latent.embed_images(model, training.images).numpy())
+    codec.save_prior(prior, path, {"model_sha256": digest})
+    return prior
+
+
+def encode_codes(
+    codes: np.ndarray, dtype: str, prior: codec.LatentPrior | None, step: float
+) -> tuple[dict[str, Any], bytes]:
+    """Header fields and payload for codes [N, D]: `step` is in the prior's units (about one
+    standard deviation of the codes)."""
+    if dtype == "entropy":
+        assert prior is not None
+        absolute = float(np.float32(step * prior.scale))  # as the header stores it
+        symbols = codec.quantize(prior, codes, absolute)
+        return {"step": absolute, "prior": prior.checksum()}, codec.encode(prior, symbols, absolute)
+    values, extra = quantize(codes, dtype)
+    return extra, values.astype(values.dtype.newbyteorder("<")).tobytes()
+
+
+def decode_codes(header: Header, payload: bytes, prior: codec.LatentPrior | None, source: str) -> np.ndarray:
+    """Float32 codes [N, D] of a file's payload."""
+    if header.dtype == "entropy":
+        assert prior is not None
+        try:
+            symbols = codec.decode(prior, payload, header.count, header.step)
+        except (VaelabError, ValueError, RuntimeError) as error:
+            raise VaelabError(f"{source} is truncated or damaged ({error})") from None
+        return codec.dequantize(prior, symbols, header.step)
+    values = _values(header, payload, source)
+    return dequantize(values, {"dtype": header.dtype, "offset": header.offset, "scale": header.scale})
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -97,33 +267,41 @@ def _pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[0]) if image.shape[0] == 1 else Image.fromarray(image.transpose(1, 2, 0))
 
 
+def image_scores(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean over images of the PSNR (dB) and SSIM between uint8 image stacks [N, C, H, W]."""
+    a_t, b_t = torch.from_numpy(a) / 255.0, torch.from_numpy(b) / 255.0
+    return float(psnr(mean_squared_error(a_t, b_t)).mean()), float(structural_similarity(a_t, b_t).mean())
+
+
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over images of the PSNR (dB) between uint8 image stacks."""
-    mse = mean_squared_error(torch.from_numpy(a) / 255.0, torch.from_numpy(b) / 255.0)
-    return float(psnr(mse).mean())
+    return image_scores(a, b)[0]
 
 
-def jpeg_curve(images: np.ndarray) -> list[dict[str, float]]:
-    """Mean bytes per image and PSNR of Pillow's JPEG at several qualities (rate-distortion points)."""
+def codec_curve(images: np.ndarray, format: str, qualities: tuple[int, ...]) -> list[dict[str, float]]:
+    """Mean bytes per image, PSNR and SSIM of Pillow's JPEG or WEBP, one file per image, at each
+    quality (WebP at its slowest, smallest setting, method 6)."""
+    options = {"method": 6} if format == "WEBP" else {}
+    mode = "L" if images.shape[1] == 1 else "RGB"
     points = []
-    for quality in JPEG_QUALITIES:
+    for quality in qualities:
         sizes, decoded = [], []
         for image in images:
             buffer = io.BytesIO()
-            _pil(image).save(buffer, format="JPEG", quality=quality)
+            _pil(image).save(buffer, format=format, quality=quality, **options)
             sizes.append(buffer.tell())
-            back = np.asarray(
-                Image.open(io.BytesIO(buffer.getvalue())).convert("L" if image.shape[0] == 1 else "RGB")
-            )
+            back = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert(mode))
             decoded.append(back[None] if image.shape[0] == 1 else back.transpose(2, 0, 1))
+        score, similarity = image_scores(images, np.stack(decoded))
         points.append(
-            {
-                "quality": quality,
-                "bytes_per_image": float(np.mean(sizes)),
-                "psnr": psnr_db(images, np.stack(decoded)),
-            }
+            {"quality": quality, "bytes_per_image": float(np.mean(sizes)), "psnr": score, "ssim": similarity}
         )
     return points
+
+
+def jpeg_curve(images: np.ndarray) -> list[dict[str, float]]:
+    """Pillow's JPEG at JPEG_QUALITIES (rate-distortion points)."""
+    return codec_curve(images, "JPEG", JPEG_QUALITIES)
 
 
 def compress(
@@ -131,103 +309,129 @@ def compress(
     inputs: Inputs = None,
     out: Annotated[Out, "compressed file to write"] = "images.vlz",
     dtype: Annotated[
-        str, Choices(tuple(DTYPES)), "code precision: float16, or int8 with a per-dimension scale"
-    ] = "float16",
+        str,
+        Choices(DTYPES),
+        "entropy (coded under a learned prior; see --step), or fixed-size int8 or float16 codes",
+    ] = "entropy",
+    step: Annotated[
+        float, "entropy: quantization step in standard deviations of the codes (larger: smaller, coarser)"
+    ] = DEFAULT_STEP,
     dataset: Dataset = None,
     data_dir: DataDir = None,
     split: Split = "test",
-    report: Annotated[bool, "measure PSNR and compare with PNG and JPEG (a plot beside the file)"] = True,
+    report: Annotated[
+        bool, "measure PSNR and SSIM, and draw a rate-distortion plot against PNG, JPEG and WebP"
+    ] = True,
     device: Device = "auto",
 ) -> dict[str, Any]:
-    """Store each image as its latent code in one file; report size, ratio to PNG, PSNR, and JPEG
-    at matching sizes (a table in the result and a rate-distortion plot beside the file)."""
+    """Store each image as its latent code in one file; report size, ratio to PNG, PSNR and SSIM,
+    and (entropy codes) the model's rate-distortion curve beside JPEG and WebP at every quality."""
     if dtype not in DTYPES:
         raise VaelabError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+    if not step > 0:
+        raise VaelabError(f"step must be positive (e.g. {DEFAULT_STEP}), got {step}")
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
+    prior = run_prior(run, model, config) if dtype == "entropy" else None
     codes = latent.embed_images(model, images.images).numpy()
-    values, extra = quantize(codes, dtype)
     names = [Path(p).name for p in images.paths] if images.paths else None  # dataset images: numbered
-    header = {
-        "version": VERSION,
-        "model_sha256": weights_hash(run),
-        "shape": list(images.images.shape[1:]),
-        "latent_dim": int(codes.shape[1]),
-        "dtype": dtype,
-        "count": len(codes),
-        **({"names": names} if names else {}),
-        **extra,
-    }
-    data = pack(header, values)
+    identity = {"model": bytes.fromhex(weights_hash(run))[:8], "shape": tuple(images.images.shape[1:]),
+                "count": len(codes), "latent_dim": int(codes.shape[1]), "names": names}  # fmt: skip
+    fields, payload = encode_codes(codes, dtype, prior, step)
+    header = Header(dtype=dtype, **identity, **fields)
+    data = pack(header, payload)
     out = Path(out)
     with atomic_output(out) as tmp:
         tmp.write_bytes(data)
     result: dict[str, Any] = {
         "out": str(out),
         "output": str(out),
+        "dtype": dtype,
         "n_images": len(codes),
         "file_bytes": len(data),
         "bytes_per_image": len(data) / len(codes),
-        "code_bytes_per_image": values.nbytes / len(codes),
+        "code_bytes_per_image": len(payload) / len(codes),
+        "header_bytes": len(data) - len(payload),
     }
+    if dtype == "entropy":
+        result["step"] = step
     if report:
-        result.update(_report(model, images.images, values, header, out))
+        curve = []
+        if dtype == "entropy":
+            for other in sorted({*RD_STEPS, step}):
+                fields, coded = encode_codes(codes, dtype, prior, other)
+                restored = _decode(
+                    model, decode_codes(Header(dtype=dtype, **identity, **fields), coded, prior, "")
+                )
+                size = len(pack(Header(dtype=dtype, **identity, **fields), coded))
+                score, similarity = image_scores(images.images.numpy(), restored)
+                curve.append(
+                    {"step": other, "bytes_per_image": size / len(codes), "psnr": score, "ssim": similarity}
+                )
+        result.update(
+            _report(
+                model, images.images.numpy(), decode_codes(header, payload, prior, str(out)), result, curve
+            )
+        )
     return result
 
 
 def _report(
-    model: Any, images: torch.Tensor, values: np.ndarray, header: dict[str, Any], out: Path
+    model: Any,
+    originals: np.ndarray,
+    codes: np.ndarray,
+    result: dict[str, Any],
+    curve: list[dict[str, float]],
 ) -> dict[str, Any]:
-    originals = images.numpy()
-    restored = _decode(model, values, header)
+    restored = _decode(model, codes)
     png_total = sum(len(png_bytes(image)) for image in originals)
-    file_bytes = out.stat().st_size
-    ours = {"bytes_per_image": file_bytes / len(originals), "psnr": psnr_db(originals, restored)}
-    jpeg = jpeg_curve(originals)
+    score, similarity = image_scores(originals, restored)
+    ours = {"bytes_per_image": result["bytes_per_image"], "psnr": score, "ssim": similarity}
+    jpeg, webp = jpeg_curve(originals), codec_curve(originals, "WEBP", WEBP_QUALITIES)
     matching = min(jpeg, key=lambda p: abs(p["bytes_per_image"] - ours["bytes_per_image"]))
-    plot = out.with_suffix(".rd.png")
-    fig = Figure(figsize=(6.4, 4.2), dpi=110, layout="constrained")
-    ax = fig.subplots()
-    ax.plot(
-        [p["bytes_per_image"] for p in jpeg],
-        [p["psnr"] for p in jpeg],
-        "o-",
-        color="tab:gray",
-        label="JPEG (Pillow), quality 1-95",
-    )
-    ax.plot([ours["bytes_per_image"]], [ours["psnr"]], "*", markersize=14, color="tab:red",
-            label=f"{model.config.model.upper()} latent, {header['dtype']}")  # fmt: skip
-    ax.axvline(png_total / len(originals), color="tab:blue", linestyle=":", label="PNG (lossless)")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("bytes per image (log scale)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    plot = Path(result["out"]).with_suffix(".rd.png")
+    label = f"{model.config.model.upper()} latent, {result['dtype']}"
+    fig = Figure(figsize=(10, 4.2), dpi=110, layout="constrained")
+    for ax, key, name in zip(fig.subplots(1, 2), ("psnr", "ssim"), ("PSNR (dB)", "SSIM")):
+        for points, colour, what in ((jpeg, "tab:gray", "JPEG (Pillow), quality 1-95"),
+                                     (webp, "tab:green", "WebP (Pillow), quality 0-95")):  # fmt: skip
+            ax.plot([p["bytes_per_image"] for p in points], [p[key] for p in points], "o-", color=colour,
+                    markersize=3, label=what)  # fmt: skip
+        if curve:
+            ax.plot([p["bytes_per_image"] for p in curve], [p[key] for p in curve], "s-", color="tab:red",
+                    markersize=4, label=f"{label}, steps {curve[0]['step']:g}-{curve[-1]['step']:g}")  # fmt: skip
+        ax.plot([ours["bytes_per_image"]], [ours[key]], "*", markersize=14, color="tab:red",
+                label=f"{label} (this file)")  # fmt: skip
+        ax.axvline(png_total / len(originals), color="tab:blue", linestyle=":", label="PNG (lossless)")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("bytes per image, every byte of the file (log scale)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3, which="both")
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle(f"{len(originals)} images of {originals.shape[3]} x {originals.shape[2]} pixels")
     save_figure(fig, plot)
     return {
-        "psnr": ours["psnr"],
+        "psnr": score,
+        "ssim": similarity,
         "png_bytes_per_image": png_total / len(originals),
-        "ratio_vs_png": png_total / file_bytes,
+        "ratio_vs_png": png_total / result["file_bytes"],
+        "rate_distortion": curve,
         "jpeg": jpeg,
+        "webp": webp,
         "jpeg_at_matching_size": matching,
         "smallest_jpeg_bytes_per_image": min(p["bytes_per_image"] for p in jpeg),
+        "smallest_webp_bytes_per_image": min(p["bytes_per_image"] for p in webp),
         "rd_plot": str(plot),
     }
 
 
 @torch.no_grad()
-def _decode(model: Any, values: np.ndarray, header: dict[str, Any]) -> np.ndarray:
-    """uint8 images [N, C, H, W] decoded from stored codes."""
-    codes = torch.from_numpy(dequantize(values, header))
-    return (
-        (latent.decode_latents(model, codes, DECODE_DRAWS, seed=0) * 255)
-        .round()
-        .clamp(0, 255)
-        .to(torch.uint8)
-        .numpy()
-    )
+def _decode(model: Any, codes: np.ndarray) -> np.ndarray:
+    """uint8 images [N, C, H, W] decoded from float32 codes [N, D]."""
+    decoded = latent.decode_latents(model, torch.from_numpy(codes), DECODE_DRAWS, seed=0)
+    return (decoded * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def decompress(
@@ -240,25 +444,33 @@ def decompress(
     path = Path(file)
     if not path.is_file():
         raise VaelabError(f"{file} does not exist")
-    header, values = unpack(path.read_bytes(), str(file))
-    model, _ = open_run(run, device)
-    if header.get("model_sha256") != weights_hash(run):
+    header, payload = unpack(path.read_bytes(), str(file))
+    model, config = open_run(run, device)
+    if header.model != bytes.fromhex(weights_hash(run))[:8]:
         raise VaelabError(
             f"{file} was compressed with another model; decompress it with the run that made it"
         )
-    if list(header["shape"]) != [
+    if list(header.shape) != [
         model.config.image_channels,
         model.config.image_height,
         model.config.image_width,
     ]:
-        raise VaelabError(f"{file} holds images of shape {header['shape']}, not this model's")
-    names = header.get("names") or [f"{i:05d}.png" for i in range(len(values))]
+        raise VaelabError(f"{file} holds images of shape {list(header.shape)}, not this model's")
+    prior = None
+    if header.dtype == "entropy":
+        prior = run_prior(run, model, config)
+        if prior.checksum() != header.prior:
+            raise VaelabError(
+                f"{file} was coded under another entropy prior than {run}'s; compress the images again"
+            )
+    codes = decode_codes(header, payload, prior, str(file))
+    names = header.names or [f"{i:05d}.png" for i in range(header.count)]
     out = Path(out)
     targets = [out / (Path(name).stem + ".png") for name in names]
     clashes = [str(t) for t in targets if t.exists()]
     if clashes:
         raise VaelabError(f"{clashes[0]} already exists; choose an empty output folder")
-    images = _decode(model, values, header)
+    images = _decode(model, codes)
     for target, image in zip(targets, images):
         with atomic_output(target) as tmp:
             _pil(image).save(tmp, format="PNG")
@@ -266,8 +478,8 @@ def decompress(
         "out": str(out),
         "output": str(out),
         "n_images": len(images),
-        "shape": header["shape"],
-        "dtype": header["dtype"],
+        "shape": list(header.shape),
+        "dtype": header.dtype,
     }
 
 
@@ -275,16 +487,24 @@ def format_table(result: dict[str, Any]) -> str:
     """The compression report as lines for the terminal."""
     lines = [
         f"{result['n_images']} images -> {result['output']}: {result['file_bytes']} bytes, "
-        f"{result['bytes_per_image']:.1f} bytes per image ({result['code_bytes_per_image']:.0f} for the code, "
-        "the rest is the shared header)"
+        f"{result['bytes_per_image']:.1f} bytes per image ({result['code_bytes_per_image']:.1f} for the codes, "
+        f"{result['header_bytes']} bytes of header in all)"
     ]
     if "psnr" in result:
-        jpeg = result["jpeg_at_matching_size"]
-        lines += [
-            f"PSNR {result['psnr']:.2f} dB; {result['ratio_vs_png']:.1f}x smaller than PNG "
-            f"({result['png_bytes_per_image']:.0f} bytes per image)",
-            f"JPEG nearest in size: quality {jpeg['quality']}, {jpeg['bytes_per_image']:.0f} bytes, "
-            f"{jpeg['psnr']:.2f} dB (JPEG's smallest: {result['smallest_jpeg_bytes_per_image']:.0f} bytes)",
-            f"rate-distortion plot: {result['rd_plot']}",
-        ]
+        lines.append(
+            f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f}; {result['ratio_vs_png']:.1f}x smaller "
+            f"than PNG ({result['png_bytes_per_image']:.0f} bytes per image)"
+        )
+        for point in result["rate_distortion"]:
+            lines.append(
+                f"  step {point['step']:<6g} {point['bytes_per_image']:>7.1f} bytes  {point['psnr']:6.2f} dB  "
+                f"SSIM {point['ssim']:.3f}"
+            )
+        for name in ("jpeg", "webp"):
+            smallest = min(result[name], key=lambda p: p["bytes_per_image"])
+            lines.append(
+                f"{name.upper()}'s smallest file: {smallest['bytes_per_image']:.0f} bytes per image at "
+                f"{smallest['psnr']:.2f} dB (quality {smallest['quality']})"
+            )
+        lines.append(f"rate-distortion plot: {result['rd_plot']}")
     return "\n".join(lines)

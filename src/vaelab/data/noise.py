@@ -30,14 +30,32 @@ class Noise:
 
     def apply(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A corrupted copy of float images in [0, 1]."""
+        return self.corrupt(images, generator)[0]
+
+    def corrupt(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A corrupted copy of float images in [0, 1] and the boolean mask of the pixels it replaced
+        (every pixel for gaussian noise), which an inpainting baseline may be told."""
         if self.kind == "gaussian":
             noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-            return (images + self.amount * noise).clamp(0.0, 1.0)
+            return (images + self.amount * noise).clamp(0.0, 1.0), torch.ones_like(images, dtype=torch.bool)
         draw = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        hit = draw < self.amount
         if self.kind == "mask":
-            return images * (draw >= self.amount)
-        hit = draw < self.amount  # salt and pepper: the lower half of hits become 0, the upper half 1
-        return torch.where(hit, (draw < self.amount / 2).logical_not().to(images.dtype), images)
+            return images * hit.logical_not(), hit
+        # salt and pepper: the lower half of hits become 0, the upper half 1
+        return torch.where(hit, (draw < self.amount / 2).logical_not().to(images.dtype), images), hit
+
+    def untouched(self, noisy: torch.Tensor) -> torch.Tensor | None:
+        """Pixels of a corrupted image that this noise cannot have changed, or None (gaussian
+        noise may change every pixel): mask noise only writes 0, salt and pepper only 0 and 1. A
+        denoiser keeps these as they are."""
+        if self.kind == "mask":
+            return noisy > 0
+        if self.kind == "salt-pepper":
+            return (noisy > 0) & (noisy < 1)
+        return None
 
 
 def parse_noise(spec: str) -> Noise:
