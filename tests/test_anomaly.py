@@ -81,3 +81,38 @@ def test_cli_fit_then_score(vae_run: Path, tmp_path: Path, capsys) -> None:
     (run / "model.safetensors").write_bytes((vae_run / "model.safetensors").read_bytes()[:-4] + b"\x00" * 4)
     assert main(["anomaly", "score", str(detector), "-o", str(tmp_path / "t.csv"), "--quiet"]) == 2
     assert "changed since" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.parametrize("score", ["knn", "recon+knn"])
+def test_latent_neighbour_scores_follow_the_same_conventions(
+    vae_run: Path, digits: torch.Tensor, score: str, tmp_path: Path
+) -> None:
+    normal = digits[:600]
+    detector = AnomalyDetector(vae_run, score=score, contamination=0.1, device="cpu").fit(normal)
+    fit_scores = detector._scores(normal, exclude_self=True)
+    assert detector.offset_ == pytest.approx(np.quantile(fit_scores, 0.1))
+    if score == "recon+knn":  # two parts standardized on the fit images: their sum has mean 0 there
+        assert abs(fit_scores.mean()) < 1e-9 and fit_scores.std() > 1
+    else:  # a fit image scored with itself left out: its five nearest other latents, scaled
+        codes = vaelab.LatentEncoder(vae_run, device="cpu").fit().transform(normal).astype(np.float64)
+        scaled = codes / codes.std(0)
+        gaps = np.sort(np.linalg.norm(scaled - scaled[7], axis=1))[1:6]
+        assert -fit_scores[7] == pytest.approx(gaps.mean(), rel=1e-4)
+    noise = (torch.rand(50, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    assert detector.score_samples(noise).mean() < np.quantile(detector.score_samples(digits[600:1200]), 0.05)
+
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run)
+    saved = tmp_path / "det.json"
+    vaelab.anomaly_fit(run, out=saved, score=score, contamination=0.1, dataset="mnist-mini", split="test",
+                       device="cpu")  # fmt: skip
+    from vaelab.apps.anomaly import load_detector
+
+    fitted = AnomalyDetector(run, score=score, contamination=0.1, device="cpu").fit(digits)
+    np.testing.assert_allclose(load_detector(saved, "cpu").score_samples(digits[:30]),
+                               fitted.score_samples(digits[:30]), rtol=1e-6)  # fmt: skip
+
+
+def test_knn_needs_more_normal_images_than_neighbours(vae_run: Path, digits: torch.Tensor) -> None:
+    with pytest.raises(vaelab.VaelabError, match="more than 5 normal images"):
+        AnomalyDetector(vae_run, score="knn", device="cpu").fit(digits[:5])

@@ -67,7 +67,8 @@ class LatentEncoder(TransformerMixin, BaseEstimator):
         return np.asarray([f"z{d}" for d in range(self.latent_dim_)], dtype=object)
 
 
-SCORES = ("recon", "elbo", "nll")
+SCORES = ("recon", "elbo", "nll", "knn", "recon+knn")
+KNN_NEIGHBORS = 5
 
 
 class AnomalyDetector(OutlierMixin, BaseEstimator):
@@ -76,8 +77,11 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
     Parameters
     ----------
     run : path of a vaelab run folder.
-    score : "recon" (reconstruction loss at the latent mean), "elbo" (negative ELBO, VAE) or
-        "nll" (importance-sampled negative log-likelihood, a VAE with the bernoulli loss).
+    score : "recon" (reconstruction loss at the latent mean), "elbo" (negative ELBO, VAE),
+        "nll" (importance-sampled negative log-likelihood, a VAE with the bernoulli loss), "knn"
+        (mean distance of the latent mean to its KNN_NEIGHBORS nearest latents of the fit images,
+        each dimension scaled by its spread there) or "recon+knn" (the sum of both, each
+        standardized by its mean and spread on the fit images).
     contamination : expected share of anomalies in the data given to `fit`; sets `offset_`.
     k : importance samples per image for score="nll".
     device : "auto", "cpu", "cuda" or "mps".
@@ -111,13 +115,29 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 f"score 'nll' needs the bernoulli loss; {self.run} uses {model.config.loss} (use recon)"
             )
         self.model_ = model
-        scores = self.score_samples(X)
+        if "knn" in self.score:
+            images = as_uint8_images(X)
+            codes = latent.embed_images(model, images).double().numpy()
+            if len(codes) <= KNN_NEIGHBORS:
+                raise VaelabError(
+                    f"score {self.score!r} needs more than {KNN_NEIGHBORS} normal images to fit"
+                )
+            self.latent_scale_ = codes.std(0) + 1e-8
+            self.latents_ = codes / self.latent_scale_
+            if self.score == "recon+knn":
+                parts = np.stack([self._recon_loss(images), self._knn_distance(codes, exclude_self=True)])
+                self.standardize_ = (parts.mean(1), parts.std(1) + 1e-12)
+        scores = self._scores(X, exclude_self=True)  # a fit image is not its own neighbour
         self.offset_ = float(np.quantile(scores, self.contamination))
         self.n_features_in_ = int(np.prod(as_uint8_images(X).shape[1:]))
         return self
 
     def score_samples(self, X: Any) -> np.ndarray:
-        """Normality of each image: the negated loss in nats per image (lower = more abnormal)."""
+        """Normality of each image (lower = more abnormal): the negated loss in nats per image, or
+        the negated latent distance, or the negated sum of both in standard deviations."""
+        return self._scores(X)
+
+    def _scores(self, X: Any, exclude_self: bool = False) -> np.ndarray:
         check_is_fitted(self, "model_")
         images = as_uint8_images(X)
         c = self.model_.config
@@ -126,6 +146,15 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 f"images of shape {tuple(images.shape[1:])} given; the model expects "
                 f"{(c.image_channels, c.image_height, c.image_width)}"
             )
+        if "knn" in self.score:
+            distance = self._knn_distance(
+                latent.embed_images(self.model_, images).double().numpy(), exclude_self
+            )
+            if self.score == "knn":
+                return -distance
+            (mean_loss, mean_distance), (sd_loss, sd_distance) = self.standardize_
+            loss = self._recon_loss(images)
+            return -((loss - mean_loss) / sd_loss + (distance - mean_distance) / sd_distance)
         if self.score == "recon":
             loss = self._recon_at_mean(images)
         else:
@@ -136,6 +165,22 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         if c.loss == "bernoulli":
             loss = loss - entropy_floor(to_unit(images)).double().numpy()
         return -loss
+
+    def _recon_loss(self, images: torch.Tensor) -> np.ndarray:
+        """Reconstruction loss at the latent mean, less the floor of a bernoulli loss."""
+        loss = self._recon_at_mean(images)
+        if self.model_.config.loss == "bernoulli":
+            loss = loss - entropy_floor(to_unit(images)).double().numpy()
+        return loss
+
+    def _knn_distance(self, codes: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+        """Mean scaled distance of each code to its nearest fit latents (when scoring the fit
+        images themselves, each one's own latent is left out)."""
+        from sklearn.neighbors import NearestNeighbors
+
+        index = NearestNeighbors(n_neighbors=KNN_NEIGHBORS + exclude_self).fit(self.latents_)
+        distances = index.kneighbors(codes / self.latent_scale_)[0]
+        return distances[:, int(exclude_self) :].mean(1)
 
     def _recon_at_mean(self, images: torch.Tensor) -> np.ndarray:
         model = self.model_

@@ -30,7 +30,10 @@ def anomaly_fit(
     run: Run,
     out: Annotated[Out, "detector file to write"] = "detector.json",
     score: Annotated[
-        str, Choices(SCORES), "reconstruction loss, negative ELBO (VAE) or importance-sampled NLL"
+        str,
+        Choices(SCORES),
+        "reconstruction loss, negative ELBO (VAE), importance-sampled NLL, distance to the nearest "
+        "normal latents, or reconstruction loss plus that distance (each in standard deviations)",
     ] = "recon",
     contamination: Annotated[float, "expected share of anomalies in the normal images"] = 0.05,
     k: Annotated[int, "importance samples per image for the nll score"] = 100,
@@ -53,6 +56,7 @@ def anomaly_fit(
         "model_sha256": weights_hash(run),
         "offset": detector.offset_,
         "n_fit_images": len(images),
+        **_learned_state(detector),
     }
     write_json(out, saved)
     return {
@@ -64,6 +68,16 @@ def anomaly_fit(
     }
 
 
+def _learned_state(detector: AnomalyDetector) -> dict[str, Any]:
+    """What a knn score learned from the normal images, as JSON lists."""
+    if "knn" not in detector.score:
+        return {}
+    state = {"latents": detector.latents_.tolist(), "latent_scale": detector.latent_scale_.tolist()}
+    if hasattr(detector, "standardize_"):
+        state["standardize"] = [part.tolist() for part in detector.standardize_]
+    return state
+
+
 def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
     """A fitted AnomalyDetector from the JSON that anomaly_fit wrote (its run must be unchanged)."""
     try:
@@ -73,6 +87,13 @@ def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
             device=device, seed=saved["seed"],
         )  # fmt: skip
         offset, expected_hash = float(saved["offset"]), saved["model_sha256"]
+        if "knn" in detector.score:
+            detector.latents_ = np.asarray(saved["latents"], dtype=np.float64)
+            detector.latent_scale_ = np.asarray(saved["latent_scale"], dtype=np.float64)
+            if detector.score == "recon+knn":
+                detector.standardize_ = tuple(
+                    np.asarray(part, dtype=np.float64) for part in saved["standardize"]
+                )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise VaelabError(f"{path} is not a detector saved by `vaelab anomaly fit` ({error})") from None
     if weights_hash(detector.run) != expected_hash:

@@ -25,7 +25,10 @@ from vaelab.options import Choices, Device, Progress, Seed
 from vaelab.training import train
 
 PROTOCOLS = ("held-out", "one-class")
-METHODS = ("ae", "vae", "vae_recon", "pca", "iforest")  # vae: -ELBO; vae_recon: loss at the mean
+# vae: -ELBO; vae_recon: loss at the mean; vae_knn: distance to the nearest normal latents;
+# vae_recon_knn: both, standardized on the normal images; pca_best: PCA at the best of PCA_COMPONENTS
+METHODS = ("ae", "vae", "vae_recon", "vae_knn", "vae_recon_knn", "pca", "pca_best", "iforest")
+PCA_COMPONENTS = (8, 16, 32, 64)
 
 
 def anomaly_benchmark(
@@ -45,10 +48,14 @@ def anomaly_benchmark(
 
     held-out: train on every class but one; that class is the anomaly in the test split.
     one-class: train on one class (Ruff et al., 2018); every other class is the anomaly.
-    The AE scores by reconstruction loss, the VAE by negative ELBO (vae) and by the reconstruction
-    loss at its posterior mean (vae_recon); PCA (as many components as
-    the latent) by reconstruction error, IsolationForest on raw pixels by its anomaly score. Every
-    model gets `steps` optimizer steps of 128 images, whatever the size of its normal set.
+    The AE scores by reconstruction loss, the VAE by negative ELBO (vae), by the reconstruction
+    loss at its posterior mean (vae_recon), by the distance of its latent mean to the five nearest
+    latents of the normal training images (vae_knn), and by the sum of the last two, each
+    standardized on the normal images (vae_recon_knn); PCA by reconstruction error with as many
+    components as the latent (pca) and with the number among PCA_COMPONENTS whose mean AUROC is
+    highest (pca_best: chosen on the test labels, so it flatters PCA); IsolationForest on raw
+    pixels by its anomaly score. Every model gets `steps` optimizer steps of 128 images, whatever
+    the size of its normal set.
     """
     if protocol not in PROTOCOLS:
         raise VaelabError(f"protocol {protocol!r} is not one of: {', '.join(PROTOCOLS)}")
@@ -65,6 +72,8 @@ def anomaly_benchmark(
     test_pixels = test_set.images.flatten(1).double().numpy() / 255
     auroc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
     auprc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
+    pca_auroc: dict[int, dict[str, float]] = {k: {} for k in PCA_COMPONENTS}
+    pca_auprc: dict[int, dict[str, float]] = {k: {} for k in PCA_COMPONENTS}
     for cls in classes:
         normal_classes = [c for c in all_classes if c != cls] if protocol == "held-out" else [cls]
         is_anomaly = ~torch.isin(test_set.labels, torch.tensor(normal_classes))
@@ -82,20 +91,34 @@ def anomaly_benchmark(
                       classes=",".join(map(str, normal_classes)), device=device, progress=progress,
                       **settings)  # fmt: skip
                 scores = {"ae": "recon"} if model == "ae" else {"vae": "elbo", "vae_recon": "recon"}
+                if model == "vae":
+                    scores.update({"vae_knn": "knn", "vae_recon_knn": "recon+knn"})
                 for method, score in scores.items():
                     detector = AnomalyDetector(run, score=score, device=device, seed=seed)
-                    anomaly_scores[method] = -detector.fit(normal[:256]).score_samples(test_set.images)
+                    fit_on = normal if "knn" in score else normal[:256]  # neighbours: every normal image
+                    anomaly_scores[method] = -detector.fit(fit_on).score_samples(test_set.images)
         normal_pixels = normal.flatten(1).double().numpy() / 255
-        pca = PCA(n_components=latent_dim, random_state=seed).fit(normal_pixels)
-        rebuilt = pca.inverse_transform(pca.transform(test_pixels))
-        anomaly_scores["pca"] = ((test_pixels - rebuilt) ** 2).sum(1)
+        truth = is_anomaly.numpy()
+        for components in sorted({latent_dim, *PCA_COMPONENTS}):
+            pca = PCA(n_components=components, random_state=seed).fit(normal_pixels)
+            error = ((test_pixels - pca.inverse_transform(pca.transform(test_pixels))) ** 2).sum(1)
+            if components == latent_dim:
+                anomaly_scores["pca"] = error
+            if components in PCA_COMPONENTS:
+                pca_auroc[components][str(cls)] = float(roc_auc_score(truth, error))
+                pca_auprc[components][str(cls)] = float(average_precision_score(truth, error))
         forest = IsolationForest(n_estimators=200, random_state=seed).fit(normal_pixels)
         anomaly_scores["iforest"] = -forest.score_samples(test_pixels)
-        truth = is_anomaly.numpy()
         for method, values in anomaly_scores.items():
             auroc[method][str(cls)] = float(roc_auc_score(truth, values))
             auprc[method][str(cls)] = float(average_precision_score(truth, values))
+    best = max(PCA_COMPONENTS, key=lambda k: np.mean(list(pca_auroc[k].values())))
+    auroc["pca_best"], auprc["pca_best"] = pca_auroc[best], pca_auprc[best]
     return {
+        "pca_best_components": best,
+        "pca_mean_auroc_by_components": {
+            str(k): float(np.mean(list(v.values()))) for k, v in pca_auroc.items()
+        },
         "dataset": dataset,
         "protocol": protocol,
         "steps": steps,
@@ -112,9 +135,14 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['protocol']} protocol on {result['dataset']}: AUROC per anomalous class"
              if result["protocol"] == "held-out" else
              f"{result['protocol']} protocol on {result['dataset']}: AUROC per normal class"]  # fmt: skip
-    lines.append(f"{'class':<8}" + "".join(f"{m:>9}" for m in METHODS))
+    width = {m: max(9, len(m) + 2) for m in METHODS}
+    lines.append(f"{'class':<8}" + "".join(f"{m:>{width[m]}}" for m in METHODS))
     for cls in classes:
-        lines.append(f"{cls:<8}" + "".join(f"{result['auroc'][m][cls]:>9.3f}" for m in METHODS))
-    lines.append(f"{'mean':<8}" + "".join(f"{result['mean_auroc'][m]:>9.3f}" for m in METHODS))
-    lines.append(f"{'AUPRC':<8}" + "".join(f"{result['mean_auprc'][m]:>9.3f}" for m in METHODS))
+        lines.append(f"{cls:<8}" + "".join(f"{result['auroc'][m][cls]:>{width[m]}.3f}" for m in METHODS))
+    lines.append(f"{'mean':<8}" + "".join(f"{result['mean_auroc'][m]:>{width[m]}.3f}" for m in METHODS))
+    lines.append(f"{'AUPRC':<8}" + "".join(f"{result['mean_auprc'][m]:>{width[m]}.3f}" for m in METHODS))
+    by_components = ", ".join(f"{k}: {v:.3f}" for k, v in result["pca_mean_auroc_by_components"].items())
+    lines.append(
+        f"pca_best = PCA with {result['pca_best_components']} components (mean AUROC by components: {by_components})"
+    )
     return "\n".join(lines)
