@@ -94,7 +94,8 @@ def fit_prior(codes: np.ndarray) -> LatentPrior:
     """The prior of training codes [N, D] (N well above QUANTILES)."""
     if len(codes) < 2 * QUANTILES:
         raise VaelabError(
-            f"fitting the entropy prior needs at least {2 * QUANTILES} training images, got {len(codes)}"
+            f"fitting the entropy prior needs at least {2 * QUANTILES} training images, got {len(codes)}; "
+            "use --dtype int8 for a run trained on fewer"
         )
     codes = codes.astype(np.float64)
     mean = codes.mean(0)
