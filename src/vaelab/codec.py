@@ -49,9 +49,11 @@ class LatentPrior:
 
     @property
     def scale(self) -> float:
-        """Root mean variance of the codes over dimensions: the unit of `step`."""
+        """The unit of `step`: a quarter of the training codes' range (min to max) along each
+        principal axis, root-mean-square over axes. For Gaussian-like codes that is about two
+        standard deviations."""
         spread = self.knots[:, -1] - self.knots[:, 0]
-        return float(np.sqrt(np.mean(spread**2)) / 4) or 1.0  # about one standard deviation
+        return float(np.sqrt(np.mean(spread**2)) / 4) or 1.0
 
     def checksum(self) -> int:
         """CRC-32 of the prior's bytes: a compressed file records it to refuse another prior."""

@@ -156,22 +156,23 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             loss = self._recon_loss(images)
             return -((loss - mean_loss) / sd_loss + (distance - mean_distance) / sd_distance)
         if self.score == "recon":
-            loss = self._recon_at_mean(images)
-        else:
-            evaluation = evaluate_images(
-                self.model_, images, self.k if self.score == "nll" else 1, seed=self.seed
-            )
-            loss = (evaluation.nll if self.score == "nll" else evaluation.neg_elbo).numpy()
-        if c.loss == "bernoulli":
-            loss = loss - entropy_floor(to_unit(images)).double().numpy()
-        return -loss
+            return -self._recon_loss(images)
+        evaluation = evaluate_images(
+            self.model_, images, self.k if self.score == "nll" else 1, seed=self.seed
+        )
+        return -self._above_floor(
+            (evaluation.nll if self.score == "nll" else evaluation.neg_elbo).numpy(), images
+        )
+
+    def _above_floor(self, loss: np.ndarray, images: torch.Tensor) -> np.ndarray:
+        """A bernoulli loss less each image's own pixel entropy (its floor); other losses as they are."""
+        if self.model_.config.loss == "bernoulli":
+            return loss - entropy_floor(to_unit(images)).double().numpy()
+        return loss
 
     def _recon_loss(self, images: torch.Tensor) -> np.ndarray:
-        """Reconstruction loss at the latent mean, less the floor of a bernoulli loss."""
-        loss = self._recon_at_mean(images)
-        if self.model_.config.loss == "bernoulli":
-            loss = loss - entropy_floor(to_unit(images)).double().numpy()
-        return loss
+        """Reconstruction loss at the latent mean, above its floor."""
+        return self._above_floor(self._recon_at_mean(images), images)
 
     def _knn_distance(self, codes: np.ndarray, exclude_self: bool = False) -> np.ndarray:
         """Mean scaled distance of each code to its nearest fit latents (when scoring the fit

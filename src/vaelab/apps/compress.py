@@ -47,7 +47,9 @@ from vaelab.runs import open_run, select_images, weights_hash
 MAGIC, MAGIC_V1 = b"VLZ2", b"VAELATNT"
 DTYPES = ("entropy", "int8", "float16")
 DECODE_DRAWS = 8  # pixelcnn decoders: images drawn (seed 0, so repeatable) to estimate each mean image
-DEFAULT_STEP = 0.25  # quantization step of the entropy coder, in standard deviations of the codes
+DEFAULT_STEP = (
+    0.25  # quantization step of the entropy coder, in units of the codes' spread (LatentPrior.scale)
+)
 RD_STEPS = (0.125, 0.25, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)  # the rate-distortion curve's steps
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
@@ -232,8 +234,8 @@ def run_prior(run: Run, model: Any, config: Any) -> codec.LatentPrior:
 def encode_codes(
     codes: np.ndarray, dtype: str, prior: codec.LatentPrior | None, step: float
 ) -> tuple[dict[str, Any], bytes]:
-    """Header fields and payload for codes [N, D]: `step` is in the prior's units (about one
-    standard deviation of the codes)."""
+    """Header fields and payload for codes [N, D]: `step` is in the prior's units (a quarter
+    of the training codes' range, LatentPrior.scale)."""
     if dtype == "entropy":
         assert prior is not None
         absolute = float(np.float32(step * prior.scale))  # as the header stores it
@@ -273,11 +275,6 @@ def image_scores(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(psnr(mean_squared_error(a_t, b_t)).mean()), float(structural_similarity(a_t, b_t).mean())
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over images of the PSNR (dB) between uint8 image stacks."""
-    return image_scores(a, b)[0]
-
-
 def codec_curve(images: np.ndarray, format: str, qualities: tuple[int, ...]) -> list[dict[str, float]]:
     """Mean bytes per image, PSNR and SSIM of Pillow's JPEG or WEBP, one file per image, at each
     quality (WebP at its slowest, smallest setting, method 6)."""
@@ -299,11 +296,6 @@ def codec_curve(images: np.ndarray, format: str, qualities: tuple[int, ...]) -> 
     return points
 
 
-def jpeg_curve(images: np.ndarray) -> list[dict[str, float]]:
-    """Pillow's JPEG at JPEG_QUALITIES (rate-distortion points)."""
-    return codec_curve(images, "JPEG", JPEG_QUALITIES)
-
-
 def compress(
     run: Run,
     inputs: Inputs = None,
@@ -314,7 +306,9 @@ def compress(
         "entropy (coded under a learned prior; see --step), or fixed-size int8 or float16 codes",
     ] = "entropy",
     step: Annotated[
-        float, "entropy: quantization step in standard deviations of the codes (larger: smaller, coarser)"
+        float,
+        "entropy: quantization step in units of the codes' spread, a quarter of their range on the training "
+        "images (larger: smaller files, coarser images)",
     ] = DEFAULT_STEP,
     dataset: Dataset = None,
     data_dir: DataDir = None,
@@ -356,24 +350,31 @@ def compress(
     if dtype == "entropy":
         result["step"] = step
     if report:
-        curve = []
-        if dtype == "entropy":
-            for other in sorted({*RD_STEPS, step}):
-                fields, coded = encode_codes(codes, dtype, prior, other)
-                restored = _decode(
-                    model, decode_codes(Header(dtype=dtype, **identity, **fields), coded, prior, "")
-                )
-                size = len(pack(Header(dtype=dtype, **identity, **fields), coded))
-                score, similarity = image_scores(images.images.numpy(), restored)
-                curve.append(
-                    {"step": other, "bytes_per_image": size / len(codes), "psnr": score, "ssim": similarity}
-                )
+        originals = images.images.numpy()
+        curve = _rate_distortion(model, originals, codes, prior, identity, step) if dtype == "entropy" else []
         result.update(
-            _report(
-                model, images.images.numpy(), decode_codes(header, payload, prior, str(out)), result, curve
-            )
+            _report(model, originals, decode_codes(header, payload, prior, str(out)), result, curve)
         )
     return result
+
+
+def _rate_distortion(
+    model: Any,
+    originals: np.ndarray,
+    codes: np.ndarray,
+    prior: codec.LatentPrior | None,
+    identity: dict[str, Any],
+    step: float,
+) -> list[dict[str, float]]:
+    """Bytes per image (the whole file), PSNR and SSIM at each of RD_STEPS and `step`."""
+    curve = []
+    for other in sorted({*RD_STEPS, step}):
+        fields, coded = encode_codes(codes, "entropy", prior, other)
+        header = Header(dtype="entropy", **identity, **fields)
+        score, similarity = image_scores(originals, _decode(model, decode_codes(header, coded, prior, "")))
+        size = len(pack(header, coded)) / len(codes)
+        curve.append({"step": other, "bytes_per_image": size, "psnr": score, "ssim": similarity})
+    return curve
 
 
 def _report(
@@ -383,11 +384,15 @@ def _report(
     result: dict[str, Any],
     curve: list[dict[str, float]],
 ) -> dict[str, Any]:
-    restored = _decode(model, codes)
     png_total = sum(len(png_bytes(image)) for image in originals)
-    score, similarity = image_scores(originals, restored)
+    this_file = [p for p in curve if p["step"] == result.get("step")]  # already decoded for the curve
+    if this_file:
+        score, similarity = this_file[0]["psnr"], this_file[0]["ssim"]
+    else:
+        score, similarity = image_scores(originals, _decode(model, codes))
     ours = {"bytes_per_image": result["bytes_per_image"], "psnr": score, "ssim": similarity}
-    jpeg, webp = jpeg_curve(originals), codec_curve(originals, "WEBP", WEBP_QUALITIES)
+    jpeg = codec_curve(originals, "JPEG", JPEG_QUALITIES)
+    webp = codec_curve(originals, "WEBP", WEBP_QUALITIES)
     matching = min(jpeg, key=lambda p: abs(p["bytes_per_image"] - ours["bytes_per_image"]))
     plot = Path(result["out"]).with_suffix(".rd.png")
     label = f"{model.config.model.upper()} latent, {result['dtype']}"
