@@ -7,7 +7,7 @@ and how disentangled β-VAEs are.
 
 `generate` times `vaelab.load_images("shapes", split)` for both splits at 64 px, median of 3.
 `quality` trains `vaelab train --dataset shapes --loss dlogistic` (plus --set overrides) on the
-CPU and scores it with `vaelab evaluate` (NLL in nats and bits per dimension beside PNG's bits per
+CPU (or `--device cuda`) and scores it with `vaelab evaluate` (NLL in nats and bits per dimension beside PNG's bits per
 dimension on the same test images, PSNR, SSIM, MIG). Targets: training within 10 minutes on 2
 CPU cores and at least 26 dB PSNR. `beta` trains an AE, the plain VAE (β = 1) and β-VAEs (β = 4 and
 β = 8) with one set of settings and reports each one's MIG and PSNR; target: a β-VAE's MIG above
@@ -28,6 +28,7 @@ import torch
 from overrides import parse_override
 
 import vaelab
+from vaelab import checkpoint
 
 TARGET_PSNR, TARGET_MINUTES = 26.0, 10.0
 BETA_SETTINGS: dict[str, Any] = {"arch": "conv", "hidden": 256, "latent_dim": 10, "loss": "bernoulli"}
@@ -48,14 +49,18 @@ def generate(repeats: int = 3) -> dict[str, Any]:
     return {"generate_seconds": seconds}
 
 
-def train_and_score(run: Path, settings: dict[str, Any], k: int, n_images: int | None) -> dict[str, Any]:
+def train_and_score(
+    run: Path, settings: dict[str, Any], k: int, n_images: int | None, device: str = "cpu"
+) -> dict[str, Any]:
     started = time.perf_counter()
-    summary = vaelab.train(run, dataset="shapes", device="cpu", progress=False, **settings)
+    summary = vaelab.train(run, dataset="shapes", device=device, progress=False, **settings)
     minutes = (time.perf_counter() - started) / 60
     scores = vaelab.evaluate(run, k=k if settings.get("model", "vae") == "vae" else None,
-                             n_images=n_images, device="cpu", progress=False, quality=False)  # fmt: skip
+                             n_images=n_images, device=device, progress=False, quality=False)  # fmt: skip
     keys = ("nll", "bits_per_dim", "png_bits_per_dim", "psnr", "ssim", "mig", "kl", "active_units")
-    row = {"settings": settings, "train_minutes": round(minutes, 2), "epochs": summary["epochs"]}
+    rates = [row["images_per_second"] for row in checkpoint.read_metrics(run)]
+    row = {"settings": settings, "device": device, "train_minutes": round(minutes, 2), "epochs": summary["epochs"],
+           "train_images_per_second": round(statistics.median(rates))}  # fmt: skip
     row.update({key: scores.get(key) for key in keys})
     row["mig_per_factor"] = scores.get("mig_per_factor")
     return row
@@ -65,7 +70,8 @@ def show(label: str, row: dict[str, Any]) -> None:
     bits = f"{row['bits_per_dim']:.3f}" if row["bits_per_dim"] is not None else "-"
     print(
         f"{label:<12} PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.3f}  bits/dim {bits} "
-        f"(PNG {row['png_bits_per_dim']:.3f})  MIG {row['mig']:.3f}  trained {row['train_minutes']:.1f} min",
+        f"(PNG {row['png_bits_per_dim']:.3f})  MIG {row['mig']:.3f}  trained {row['train_minutes']:.1f} min "
+        f"({row['train_images_per_second']} images/s)",
         flush=True,
     )
 
@@ -80,10 +86,19 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100, help="importance samples per test image")
     parser.add_argument("--n-images", type=int, default=1000, help="test images scored")
     parser.add_argument("--keep", type=Path, help="keep the run folders under this folder")
+    parser.add_argument("--device", default="cpu", help="cpu (the targets' machine) or cuda")
     args = parser.parse_args()
     overrides = dict(parse_override(item) for item in args.set)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; overrides: {overrides or 'none'}")
-    out: dict[str, Any] = {"torch": torch.__version__, "part": args.part, "overrides": overrides}
+    where = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    )
+    print(f"torch {torch.__version__}, {where}; overrides: {overrides or 'none'}")
+    out: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": where,
+        "part": args.part,
+        "overrides": overrides,
+    }
     if args.part == "generate":
         out.update(generate())
         print(json.dumps(out))
@@ -92,7 +107,7 @@ def main() -> None:
         root = args.keep or Path(tmp)
         if args.part == "quality":
             settings = {"loss": "dlogistic", "image_size": args.image_size, **overrides}
-            row = train_and_score(root / "shapes-quality", settings, args.k, args.n_images)
+            row = train_and_score(root / "shapes-quality", settings, args.k, args.n_images, args.device)
             show("vae", row)
             out["result"] = row
             out["targets"] = {
@@ -104,7 +119,9 @@ def main() -> None:
             for label, model_settings in (("ae", {"model": "ae"}), ("vae", {"beta": 1.0}),
                                           ("beta-vae 4", {"beta": 4.0}), ("beta-vae 8", {"beta": 8.0})):  # fmt: skip
                 settings = {**BETA_SETTINGS, **model_settings, "image_size": args.image_size, **overrides}
-                rows[label] = train_and_score(root / label.replace(" ", "-"), settings, args.k, args.n_images)
+                rows[label] = train_and_score(
+                    root / label.replace(" ", "-"), settings, args.k, args.n_images, args.device
+                )
                 show(label, rows[label])
             out["results"] = rows
             best_beta = max(rows["beta-vae 4"]["mig"], rows["beta-vae 8"]["mig"])

@@ -12,6 +12,9 @@ of epochs, interleaved and repeated; the median images/s of each is reported:
   figure (images/s of the training steps alone, from metrics.jsonl) is shown beside it.
 
 Usage:  python benchmarks/train_throughput.py [--repeats 5] [--quick] [--device cuda]
+On a GPU each case trains GPU_EPOCHS times as many epochs (an mnist-mini epoch takes tens of
+milliseconds there, so a few epochs would time the start-up, not the training). Targets: trainer
+at least 0.8x the bare loop on the CPU, 0.9x on a GPU, in every case.
 The last line printed is one JSON object with every figure.
 """
 
@@ -54,6 +57,7 @@ class PilDataset(Dataset):
 
 
 DEVICE = torch.device("cpu")  # set from --device
+GPU_EPOCHS = 5  # epochs multiplier on a GPU
 
 
 def build(case: dict, seed: int = 0) -> torch.nn.Module:
@@ -126,17 +130,24 @@ def main() -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
+    scale = GPU_EPOCHS if DEVICE.type == "cuda" else 1
 
     cases = [
-        {"dataset": "mnist-mini", "arch": "mlp", "latent_dim": 20, "batch_size": 128, "epochs": 6},
-        {"dataset": "mnist-mini", "arch": "mlp", "latent_dim": 20, "batch_size": 512, "epochs": 6},
-        {"dataset": "mnist-mini", "arch": "conv", "latent_dim": 16, "batch_size": 128, "epochs": 3},
+        {"dataset": "mnist-mini", "arch": "mlp", "latent_dim": 20, "batch_size": 128, "epochs": 6 * scale},
+        {"dataset": "mnist-mini", "arch": "mlp", "latent_dim": 20, "batch_size": 512, "epochs": 6 * scale},
+        {"dataset": "mnist-mini", "arch": "conv", "latent_dim": 16, "batch_size": 128, "epochs": 3 * scale},
     ]
     fashion_dir = "/usr/share/datasets/fashion-mnist"
     if not args.quick and find_idx_files("fashion-mnist", "train", Path(fashion_dir)):
         cases += [
-            {"dataset": "fashion-mnist", "arch": "mlp", "latent_dim": 20, "batch_size": 128, "epochs": 1},
-            {"dataset": "fashion-mnist", "arch": "conv", "latent_dim": 16, "batch_size": 128, "epochs": 1},
+            {"dataset": "fashion-mnist", "arch": "mlp", "latent_dim": 20, "batch_size": 128, "epochs": scale},
+            {
+                "dataset": "fashion-mnist",
+                "arch": "conv",
+                "latent_dim": 16,
+                "batch_size": 128,
+                "epochs": scale,
+            },
         ]
 
     where = (
@@ -155,7 +166,8 @@ def main() -> None:
         n_train = len(train_images) - round(len(train_images) * 0.1)  # what the trainer trains on
         in_loop: list[float] = []
         loops = {
-            "dataloader": lambda c=case, x=train_images: dataloader_loop(c, x, c["epochs"]),
+            # its rate hardly depends on the epochs, and on a GPU it is the slowest by far
+            "dataloader": lambda c=case, x=train_images: dataloader_loop(c, x, max(1, c["epochs"] // scale)),
             "bare": lambda c=case, x=train_images: bare_loop(c, x, c["epochs"]),
             "trainer": lambda c=case, n=n_train, r=in_loop: trainer_loop(c, n, c["epochs"], r),
         }
@@ -186,9 +198,10 @@ def main() -> None:
         sys.stdout.flush()
 
     mlp128 = next(r for r in results if r["arch"] == "mlp" and r["batch_size"] == 128)
+    floor = 0.9 if DEVICE.type == "cuda" else 0.8
     targets = {
         "mlp128_trainer_vs_dataloader_at_least_2": mlp128["trainer_vs_dataloader"] >= 2.0,
-        "trainer_vs_bare_at_least_0.8": all(r["trainer_vs_bare"] >= 0.8 for r in results),
+        f"trainer_vs_bare_at_least_{floor}": all(r["trainer_vs_bare"] >= floor for r in results),
     }
     print(f"\ntargets: {targets}")
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": where, "repeats": repeats,

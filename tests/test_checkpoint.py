@@ -105,3 +105,27 @@ def test_settings_an_old_config_lacks_mean_what_they_meant_then() -> None:
     assert isinstance(net.encoder.head, torch.nn.Linear) and isinstance(net.pixels, Bernoulli)
     with pytest.raises(vaelab.VaelabError, match="newer than this vaelab"):
         checkpoint.upgrade_config({"format": 99, "model": {}, "train": {}})
+
+
+def test_background_writer_writes_in_order_and_raises_a_failed_write() -> None:
+    writer = checkpoint.BackgroundWriter()
+    written: list[int] = []
+    for index in range(5):
+        writer.submit(written.append, index)
+
+    def full_disk() -> None:
+        raise vaelab.VaelabError("cannot write model.safetensors (No space left on device)")
+
+    writer.submit(full_disk)
+    with pytest.raises(vaelab.VaelabError, match="No space left"):
+        writer.close()
+    assert written == [0, 1, 2, 3, 4]
+
+
+def test_a_snapshot_is_a_copy_that_training_cannot_change() -> None:
+    model = vaelab.build_model(vaelab.ModelConfig(arch="mlp", latent_dim=2))
+    saved = checkpoint.snapshot(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    assert all(not torch.equal(saved[k], v) for k, v in model.state_dict().items())

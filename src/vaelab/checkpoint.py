@@ -10,8 +10,10 @@ Every change of these formats, and how older files are read, lives here: runs sa
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +100,25 @@ def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
 
 def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch: int) -> None:
     """Write the weights (as of `epoch`) and config.json of `model` into run_dir, atomically."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_model(run_dir, snapshot(model), model.config, train_config, epoch)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the module's state on the CPU, safe to write while training goes on."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def write_model(
+    run_dir: Path,
+    weights: dict[str, torch.Tensor],
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    epoch: int,
+) -> None:
+    """Write `weights` (a snapshot, as of `epoch`) and config.json into run_dir, atomically."""
     with checked_write(run_dir / WEIGHTS), atomic_output(run_dir / WEIGHTS, durable=True) as tmp:
-        save_file(state, str(tmp), metadata={"epoch": str(epoch), "format": "vaelab"})
-    write_config(run_dir, model.config, train_config)
+        save_file(weights, str(tmp), metadata={"epoch": str(epoch), "format": "vaelab"})
+    write_config(run_dir, model_config, train_config)
 
 
 def write_config(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig) -> None:
@@ -174,19 +191,68 @@ def save_training_state(
     Adam's moments, the random generator, the weight average if any (`ema`), and `progress`
     (epoch, best validation loss, ...). Within an epoch, `progress["partial"]` says how far it got
     and `epoch_order` is the epoch's order of the training images."""
+    write_training_state(
+        run_dir, *training_state_snapshot(model, optimizer, generator, progress, ema, epoch_order)
+    )
+
+
+def training_state_snapshot(
+    model: AE | VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    progress: dict[str, Any],
+    ema: AE | VAE | None = None,
+    epoch_order: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata save_training_state writes, copied to the CPU now (so they can be
+    written while training goes on)."""
     optim_state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state().cpu()}
     if epoch_order is not None:
-        tensors["epoch_order"] = epoch_order.detach().contiguous().cpu()
+        tensors["epoch_order"] = epoch_order.detach().to("cpu", copy=True).contiguous()
     for prefix, module in (("model", model), ("ema", ema)):
-        for name, value in module.state_dict().items() if module is not None else ():
-            tensors[f"{prefix}.{name}"] = value.detach().contiguous().cpu()
+        if module is not None:
+            tensors.update({f"{prefix}.{name}": value for name, value in snapshot(module).items()})
     for index, slots in optim_state["state"].items():
         for key, value in slots.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu", copy=True)
     metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(optim_state["param_groups"])}
+    return tensors, metadata
+
+
+def write_training_state(run_dir: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a training_state_snapshot into run_dir, atomically and durably."""
     with checked_write(run_dir / STATE), atomic_output(run_dir / STATE, durable=True) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+class BackgroundWriter:
+    """Writes run files in one background thread, in the order they were handed over, so a
+    training step never waits for the disk. Hand over snapshots (copies), never live tensors.
+    A failed write is raised by the next `submit` or by `close`, which waits for every write."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaelab-writer")
+        self._pending: list[concurrent.futures.Future[None]] = []
+
+    def submit(self, write: Callable[..., None], *args: Any) -> None:
+        self._raise_failed()
+        self._pending.append(self._pool.submit(write, *args))
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()  # re-raises the write's error
+
+    def close(self) -> None:
+        """Wait for every write; raise the first that failed."""
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pending = []
+            self._pool.shutdown(wait=True)
 
 
 def load_training_state(

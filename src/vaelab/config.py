@@ -187,6 +187,11 @@ class TrainConfig:
         "weights and optimizer state stay fp32",
         PRECISIONS,
     )
+    compile: bool = setting(
+        False,
+        "compile the encoder and decoder with torch.compile: faster steps after a one-off compilation "
+        "(tens of seconds; needs a C compiler on a CPU)",
+    )
     kl_warmup_epochs: int = setting(
         10, "raise the KL weight linearly from 0 to beta over this many epochs (0 = off)"
     )
