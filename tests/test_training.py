@@ -306,3 +306,35 @@ def test_compiled_training_matches_eager_training(tmp_path: Path) -> None:
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["train"]["compile"] is True
     assert set(_weights(tmp_path / "compiled")) == set(_weights(tmp_path / "eager"))
+
+
+def test_gradient_clipper_cuts_norms_above_a_multiple_of_their_running_average() -> None:
+    weight = torch.nn.Parameter(torch.zeros(4))
+    clipper = training.GradientClipper([weight], factor=4.0, device=torch.device("cpu"))
+    weight.grad = torch.tensor([0.6, 0.8, 0.0, 0.0])  # norm 1 starts the average, nothing is cut
+    assert clipper.clip().item() == pytest.approx(1.0) and torch.equal(
+        weight.grad, torch.tensor([0.6, 0.8, 0, 0])
+    )
+    assert clipper.average.item() == pytest.approx(1.0)
+    weight.grad = torch.tensor([0.0, 0.0, 60.0, 80.0])  # norm 100 > 4 x 1: cut to norm 4, direction kept
+    assert clipper.clip().item() == pytest.approx(100.0)
+    assert weight.grad.tolist() == pytest.approx([0, 0, 2.4, 3.2])
+    assert clipper.average.item() == pytest.approx(0.99 * 1 + 0.01 * 4)  # the cut norm, not 100
+    weight.grad = torch.tensor([math.nan, 0.0, 0.0, 0.0])  # a NaN step leaves the average alone
+    clipper.clip()
+    assert clipper.average.item() == pytest.approx(1.03)
+    assert clipper.take_count() == 1 and clipper.take_count() == 0
+
+
+def test_clipped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    settings = {**FAST, "lr_schedule": "constant", "ema": 0.0, "grad_clip": 1.5, "save_every": 10}
+    vaelab.train(tmp_path / "full", epochs=2, **settings)
+    vaelab.train(tmp_path / "split", epochs=1, **settings)
+    vaelab.train(tmp_path / "split", resume=True, epochs=2, **settings)
+    full, split = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    rows = _metrics(tmp_path / "full")
+    assert all(0 < row["clipped_steps"] <= 29 for row in rows)  # 1.5x the average is cut now and then
+    with pytest.raises(vaelab.VaelabError, match="grad_clip must be 0"):
+        vaelab.train(tmp_path / "bad", grad_clip=0.5, **FAST)
+

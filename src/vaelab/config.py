@@ -192,6 +192,11 @@ class TrainConfig:
         "compile the encoder and decoder with torch.compile: faster steps after a one-off compilation "
         "(tens of seconds; needs a C compiler on a CPU)",
     )
+    grad_clip: float = setting(
+        0.0,
+        "cut each step's gradient norm to at most this multiple of its running average (e.g. 4; 0 = off): "
+        "one huge gradient, the start of a loss spike, then cannot stall Adam for thousands of steps",
+    )
     kl_warmup_epochs: int = setting(
         10, "raise the KL weight linearly from 0 to beta over this many epochs (0 = off)"
     )
@@ -254,6 +259,11 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 0)
         if self.lr is not None and not self.lr > 0:
             raise VaelabError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip != 0 and not self.grad_clip > 1:
+            raise VaelabError(
+                f"grad_clip must be 0 (off) or above 1 (a multiple of the average gradient norm, e.g. 4), "
+                f"got {self.grad_clip}"
+            )
         if not 0 <= self.ema < 1:
             raise VaelabError(f"ema must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema}")
         if not 0 < self.val_fraction < 1:

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,11 @@ def train(
     total_steps = config.epochs * steps_per_epoch
     lr_warmup_steps = config.lr_warmup_epochs * steps_per_epoch
     autocast, scaler = _mixed_precision(config.precision, device)
+    clipper = None
+    if config.grad_clip:
+        clipper = GradientClipper(
+            model.parameters(), config.grad_clip, device, state.get("grad_norm_average")
+        )
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     logger.info(
@@ -271,9 +277,14 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     out.loss.backward()
+                    if clipper is not None:
+                        clipper.clip()
                     optimizer.step()
                 else:  # fp16: scale the loss so small gradients survive; skip steps whose gradients overflow
                     scaler.scale(out.loss).backward()
+                    if clipper is not None:
+                        scaler.unscale_(optimizer)
+                        clipper.clip()
                     scaler.step(optimizer)
                     scaler.update()
                 if ema is not None:
@@ -294,6 +305,8 @@ def train(
                     summed = distributed.sum_(totals.clone(), context).tolist()
                     if scaler is not None:
                         state["scaler"] = scaler.state_dict()
+                    if clipper is not None:
+                        state["grad_norm_average"] = clipper.average.item()
                     if lead:
                         saved = {**state, "partial": {"step": step, "totals": summed,
                                                       "seconds": time.perf_counter() - started}}  # fmt: skip
@@ -308,6 +321,8 @@ def train(
             totals = distributed.sum_(totals, context).tolist()
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
+            if clipper is not None:
+                state["grad_norm_average"] = clipper.average.item()
 
             # ---- validation, metrics, checkpoint (every rank validates the same weights alike)
             val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
@@ -328,6 +343,8 @@ def train(
                 "lr": optimizer.param_groups[0]["lr"],
                 "kl_weight": kl_weight,
             }
+            if clipper is not None:  # steps of this epoch whose gradient was cut
+                row["clipped_steps"] = clipper.take_count()
             metrics.append(row)
             # The training state last: a run killed between these writes redoes this epoch, and
             # redoing it gives the same weights, metrics and best epoch again.
@@ -393,6 +410,45 @@ def _mixed_precision(
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     return torch.autocast(device.type, dtype=dtype), scaler
+
+
+class GradientClipper:
+    """Cuts each step's global gradient norm to `factor` times the running average of the (cut)
+    norms, with decay DECAY; the first step's norm starts the average. Everything stays on the
+    device (no wait for the host), and a step whose norm is not finite leaves the average alone.
+    The average is scale-free: the same factor suits 28 px digits and 128 px colour images."""
+
+    DECAY = 0.99
+
+    def __init__(
+        self,
+        parameters: Iterable[torch.nn.Parameter],
+        factor: float,
+        device: torch.device,
+        average: float | None = None,
+    ) -> None:
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.factor = factor
+        self.average = torch.tensor(math.nan if average is None else average, device=device)
+        self._count = torch.zeros((), dtype=torch.int64, device=device)
+
+    def clip(self) -> torch.Tensor:
+        """Cut the gradients in place; return their norm before the cut."""
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        average = torch.where(torch.isnan(self.average), norm, self.average)
+        limit = self.factor * average
+        torch._foreach_mul_(grads, (limit / (norm + 1e-12)).clamp(max=1.0))
+        updated = self.DECAY * average + (1 - self.DECAY) * torch.minimum(norm, limit)
+        self.average = torch.where(torch.isfinite(norm), updated, self.average)
+        self._count += norm > limit
+        return norm
+
+    def take_count(self) -> int:
+        """Steps cut since the last call (waits for the device)."""
+        count = int(self._count.item())
+        self._count.zero_()
+        return count
 
 
 def speed_up(model: AE | VAE, compile_: bool = False, channels_last: bool = False) -> None:
