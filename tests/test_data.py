@@ -208,3 +208,36 @@ def test_a_folder_of_grey_and_colour_images_is_read_as_colour_and_says_so(
     assert warnings == [
         "3 of 4 images are grayscale and the rest colour: all are read as RGB (grey as equal R, G, B)"
     ]
+
+
+def test_a_folder_over_the_memory_budget_is_decoded_once_into_a_memory_mapped_file(tmp_path: Path) -> None:
+    folder, cache = tmp_path / "photos", tmp_path / "cache"
+    write_images(folder / "a", 6, (10, 8), mode="RGB")
+    write_images(folder / "b", 4, (10, 8), mode="RGB", seed=1)
+    for split in ("train", "test"):
+        memory = vaelab.load_images(f"folder:{folder}", split)
+        disk = vaelab.load_images(f"folder:{folder}", split, cache_dir=cache, max_memory="1KB")
+        assert memory.file is None and disk.file is not None
+        # the same images, labels and paths in the same order, read from the file
+        assert torch.equal(disk.images, memory.images) and torch.equal(disk.labels, memory.labels)
+        assert disk.paths == memory.paths
+    (data,) = cache.glob("folder-*.u8")
+    assert data.stat().st_size == 10 * 3 * 8 * 10  # every image once, uint8, test rows then train rows
+    decoded_at = data.stat().st_mtime_ns
+    vaelab.load_images(f"folder:{folder}", "train", cache_dir=cache, max_memory="1KB")
+    assert data.stat().st_mtime_ns == decoded_at and len(list(cache.glob("folder-*.u8"))) == 1  # reused
+    write_images(folder / "b", 1, (10, 8), mode="RGB", seed=5)  # one file changes: decoded again
+    changed = vaelab.load_images(f"folder:{folder}", "train", cache_dir=cache, max_memory="1KB")
+    assert len(list(cache.glob("folder-*.u8"))) == 2
+    assert torch.equal(changed.images, vaelab.load_images(f"folder:{folder}", "train").images)
+    # under the budget the folder is decoded into memory as before
+    assert vaelab.load_images(f"folder:{folder}", "train", cache_dir=cache, max_memory="1GB").file is None
+
+
+def test_memory_sizes_parse_and_a_bad_one_is_one_clear_error() -> None:
+    from vaelab.data.imageset import parse_bytes
+
+    assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("500 mb") == 5 * 10**8
+    assert parse_bytes("2GiB") == 2**31 and parse_bytes("0") == 0 and parse_bytes("1234") == 1234
+    with pytest.raises(vaelab.VaelabError, match="not a size; write e.g. 8GB"):
+        parse_bytes("lots")

@@ -338,3 +338,37 @@ def test_clipped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     with pytest.raises(vaelab.VaelabError, match="grad_clip must be 0"):
         vaelab.train(tmp_path / "bad", grad_clip=0.5, **FAST)
 
+
+def test_a_streamed_folder_trains_the_same_weights_as_one_in_memory(tmp_path: Path) -> None:
+    from conftest import write_images
+
+    write_images(tmp_path / "photos", 50, (12, 12), mode="RGB")
+    settings = {**FAST, "dataset": f"folder:{tmp_path / 'photos'}", "batch_size": 8, "epochs": 2,
+                "lr_schedule": "constant", "ema": 0.0}  # fmt: skip
+    vaelab.train(tmp_path / "runs" / "memory", **settings)
+    vaelab.train(tmp_path / "runs" / "disk", max_memory="0", workers=2, **settings)
+    (cache,) = (tmp_path / "runs" / training.CACHE_DIR).glob("folder-*.u8")  # beside the run folders
+    assert cache.stat().st_size == 50 * 3 * 12 * 12
+    memory, disk = _weights(tmp_path / "runs" / "memory"), _weights(tmp_path / "runs" / "disk")
+    assert all(torch.equal(memory[k], disk[k]) for k in memory)  # the same batches in the same order
+    assert (
+        _metrics(tmp_path / "runs" / "memory")[1]["val_loss"]
+        == _metrics(tmp_path / "runs" / "disk")[1]["val_loss"]
+    )
+    # interrupted after a mid-epoch checkpoint (step 3 of 6) and resumed: the same weights again
+    steps = iter(range(100))
+    real = training.warmup_factor
+
+    def interrupt_at_step_5(step: int, warmup_steps: int) -> float:
+        if next(steps) == 4:
+            raise KeyboardInterrupt
+        return real(step, warmup_steps)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(training, "warmup_factor", interrupt_at_step_5)
+        vaelab.train(tmp_path / "runs" / "split", max_memory="0", save_every=3, **settings)
+    vaelab.train(tmp_path / "runs" / "split", resume=True, progress=False)
+    split = _weights(tmp_path / "runs" / "split")
+    assert all(torch.equal(memory[k], split[k]) for k in memory)
+    with pytest.raises(vaelab.VaelabError, match="binarize dynamic needs the images in memory"):
+        vaelab.train(tmp_path / "runs" / "bin", max_memory="0", binarize="dynamic", **settings)

@@ -167,6 +167,13 @@ class TrainConfig:
     )
     data_dir: str | None = setting(None, "folder holding the IDX files of mnist/fashion-mnist/kmnist")
     image_size: int | None = setting(None, "resize every image to SIZE x SIZE (needed for mixed sizes)")
+    max_memory: str | None = setting(
+        None,
+        "a folder whose decoded images take more than this (e.g. 8GB; 0 = always) is decoded once into a "
+        "memory-mapped file beside the run folder (.vaelab-cache) and streamed from it; default: half "
+        "the available memory",
+    )
+    workers: int = setting(2, "processes that read a streamed folder's batches ahead of the training steps")
     binarize: str = setting(
         "none", "none, dynamic (fresh 0/1 draw each time an image is seen) or static (one draw)", BINARIZE
     )
@@ -255,7 +262,11 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 1)
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 1)
-        for name in ("kl_warmup_epochs", "lr_warmup_epochs", "patience", "save_every"):
+        if self.max_memory is not None:
+            from vaelab.data.imageset import parse_bytes
+
+            parse_bytes(self.max_memory)
+        for name in ("kl_warmup_epochs", "lr_warmup_epochs", "patience", "save_every", "workers"):
             _at_least(name, getattr(self, name), 0)
         if self.lr is not None and not self.lr > 0:
             raise VaelabError(f"lr must be positive, got {self.lr}")

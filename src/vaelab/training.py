@@ -30,6 +30,7 @@ from vaelab import checkpoint, distributed, latent, tracking
 from vaelab.config import DEFAULT_LR, TrainConfig
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
+from vaelab.data.stream import DiskImages
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
 from vaelab.device import model_device, resolve_device
 from vaelab.errors import VaelabError
@@ -43,10 +44,13 @@ RESUMABLE = (
     "amp",
     "precision",
     "compile",
+    "max_memory",
+    "workers",
     "patience",
     "log",
     "save_every",
 )  # settings a resumed run may change
+CACHE_DIR = ".vaelab-cache"  # beside the run folder: folders over max_memory, decoded once
 CHECK_EVERY = 32  # steps between checks of the losses for NaN (each one waits for the device)
 COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
@@ -63,30 +67,46 @@ def derive_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def split_train_val(
+    config: TrainConfig, device: torch.device, cache_dir: Path | None = None
+) -> tuple[torch.Tensor | DiskImages, torch.Tensor | DiskImages]:
     """The run's training and validation images (uint8 on `device`), binarized once if static.
 
     Validation images of a binarized run are binarized once with a fixed draw, so validation
-    losses of different epochs compare.
+    losses of different epochs compare. With `cache_dir`, a folder over the memory budget
+    (config.max_memory) is decoded into a file there and both parts are DiskImages, read batch by
+    batch.
     """
-    source = load_images(config.dataset, "train", config.data_dir, config.image_size)
-    images, wanted = source.images, config.class_list()
+    source = load_images(
+        config.dataset, "train", config.data_dir, config.image_size, cache_dir, config.max_memory
+    )
+    rows, wanted = torch.arange(len(source)), config.class_list()
     if wanted is not None:
         if source.labels is None:
             raise VaelabError(f"classes needs labels, and {config.dataset} has none")
-        images = images[torch.isin(source.labels, torch.tensor(wanted))]
-        if len(images) == 0:
+        rows = rows[torch.isin(source.labels, torch.tensor(wanted))]
+        if len(rows) == 0:
             raise VaelabError(
                 f"no training image of {config.dataset} has a label in classes {config.classes}"
             )
-    n_val = max(1, round(len(images) * config.val_fraction))
-    if len(images) - n_val < 1:
-        raise VaelabError(
-            f"{config.dataset} has {len(images)} training images, too few to hold out validation"
-        )
+    n_val = max(1, round(len(rows) * config.val_fraction))
+    if len(rows) - n_val < 1:
+        raise VaelabError(f"{config.dataset} has {len(rows)} training images, too few to hold out validation")
     order = torch.randperm(
-        len(images), generator=torch.Generator().manual_seed(derive_seed(config.seed, "split"))
+        len(rows), generator=torch.Generator().manual_seed(derive_seed(config.seed, "split"))
     )
+    if source.file is not None:  # streamed from its decoded file
+        if config.binarize != "none":
+            raise VaelabError(
+                f"binarize {config.binarize} needs the images in memory, and {config.dataset} is over "
+                f"max_memory; raise max_memory (--max-memory) or train without binarize"
+            )
+        rows = rows + source.file_start
+        return (
+            DiskImages(source.file, rows[order[n_val:]], config.workers),
+            DiskImages(source.file, rows[order[:n_val]], config.workers),
+        )
+    images = source.images if wanted is None else source.images[rows]
     train_images, val_images = images[order[n_val:]], images[order[:n_val]]
     if config.binarize != "none":
         val_images = binarize_uint8(
@@ -102,7 +122,7 @@ def split_train_val(config: TrainConfig, device: torch.device) -> tuple[torch.Te
 @torch.no_grad()
 def mean_losses(
     model: AE | VAE,
-    images: torch.Tensor,
+    images: torch.Tensor | DiskImages,
     batch_size: int,
     generator: torch.Generator,
     noise: Noise | None = None,
@@ -111,9 +131,14 @@ def mean_losses(
     with `noise`, the inputs are corrupted and scored against the clean images."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=images.device)
-    for start in range(0, len(images), batch_size):
-        clean = to_unit(images[start : start + batch_size])
+    device = model_device(model)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    if isinstance(images, DiskImages):
+        chunks = images.batches(torch.arange(len(images)), batch_size, len(images), device)
+    else:
+        chunks = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    for chunk in chunks:
+        clean = to_unit(chunk)
         noisy = clean if noise is None else noise.apply(clean, generator)
         out = model(noisy, target=clean, generator=generator)
         totals += torch.stack([out.loss * len(out.recon), out.recon.sum(), out.kl.sum()]).double()
@@ -170,7 +195,7 @@ def train(
             f"batch_size {config.batch_size} is smaller than the {context.world} processes sharing it"
         )
     config = dataclasses.replace(config, world_size=context.world)
-    train_images, val_images = split_train_val(config, device)
+    train_images, val_images = split_train_val(config, device, run_dir.parent / CACHE_DIR)
     noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])
     channels, height, width = image_shape
@@ -258,6 +283,11 @@ def train(
             # loss, recon, kl summed over images, on the device: the host waits only at checks
             totals = torch.tensor(saved_totals, dtype=torch.float64, device=device)
             unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, images, loss/recon/kl) unchecked
+            reader = None  # a streamed folder's batches, read ahead by worker processes
+            if isinstance(train_images, DiskImages):
+                reader = train_images.batches(
+                    order, batch_size, n_used, device, context.rank, context.world, skip
+                )
             for step, start in enumerate(range(0, n_used, batch_size), 1):
                 if step <= skip:
                     continue
@@ -265,10 +295,11 @@ def train(
                 kl_weight = model_config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
-                batch = order[start : min(start + batch_size, n_used)]
-                x = to_unit(
-                    train_images[batch[context.rank :: context.world]]
-                )  # this rank's share, in [0, 1]
+                if reader is None:
+                    batch = order[start : min(start + batch_size, n_used)]
+                    x = to_unit(train_images[batch[context.rank :: context.world]])  # this rank's share
+                else:
+                    x = to_unit(next(reader))
                 if config.binarize == "dynamic":
                     x = binarize(x, generator)
                 x_in = x if noise is None else noise.apply(x, generator)  # denoising: corrupt, score clean

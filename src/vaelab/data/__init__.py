@@ -1,4 +1,5 @@
-"""Where images come from. Every source ends as one uint8 tensor [N, C, H, W] in memory.
+"""Where images come from. Every source ends as one uint8 tensor [N, C, H, W] in memory (a folder
+too large for memory as a view of a memory-mapped file it was decoded into once, see cache.py).
 
 Names: ``mnist-mini`` (embedded, 8,000 train / 2,000 test real MNIST digits, no network),
 ``mnist``, ``fashion-mnist``, ``kmnist`` (IDX files from ``data_dir``, a known system folder, or
@@ -8,6 +9,8 @@ class).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +25,17 @@ DATASET_NAMES = ("mnist-mini", "shapes", *IDX_DATASETS, "folder:PATH")
 
 
 def load_images(
-    name: str, split: str = "train", data_dir: str | None = None, image_size: int | None = None
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    max_memory: str | None = None,
 ) -> ImageSet:
-    """Load one split of a named dataset as an ImageSet (see the module docstring for names)."""
+    """Load one split of a named dataset as an ImageSet (see the module docstring for names).
+
+    With `cache_dir`, a folder larger than `max_memory` (default: half the available memory) is
+    decoded once into a memory-mapped file there instead of into memory."""
     if split not in ("train", "test"):
         raise VaelabError(f"split must be 'train' or 'test', got {split!r}")
     if name == "mnist-mini":
@@ -42,7 +53,8 @@ def load_images(
     elif name.startswith("folder:"):
         from vaelab.data.folder import load_folder
 
-        return load_folder(name.removeprefix("folder:"), split, image_size)
+        cache = Path(cache_dir) if cache_dir is not None else None
+        return load_folder(name.removeprefix("folder:"), split, image_size, cache, max_memory)
     else:
         raise VaelabError(f"unknown dataset {name!r}; use one of: {', '.join(DATASET_NAMES)}")
     if image_size is not None and result.images.shape[-2:] != (image_size, image_size):

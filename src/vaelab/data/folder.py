@@ -11,6 +11,7 @@ or more images), the rest to ``train``.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from vaelab.data.imageset import ImageSet, ensure_fits_in_memory
+from vaelab.data.cache import decoded_folder, layout
+from vaelab.data.imageset import ImageSet, ensure_fits_in_memory, memory_budget
+from vaelab.data.stream import ImageFile
 from vaelab.errors import VaelabError
 
 logger = logging.getLogger(__name__)
@@ -79,8 +82,28 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
     return stacked[:, :1].contiguous() if grayscale else stacked
 
 
-def load_folder(path: str, split: str, image_size: int | None) -> ImageSet:
-    """Load `split` of the images under `path` (see the module docstring for the rules)."""
+def _size(path: Path, image_size: int | None) -> tuple[int, int]:
+    if image_size is not None:
+        return image_size, image_size
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as error:
+        raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+
+
+def load_folder(
+    path: str,
+    split: str,
+    image_size: int | None,
+    cache_dir: Path | None = None,
+    max_memory: str | None = None,
+) -> ImageSet:
+    """Load `split` of the images under `path` (see the module docstring for the rules).
+
+    With `cache_dir`, a folder whose decoded images would take more than the memory budget
+    (`max_memory`; by default half of the available memory) is decoded once into a memory-mapped
+    file there (vaelab.data.cache) and the returned images are a view of it."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise VaelabError(f"folder:{path} is not a directory; give folder:PATH with an existing folder")
@@ -97,15 +120,23 @@ def load_folder(path: str, split: str, image_size: int | None) -> ImageSet:
     chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
     if len(chosen) == 0:
         raise VaelabError(f"folder:{path} has too few images for a {split} split; add more images")
-    if image_size is not None:
-        ensure_fits_in_memory(len(files), 3, image_size, image_size, f"folder:{path}")
-    # Decode the whole folder so both splits agree on size and channels.
-    images = read_image_files(files, image_size)[torch.from_numpy(chosen)]
-    chosen_files = [files[i] for i in chosen]
     labels = None
     if class_names is not None:
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[relative[i].parts[0]] for i in chosen], dtype=torch.int64)
-    return ImageSet(
-        images=images, labels=labels, class_names=class_names, paths=[str(f) for f in chosen_files]
-    )
+    chosen_files = [str(files[i]) for i in chosen]
+    budget = memory_budget(max_memory) if cache_dir is not None else None
+    if budget is not None and len(files) * 3 * math.prod(_size(files[0], image_size)) > budget:
+        # at most this much in memory (RGB at the first image's size): only now read every header
+        shape = layout(files, image_size)
+        if len(files) * math.prod(shape) > budget:
+            data, full = decoded_folder(root, files, order[:n_test], image_size, cache_dir, shape)
+            start, stop = (0, n_test) if split == "test" else (n_test, len(files))
+            view = np.memmap(data, dtype=np.uint8, mode="c", shape=full)[start:stop]
+            return ImageSet(images=torch.from_numpy(view), labels=labels, class_names=class_names,
+                            paths=chosen_files, file=ImageFile(str(data), full), file_start=start)  # fmt: skip
+    if image_size is not None:
+        ensure_fits_in_memory(len(files), 3, image_size, image_size, f"folder:{path}")
+    # Decode the whole folder so both splits agree on size and channels.
+    images = read_image_files(files, image_size)[torch.from_numpy(chosen)]
+    return ImageSet(images=images, labels=labels, class_names=class_names, paths=chosen_files)

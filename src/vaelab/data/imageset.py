@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vaelab.data.stream import ImageFile
 from vaelab.errors import VaelabError
 
 
@@ -24,6 +25,10 @@ class ImageSet:
     factors: dict[str, np.ndarray] | None = None
     # Names of the values of categorical factors (value i is named names[i]), e.g. background.
     factor_value_names: dict[str, list[str]] | None = None
+    # For a folder too large for memory: the decoded file, and the row of it where this split
+    # starts. `images` is then a view of the memory-mapped file: index it, never copy it whole.
+    file: ImageFile | None = None
+    file_start: int = 0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -50,6 +55,33 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def memory_budget(max_memory: str | None) -> int | None:
+    """Bytes a decoded dataset may take in memory: `max_memory` ("8GB", "500MB", "0", or a number of
+    bytes), or by default half of the memory available now (None when unknown)."""
+    if max_memory is None:
+        available = available_memory()
+        return None if available is None else available // 2
+    return parse_bytes(max_memory)
+
+
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+         "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """8GB -> 8e9 bytes (KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024)."""
+    cleaned = str(text).strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTIB")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number) * UNITS[unit]
+    except (ValueError, KeyError):
+        raise VaelabError(f"max_memory {text!r} is not a size; write e.g. 8GB, 500MB or 0") from None
+    if value < 0:
+        raise VaelabError(f"max_memory must be zero or more, got {text!r}")
+    return int(value)
 
 
 def ensure_fits_in_memory(count: int, channels: int, height: int, width: int, what: str) -> None:

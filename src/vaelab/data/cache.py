@@ -1,0 +1,134 @@
+"""A folder of images too large for memory, decoded once into a uint8 memory-mapped file.
+
+The file (``folder-KEY.u8``, with ``folder-KEY.json`` beside it) holds every image of the folder as
+[N, C, H, W] uint8, the test split's rows first and then the training split's, so that each split
+is a slice of the file: reading a batch touches only its rows, and the operating system keeps in
+memory whatever fits. KEY hashes the folder's listing (relative paths, sizes, modification times)
+and the image size, so a changed folder gets a new cache and an unchanged one is reused.
+
+In the cache a folder is grayscale when every file is a grayscale image (read from the file
+headers); colour files whose R, G and B happen to agree stay RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from vaelab.errors import VaelabError
+from vaelab.fileio import atomic_output, write_json
+
+logger = logging.getLogger(__name__)
+
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+CACHE_FORMAT = 1
+
+
+def cache_key(root: Path, files: list[Path], image_size: int | None) -> str:
+    """A hash of the folder's listing (paths, sizes, modification times) and the image size."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{image_size}".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as error:
+        raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+
+
+def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
+    """(channels, height, width) of the cache, from the file headers alone."""
+    grey = True
+    first_size = None
+    for path in files:
+        with _open(path) as image:
+            grey = grey and image.mode in GREY_MODES
+            size = image.size
+        if first_size is None:
+            first_size = size
+        elif image_size is None and size != first_size:
+            raise VaelabError(
+                f"images have different sizes ({first_size[0]}x{first_size[1]}, {size[0]}x{size[1]}, ...); "
+                "pass image_size N (--image-size) to resize them all to N x N"
+            )
+    assert first_size is not None
+    width, height = (image_size, image_size) if image_size is not None else first_size
+    return (1 if grey else 3), height, width
+
+
+def decoded_folder(
+    root: Path,
+    files: list[Path],
+    test_rows: np.ndarray,
+    image_size: int | None,
+    cache_dir: Path,
+    shape: tuple[int, int, int],
+) -> tuple[Path, tuple[int, int, int, int]]:
+    """The raw uint8 file holding the folder's images [N, C, H, W] (test rows first, then the
+    training rows, each in file order) and its shape; decoded into `cache_dir` on first use, with
+    a progress bar, and reused while the folder is unchanged. `shape` is (C, H, W), from layout."""
+    key = cache_key(root, files, image_size)
+    data, header = cache_dir / f"folder-{key}.u8", cache_dir / f"folder-{key}.json"
+    if header.is_file() and data.is_file():
+        meta = json.loads(header.read_text())
+        full = (len(files), *shape)
+        if tuple(meta["shape"]) == full and data.stat().st_size == int(np.prod(full)):
+            logger.info("reusing the decoded images of %s in %s", root, data)
+            return data, full  # type: ignore[return-value]
+    train_rows = np.setdiff1d(np.arange(len(files)), test_rows)
+    rows = np.concatenate([np.sort(test_rows), train_rows])
+    channels, height, width = shape
+    full = (len(files), channels, height, width)
+    free = _free_disk(cache_dir)
+    if free is not None and free < np.prod(full):
+        raise VaelabError(
+            f"decoding {root} needs {np.prod(full) / 1e9:.1f} GB in {cache_dir}, which has "
+            f"{free / 1e9:.1f} GB free; free some space or pass a smaller image_size (--image-size)"
+        )
+    mode = "L" if channels == 1 else "RGB"
+    logger.info(
+        "decoding %d images of %s once into %s (%.2f GB)", len(files), root, data, np.prod(full) / 1e9
+    )
+    with atomic_output(data) as tmp:
+        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=full)
+        for position, index in enumerate(tqdm(rows, desc=f"decoding {root.name}", unit="img")):
+            path = files[index]
+            try:
+                with _open(path) as image:
+                    converted = image.convert(mode)
+            except (OSError, ValueError) as error:
+                raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+            if image_size is not None:
+                converted = converted.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            pixels = np.asarray(converted)
+            if pixels.shape[:2] != (height, width):
+                raise VaelabError(
+                    f"image {path} is {pixels.shape[1]}x{pixels.shape[0]}, the others {width}x{height}; "
+                    "pass image_size N (--image-size) to resize them all to N x N"
+                )
+            array[position] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        array.flush()
+        del array
+    write_json(header, {"format": CACHE_FORMAT, "folder": str(root), "shape": list(full),
+                        "test_rows": len(test_rows)})  # fmt: skip
+    return data, full
+
+
+def _free_disk(folder: Path) -> int | None:
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return stat.f_bavail * stat.f_frsize
