@@ -31,6 +31,7 @@ from PIL import Image
 
 import vaelab
 from vaelab import checkpoint
+from vaelab.data.cache import folder_cache_dir
 
 SETTINGS = ["--arch", "conv", "--hidden", "0", "--latent-dim", "16", "--batch-size", "128",
             "--ema", "0", "--lr-schedule", "constant", "--device", "cpu"]  # fmt: skip
@@ -73,12 +74,13 @@ def main() -> None:
     result: dict[str, Any] = {"images": args.images, "size": args.size, "epochs": args.epochs}
     with tempfile.TemporaryDirectory() as tmp:
         folder, runs = Path(tmp) / "photos", Path(tmp) / "runs"
+        os.environ["VAELAB_CACHE"] = str(Path(tmp) / "cache")  # the decoded file goes with the rest
         result["write_seconds"] = write_folder(folder, args.images, args.size)
         decoded_mb = args.images * 3 * args.size**2 / 1e6
         print(f"{args.images} PNGs of {args.size} px written in {result['write_seconds']:.1f} s "
               f"({decoded_mb:.0f} MB decoded)", flush=True)  # fmt: skip
         first = train(runs / "first", folder, args.epochs, ["--max-memory", "0"])
-        cache = next((runs / ".vaelab-cache").glob("folder-*.u8"))
+        cache = max(folder_cache_dir().glob("folder-*.u8"), key=lambda path: path.stat().st_mtime)
         result["first_streamed_run"] = first
         print(
             f"first streamed run (decodes the folder into {cache.name}): {first['seconds']:.1f} s", flush=True

@@ -17,6 +17,7 @@ from torchvision import datasets
 import vaelab
 from conftest import write_images
 from vaelab.data import resize_uint8
+from vaelab.data.folder import load_folder
 from vaelab.data.transforms import binarize_uint8, to_unit
 
 
@@ -216,7 +217,7 @@ def test_a_folder_over_the_memory_budget_is_decoded_once_into_a_memory_mapped_fi
     write_images(folder / "b", 4, (10, 8), mode="RGB", seed=1)
     for split in ("train", "test"):
         memory = vaelab.load_images(f"folder:{folder}", split)
-        disk = vaelab.load_images(f"folder:{folder}", split, cache_dir=cache, max_memory="1KB")
+        disk = load_folder(str(folder), split, None, max_memory="1KB", cache_dir=cache)
         assert memory.file is None and disk.file is not None
         # the same images, labels and paths in the same order, read from the file
         assert torch.equal(disk.images, memory.images) and torch.equal(disk.labels, memory.labels)
@@ -224,14 +225,14 @@ def test_a_folder_over_the_memory_budget_is_decoded_once_into_a_memory_mapped_fi
     (data,) = cache.glob("folder-*.u8")
     assert data.stat().st_size == 10 * 3 * 8 * 10  # every image once, uint8, test rows then train rows
     decoded_at = data.stat().st_mtime_ns
-    vaelab.load_images(f"folder:{folder}", "train", cache_dir=cache, max_memory="1KB")
+    load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
     assert data.stat().st_mtime_ns == decoded_at and len(list(cache.glob("folder-*.u8"))) == 1  # reused
     write_images(folder / "b", 1, (10, 8), mode="RGB", seed=5)  # one file changes: decoded again
-    changed = vaelab.load_images(f"folder:{folder}", "train", cache_dir=cache, max_memory="1KB")
+    changed = load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
     assert len(list(cache.glob("folder-*.u8"))) == 2
     assert torch.equal(changed.images, vaelab.load_images(f"folder:{folder}", "train").images)
     # under the budget the folder is decoded into memory as before
-    assert vaelab.load_images(f"folder:{folder}", "train", cache_dir=cache, max_memory="1GB").file is None
+    assert load_folder(str(folder), "train", None, max_memory="1GB", cache_dir=cache).file is None
 
 
 def test_memory_sizes_parse_and_a_bad_one_is_one_clear_error() -> None:

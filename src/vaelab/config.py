@@ -170,7 +170,7 @@ class TrainConfig:
     max_memory: str | None = setting(
         None,
         "a folder whose decoded images take more than this (e.g. 8GB; 0 = always) is decoded once into a "
-        "memory-mapped file beside the run folder (.vaelab-cache) and streamed from it; default: half "
+        "memory-mapped file in $VAELAB_CACHE/folders (default ~/.cache/vaelab) and streamed from it; default: half "
         "the available memory",
     )
     workers: int = setting(2, "processes that read a streamed folder's batches ahead of the training steps")

@@ -50,7 +50,6 @@ RESUMABLE = (
     "log",
     "save_every",
 )  # settings a resumed run may change
-CACHE_DIR = ".vaelab-cache"  # beside the run folder: folders over max_memory, decoded once
 CHECK_EVERY = 32  # steps between checks of the losses for NaN (each one waits for the device)
 COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
@@ -68,18 +67,15 @@ def derive_seed(seed: int, stream: str) -> int:
 
 
 def split_train_val(
-    config: TrainConfig, device: torch.device, cache_dir: Path | None = None
+    config: TrainConfig, device: torch.device
 ) -> tuple[torch.Tensor | DiskImages, torch.Tensor | DiskImages]:
     """The run's training and validation images (uint8 on `device`), binarized once if static.
 
     Validation images of a binarized run are binarized once with a fixed draw, so validation
-    losses of different epochs compare. With `cache_dir`, a folder over the memory budget
-    (config.max_memory) is decoded into a file there and both parts are DiskImages, read batch by
-    batch.
+    losses of different epochs compare. A folder over the memory budget (config.max_memory) is
+    decoded into a file (vaelab.data.cache) and both parts are DiskImages, read batch by batch.
     """
-    source = load_images(
-        config.dataset, "train", config.data_dir, config.image_size, cache_dir, config.max_memory
-    )
+    source = load_images(config.dataset, "train", config.data_dir, config.image_size, config.max_memory)
     rows, wanted = torch.arange(len(source)), config.class_list()
     if wanted is not None:
         if source.labels is None:
@@ -195,7 +191,7 @@ def train(
             f"batch_size {config.batch_size} is smaller than the {context.world} processes sharing it"
         )
     config = dataclasses.replace(config, world_size=context.world)
-    train_images, val_images = split_train_val(config, device, run_dir.parent / CACHE_DIR)
+    train_images, val_images = split_train_val(config, device)
     noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])
     channels, height, width = image_shape

@@ -10,8 +10,6 @@ class).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -29,13 +27,12 @@ def load_images(
     split: str = "train",
     data_dir: str | None = None,
     image_size: int | None = None,
-    cache_dir: str | Path | None = None,
     max_memory: str | None = None,
 ) -> ImageSet:
     """Load one split of a named dataset as an ImageSet (see the module docstring for names).
 
-    With `cache_dir`, a folder larger than `max_memory` (default: half the available memory) is
-    decoded once into a memory-mapped file there instead of into memory."""
+    A folder larger than `max_memory` (default: half the available memory) is decoded once into a
+    memory-mapped file in $VAELAB_CACHE/folders instead of into memory (vaelab.data.cache)."""
     if split not in ("train", "test"):
         raise VaelabError(f"split must be 'train' or 'test', got {split!r}")
     if name == "mnist-mini":
@@ -53,8 +50,7 @@ def load_images(
     elif name.startswith("folder:"):
         from vaelab.data.folder import load_folder
 
-        cache = Path(cache_dir) if cache_dir is not None else None
-        return load_folder(name.removeprefix("folder:"), split, image_size, cache, max_memory)
+        return load_folder(name.removeprefix("folder:"), split, image_size, max_memory)
     else:
         raise VaelabError(f"unknown dataset {name!r}; use one of: {', '.join(DATASET_NAMES)}")
     if image_size is not None and result.images.shape[-2:] != (image_size, image_size):

@@ -1,6 +1,7 @@
 """A folder of images too large for memory, decoded once into a uint8 memory-mapped file.
 
-The file (``folder-KEY.u8``, with ``folder-KEY.json`` beside it) holds every image of the folder as
+The file (``folder-KEY.u8``, with ``folder-KEY.json`` beside it, in $VAELAB_CACHE/folders, by
+default ~/.cache/vaelab/folders: shared by every run and command, like a download cache) holds every image of the folder as
 [N, C, H, W] uint8, the test split's rows first and then the training split's, so that each split
 is a slice of the file: reading a batch touches only its rows, and the operating system keeps in
 memory whatever fits. KEY hashes the folder's listing (relative paths, sizes, modification times)
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from vaelab.data.idx import cache_dir
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, write_json
 
@@ -29,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 CACHE_FORMAT = 1
+
+
+def folder_cache_dir() -> Path:
+    """Where decoded folders are kept: $VAELAB_CACHE/folders (default ~/.cache/vaelab/folders)."""
+    return cache_dir() / "folders"
 
 
 def cache_key(root: Path, files: list[Path], image_size: int | None) -> str:

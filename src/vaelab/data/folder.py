@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from vaelab.data.cache import decoded_folder, layout
+from vaelab.data.cache import decoded_folder, folder_cache_dir, layout
 from vaelab.data.imageset import ImageSet, ensure_fits_in_memory, memory_budget
 from vaelab.data.stream import ImageFile
 from vaelab.errors import VaelabError
@@ -96,14 +96,14 @@ def load_folder(
     path: str,
     split: str,
     image_size: int | None,
-    cache_dir: Path | None = None,
     max_memory: str | None = None,
+    cache_dir: Path | None = None,
 ) -> ImageSet:
     """Load `split` of the images under `path` (see the module docstring for the rules).
 
-    With `cache_dir`, a folder whose decoded images would take more than the memory budget
-    (`max_memory`; by default half of the available memory) is decoded once into a memory-mapped
-    file there (vaelab.data.cache) and the returned images are a view of it."""
+    A folder whose decoded images would take more than the memory budget (`max_memory`; by
+    default half of the available memory) is decoded once into a memory-mapped file in `cache_dir`
+    (default: $VAELAB_CACHE/folders, see vaelab.data.cache) and the returned images are a view of it."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise VaelabError(f"folder:{path} is not a directory; give folder:PATH with an existing folder")
@@ -125,12 +125,13 @@ def load_folder(
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[relative[i].parts[0]] for i in chosen], dtype=torch.int64)
     chosen_files = [str(files[i]) for i in chosen]
-    budget = memory_budget(max_memory) if cache_dir is not None else None
+    budget = memory_budget(max_memory)
     if budget is not None and len(files) * 3 * math.prod(_size(files[0], image_size)) > budget:
         # at most this much in memory (RGB at the first image's size): only now read every header
         shape = layout(files, image_size)
         if len(files) * math.prod(shape) > budget:
-            data, full = decoded_folder(root, files, order[:n_test], image_size, cache_dir, shape)
+            folders = cache_dir if cache_dir is not None else folder_cache_dir()
+            data, full = decoded_folder(root, files, order[:n_test], image_size, folders, shape)
             start, stop = (0, n_test) if split == "test" else (n_test, len(files))
             view = np.memmap(data, dtype=np.uint8, mode="c", shape=full)[start:stop]
             return ImageSet(images=torch.from_numpy(view), labels=labels, class_names=class_names,
