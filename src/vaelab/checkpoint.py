@@ -98,11 +98,6 @@ def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
     return {"format": CONFIG_FORMAT, "model": model, "train": train}
 
 
-def save_model(run_dir: Path, model: AE | VAE, train_config: TrainConfig, epoch: int) -> None:
-    """Write the weights (as of `epoch`) and config.json of `model` into run_dir, atomically."""
-    write_model(run_dir, snapshot(model), model.config, train_config, epoch)
-
-
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the module's state on the CPU, safe to write while training goes on."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
@@ -178,24 +173,6 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict(state)
 
 
-def save_training_state(
-    run_dir: Path,
-    model: AE | VAE,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    progress: dict[str, Any],
-    ema: AE | VAE | None = None,
-    epoch_order: torch.Tensor | None = None,
-) -> None:
-    """Write what --resume needs: the latest weights (model.safetensors holds the best ones),
-    Adam's moments, the random generator, the weight average if any (`ema`), and `progress`
-    (epoch, best validation loss, ...). Within an epoch, `progress["partial"]` says how far it got
-    and `epoch_order` is the epoch's order of the training images."""
-    write_training_state(
-        run_dir, *training_state_snapshot(model, optimizer, generator, progress, ema, epoch_order)
-    )
-
-
 def training_state_snapshot(
     model: AE | VAE,
     optimizer: torch.optim.Optimizer,
@@ -204,8 +181,11 @@ def training_state_snapshot(
     ema: AE | VAE | None = None,
     epoch_order: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and metadata save_training_state writes, copied to the CPU now (so they can be
-    written while training goes on)."""
+    """What --resume needs, copied to the CPU now (so write_training_state can write it while
+    training goes on): the latest weights (model.safetensors holds the best ones), Adam's moments,
+    the random generator, the weight average if any (`ema`), and `progress` (epoch, best validation
+    loss, ...). Within an epoch, `progress["partial"]` says how far it got and `epoch_order` is the
+    epoch's order of the training images."""
     optim_state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state().cpu()}
     if epoch_order is not None:
@@ -262,7 +242,7 @@ def load_training_state(
     generator: torch.Generator,
     ema: AE | VAE | None = None,
 ) -> dict[str, Any]:
-    """Restore what save_training_state wrote into model, optimizer, generator and `ema` (left as
+    """Restore what write_training_state wrote into model, optimizer, generator and `ema` (left as
     the restored model's weights if the state holds no average); return `progress`."""
     path = run_dir / STATE
     if not path.is_file():
