@@ -46,3 +46,18 @@ def test_nproc_is_checked_and_a_failing_rank_is_one_line(tmp_path: Path, capsys)
     code, _, err = run_cli(["train", "--arch", "mlp", "--batch-size", "1", "--nproc", "2", "--device", "cpu",
                             "--out", str(tmp_path / "r")], capsys)  # fmt: skip
     assert code == 2 and "training in 2 processes failed" in err.strip().splitlines()[-1]
+
+
+def test_two_processes_stream_a_large_folder_from_one_decoded_file(tmp_path: Path) -> None:
+    from conftest import write_images
+    from vaelab.data.cache import folder_cache_dir
+
+    write_images(tmp_path / "photos", 40, (8, 8), mode="RGB")
+    before = set(folder_cache_dir().glob("folder-*.u8"))
+    settings = {**SETTINGS, "dataset": f"folder:{tmp_path / 'photos'}", "batch_size": 8, "max_memory": "0"}
+    vaelab.train(tmp_path / "two", nproc=2, progress=False, **settings)
+    assert len(set(folder_cache_dir().glob("folder-*.u8")) - before) == 1
+    assert [m["images_seen"] for m in checkpoint.read_metrics(tmp_path / "two")] == [
+        29,
+        58,
+    ]  # 32 training files, 3 held out

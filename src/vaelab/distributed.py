@@ -9,10 +9,12 @@ takes its share of each global batch; only rank 0 writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,19 @@ def broadcast(tensor: torch.Tensor, context: Context) -> torch.Tensor:
     if context.world > 1:
         dist.broadcast(tensor, src=0)
     return tensor
+
+
+@contextlib.contextmanager
+def machine_lead_first(context: Context) -> Iterator[None]:
+    """Run the block in each machine's first process (local rank 0) before the others enter it:
+    what it caches on the machine's disk (a decoded folder), the others then find."""
+    if context.world > 1 and context.local_rank != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if context.world > 1 and context.local_rank == 0:
+            dist.barrier()
 
 
 def finish(context: Context) -> None:

@@ -191,7 +191,11 @@ def train(
             f"batch_size {config.batch_size} is smaller than the {context.world} processes sharing it"
         )
     config = dataclasses.replace(config, world_size=context.world)
-    train_images, val_images = split_train_val(config, device)
+    if config.dataset.startswith("folder:"):  # a folder over max_memory is decoded once per machine
+        with distributed.machine_lead_first(context):
+            train_images, val_images = split_train_val(config, device)
+    else:
+        train_images, val_images = split_train_val(config, device)
     noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])
     channels, height, width = image_shape
