@@ -155,10 +155,21 @@ def test_a_damaged_entropy_file_is_refused_and_version_1_files_still_open(
 def test_file_names_are_packed_without_loss(names: list[str]) -> None:
     from vaelab.apps.compress import pack_names, unpack_names
 
-    assert unpack_names(pack_names(names)) == names
+    assert unpack_names(pack_names(names), len(names)) == names
 
 
-def test_numbered_names_cost_about_a_byte_each() -> None:
-    from vaelab.apps.compress import pack_names
+@pytest.mark.parametrize(
+    ("names", "most"),
+    [
+        ([f"digit_{i:04d}.png" for i in range(64)], 16),  # one numbered run: prefix, start, suffix
+        ([f"img{i}.jpg" for i in range(7, 120)], 16),  # unpadded numbers that gain digits
+        ([f"scan 2024-{i:03d}.tif" for i in range(999, 1003)], 24),
+        ([f"digit_{i:04d}.png" for i in range(0, 128, 2)], 80),  # gaps: front-coded, a byte a name
+        (["a7.png", "a8.png", "b9.png"], 40),
+    ],
+)
+def test_numbered_names_take_a_few_bytes_and_come_back_exactly(names: list[str], most: int) -> None:
+    from vaelab.apps.compress import pack_names, unpack_names
 
-    assert len(pack_names([f"digit_{i:04d}.png" for i in range(64)])) < 80
+    packed = pack_names(names)
+    assert len(packed) <= most and unpack_names(packed, len(names)) == names

@@ -12,7 +12,9 @@ File layout (version 2, little-endian; every byte counts, so the header is binar
     1 byte    codes: 0 float16, 1 int8, 2 entropy
     5 bytes   image shape: channels (uint8), height, width (uint16)
     varint    image count N;  varint latent size D
-    varint    L, then L bytes: the file names joined by newlines, raw DEFLATE (L = 0: numbered)
+    varint    L, then L bytes: the file names (L = 0: none, the images are numbered on output),
+              front-coded and raw DEFLATE, or, when the first byte is 0x07, one numbered run:
+              varint first number, varint digits, prefix, NUL, suffix (UTF-8)
     codes     float16: nothing more;  int8: D offsets, D scales (float32);
               entropy: the step (float32) and the CRC-32 of the run's prior (uint32)
     payload   the codes: N*D float16 or int8 values, or the entropy-coded stream
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -50,7 +53,7 @@ DECODE_DRAWS = 8  # pixelcnn decoders: images drawn (seed 0, so repeatable) to e
 DEFAULT_STEP = (
     0.25  # quantization step of the entropy coder, in units of the codes' spread (LatentPrior.scale)
 )
-RD_STEPS = (0.125, 0.25, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)  # the rate-distortion curve's steps
+RD_STEPS = (0.125, 0.25, 0.4, 0.45, 0.5, 0.75, 1.0, 1.5, 2.0)  # the rate-distortion curve's steps
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
@@ -123,9 +126,14 @@ class _Reader:
             shift += 7
 
 
+NUMBERED = 0x07  # first byte of a numbered-names table: a raw DEFLATE stream never starts so (BTYPE 11)
+
+
 def pack_names(names: list[str]) -> bytes:
-    """File names front-coded (each as the length of the prefix it shares with the one before, then
-    the rest, NUL-terminated) and deflated: numbered names cost about a byte each."""
+    """The file names: a numbered run (prefix, first number, digits, suffix: e.g. digit_0000.png to
+    digit_0063.png in 13 bytes) when the names are one, else front-coded (each as the length of
+    the prefix it shares with the one before, then the rest, NUL-terminated) and deflated, which
+    costs about a byte a name for numbered names with gaps."""
     coded, before = bytearray(), b""
     for name in names:
         raw = name.encode()
@@ -134,11 +142,30 @@ def pack_names(names: list[str]) -> bytes:
         coded += bytes([shared]) + raw[shared:] + b"\0"
         before = raw
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)
-    return packer.compress(bytes(coded)) + packer.flush()
+    front_coded = packer.compress(bytes(coded)) + packer.flush()
+    run = _numbered_run(names)
+    return run if run is not None and len(run) < len(front_coded) else front_coded
 
 
-def unpack_names(data: bytes) -> list[str]:
-    """The names written by pack_names."""
+def _numbered_run(names: list[str]) -> bytes | None:
+    """The names as one run of consecutive numbers between a fixed prefix and suffix, or None."""
+    match = re.fullmatch(r"(.*\D|)(\d+)(\D*)", names[0], re.DOTALL)
+    if match is None or "\0" in names[0]:
+        return None
+    prefix, digits, suffix = match.groups()
+    start, width = int(digits), len(digits)
+    if any(name != f"{prefix}{start + i:0{width}d}{suffix}" for i, name in enumerate(names)):
+        return None
+    return bytes([NUMBERED]) + _varint(start) + _varint(width) + prefix.encode() + b"\0" + suffix.encode()
+
+
+def unpack_names(data: bytes, count: int) -> list[str]:
+    """The `count` names written by pack_names."""
+    if data[:1] == bytes([NUMBERED]):
+        reader = _Reader(data[1:])
+        start, width = reader.varint(), reader.varint()
+        prefix, _, suffix = data[1 + reader.at :].decode().partition("\0")
+        return [f"{prefix}{start + i:0{width}d}{suffix}" for i in range(count)]
     coded, names, before, at = zlib.decompress(data, -15), [], b"", 0
     while at < len(coded):
         end = coded.index(b"\0", at + 1)
@@ -180,7 +207,7 @@ def unpack(data: bytes, source: str) -> tuple[Header, bytes]:
         header = Header(model, DTYPES[kind], (channels, height, width), reader.varint(), reader.varint())
         names = reader.take(reader.varint())
         if names:
-            header.names = unpack_names(names)
+            header.names = unpack_names(names, header.count)
         if header.dtype == "int8":
             header.offset = np.frombuffer(reader.take(4 * header.latent_dim), "<f4").astype(np.float32)
             header.scale = np.frombuffer(reader.take(4 * header.latent_dim), "<f4").astype(np.float32)
