@@ -47,7 +47,8 @@ def cache_key(root: Path, files: list[Path], image_size: int | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """PIL's lazy open (the header only); an unreadable file is one line naming it."""
     try:
         return Image.open(path)
     except (UnidentifiedImageError, OSError) as error:
@@ -59,7 +60,7 @@ def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
     grey = True
     first_size = None
     for path in files:
-        with _open(path) as image:
+        with open_image(path) as image:
             grey = grey and image.mode in GREY_MODES
             size = image.size
         if first_size is None:
@@ -112,7 +113,7 @@ def decoded_folder(
         for position, index in enumerate(tqdm(rows, desc=f"decoding {root.name}", unit="img")):
             path = files[index]
             try:
-                with _open(path) as image:
+                with open_image(path) as image:
                     converted = image.convert(mode)
             except (OSError, ValueError) as error:
                 raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None

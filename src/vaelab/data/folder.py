@@ -19,14 +19,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from vaelab.data.cache import decoded_folder, folder_cache_dir, layout
+from vaelab.data.cache import GREY_MODES, decoded_folder, folder_cache_dir, layout, open_image
 from vaelab.data.imageset import ImageSet, ensure_fits_in_memory, memory_budget
 from vaelab.data.stream import ImageFile
 from vaelab.errors import VaelabError
 
 logger = logging.getLogger(__name__)
 
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_SEED = 0
 TEST_SHARE = 0.2
@@ -85,11 +84,8 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
 def _size(path: Path, image_size: int | None) -> tuple[int, int]:
     if image_size is not None:
         return image_size, image_size
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError) as error:
-        raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+    with open_image(path) as image:
+        return image.size
 
 
 def load_folder(
