@@ -30,7 +30,7 @@ from vaelab.data.transforms import as_uint8_images, to_unit
 from vaelab.device import map_batches, model_device, resolve_device
 from vaelab.distributions import entropy_floor
 from vaelab.errors import VaelabError
-from vaelab.evaluation import evaluate_images
+from vaelab.evaluation import evaluate_images, structural_similarity
 from vaelab.models import VAE
 from vaelab.runs import check_shape
 
@@ -67,7 +67,7 @@ class LatentEncoder(TransformerMixin, BaseEstimator):
         return np.asarray([f"z{d}" for d in range(self.latent_dim_)], dtype=object)
 
 
-SCORES = ("recon", "elbo", "nll", "knn", "recon+knn")
+SCORES = ("recon", "elbo", "nll", "knn", "recon+knn", "ssim", "ssim+knn")
 KNN_NEIGHBORS = 5
 
 
@@ -77,11 +77,12 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
     Parameters
     ----------
     run : path of a vaelab run folder.
-    score : "recon" (reconstruction loss at the latent mean), "elbo" (negative ELBO, VAE),
-        "nll" (importance-sampled negative log-likelihood, a VAE with the bernoulli loss), "knn"
-        (mean distance of the latent mean to its KNN_NEIGHBORS nearest latents of the fit images,
-        each dimension scaled by its spread there) or "recon+knn" (the sum of both, each
-        standardized by its mean and spread on the fit images).
+    score : "recon" (reconstruction loss at the latent mean), "ssim" (1 - SSIM of the mean
+        reconstruction: structure, not pixel sums, as in Bergmann et al., 2019), "elbo" (negative
+        ELBO, VAE), "nll" (importance-sampled negative log-likelihood, a VAE with the bernoulli
+        loss), "knn" (mean distance of the latent mean to its KNN_NEIGHBORS nearest latents of the
+        fit images, each dimension scaled by its spread there, VAE), or "recon+knn" / "ssim+knn"
+        (the sum of the two, each standardized by its mean and spread on the fit images, VAE).
     contamination : expected share of anomalies in the data given to `fit`; sets `offset_`.
     k : importance samples per image for score="nll".
     device : "auto", "cpu", "cuda" or "mps".
@@ -106,9 +107,14 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         if not 0 < self.contamination < 0.5:
             raise VaelabError(f"contamination must be in (0, 0.5), got {self.contamination}")
         model = checkpoint.load(self.run, resolve_device(self.device))
-        if self.score != "recon" and not isinstance(model, VAE):
+        if self.score not in ("recon", "ssim") and not isinstance(model, VAE):
             raise VaelabError(
-                f"score {self.score!r} needs a VAE; {self.run} holds a plain autoencoder (use recon)"
+                f"score {self.score!r} needs a VAE; {self.run} holds a plain autoencoder (use recon or ssim)"
+            )
+        if "ssim" in self.score and isinstance(model, VAE) and not model.pixels.closed_form_mean:
+            raise VaelabError(
+                f"score {self.score!r} compares the mean reconstruction, which a {model.pixels.name} decoder "
+                "does not have; use recon or recon+knn"
             )
         if self.score == "nll" and model.config.loss != "bernoulli":
             raise VaelabError(
@@ -124,8 +130,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 )
             self.latent_scale_ = codes.std(0) + 1e-8
             self.latents_ = codes / self.latent_scale_
-            if self.score == "recon+knn":
-                parts = np.stack([self._recon_loss(images), self._knn_distance(codes, exclude_self=True)])
+            if "+" in self.score:
+                parts = np.stack([self._reconstruction(images), self._knn_distance(codes, exclude_self=True)])
                 self.standardize_ = (parts.mean(1), parts.std(1) + 1e-12)
         scores = self._scores(X, exclude_self=True)  # a fit image is not its own neighbour
         self.offset_ = float(np.quantile(scores, self.contamination))
@@ -134,7 +140,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Normality of each image (lower = more abnormal): the negated loss in nats per image, or
-        the negated latent distance, or the negated sum of both in standard deviations."""
+        SSIM - 1, or the negated latent distance, or the negated sum of two in standard deviations."""
         return self._scores(X)
 
     def _scores(self, X: Any, exclude_self: bool = False) -> np.ndarray:
@@ -153,10 +159,10 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             if self.score == "knn":
                 return -distance
             (mean_loss, mean_distance), (sd_loss, sd_distance) = self.standardize_
-            loss = self._recon_loss(images)
+            loss = self._reconstruction(images)
             return -((loss - mean_loss) / sd_loss + (distance - mean_distance) / sd_distance)
-        if self.score == "recon":
-            return -self._recon_loss(images)
+        if self.score in ("recon", "ssim"):
+            return -self._reconstruction(images)
         evaluation = evaluate_images(
             self.model_, images, self.k if self.score == "nll" else 1, seed=self.seed
         )
@@ -170,8 +176,17 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             return loss - entropy_floor(to_unit(images)).double().numpy()
         return loss
 
-    def _recon_loss(self, images: torch.Tensor) -> np.ndarray:
-        """Reconstruction loss at the latent mean, above its floor."""
+    def _reconstruction(self, images: torch.Tensor) -> np.ndarray:
+        """How badly each image is rebuilt from its latent mean: the loss above its floor, or
+        1 - SSIM of the mean reconstruction."""
+        model = self.model_
+        if "ssim" in self.score:
+            dissimilarity = map_batches(
+                lambda x: 1 - structural_similarity(model.decode(model.embed(x)), x),
+                images,
+                model_device(model),
+            )
+            return dissimilarity.double().numpy()
         return self._above_floor(self._recon_at_mean(images), images)
 
     def _knn_distance(self, codes: np.ndarray, exclude_self: bool = False) -> np.ndarray:

@@ -33,7 +33,8 @@ def anomaly_fit(
         str,
         Choices(SCORES),
         "reconstruction loss, negative ELBO (VAE), importance-sampled NLL, distance to the nearest "
-        "normal latents, or reconstruction loss plus that distance (each in standard deviations)",
+        "normal latents, reconstruction loss plus that distance (each in standard deviations), 1 - SSIM "
+        "of the reconstruction, or 1 - SSIM plus the latent distance (best on one-class digits)",
     ] = "recon",
     contamination: Annotated[float, "expected share of anomalies in the normal images"] = 0.05,
     k: Annotated[int, "importance samples per image for the nll score"] = 100,
@@ -90,7 +91,7 @@ def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
         if "knn" in detector.score:
             detector.latents_ = np.asarray(saved["latents"], dtype=np.float64)
             detector.latent_scale_ = np.asarray(saved["latent_scale"], dtype=np.float64)
-            if detector.score == "recon+knn":
+            if "+" in detector.score:
                 detector.standardize_ = tuple(
                     np.asarray(part, dtype=np.float64) for part in saved["standardize"]
                 )
