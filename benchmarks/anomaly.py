@@ -5,8 +5,9 @@
 
 Runs `vaelab anomaly benchmark` (defaults: 16-D conv AE and VAE, 1,000 optimizer steps each, seed
 0) for each protocol and dataset, printing the per-class AUROC table of every score: the AE and
-VAE scores, PCA at the latent size and at its best number of components (8-64, chosen on the test
-labels), and IsolationForest. Fashion-MNIST is read from Debian's dataset-fashion-mnist package
+VAE scores (reconstruction loss, ELBO, latent distance, 1 - SSIM, and the sums), PCA at the latent
+size and at its best number of components (8-64, chosen on the test labels; also scored by 1 - SSIM),
+and IsolationForest. Fashion-MNIST is read from Debian's dataset-fashion-mnist package
 (or --data-dir); without it the script says so in one line and goes on. Targets on mnist-mini:
 one-class mean AUROC >= 0.97 and held-out >= 0.85, each at least 0.02 above pca_best. The last
 line printed is one JSON object with every figure.

@@ -151,3 +151,15 @@ def test_ssim_needs_a_mean_image(tmp_path: Path, digits: torch.Tensor) -> None:
 def test_knn_needs_more_normal_images_than_neighbours(vae_run: Path, digits: torch.Tensor) -> None:
     with pytest.raises(vaelab.VaelabError, match="more than 5 normal images"):
         AnomalyDetector(vae_run, score="knn", device="cpu").fit(digits[:5])
+
+
+def test_fit_on_a_one_class_run_takes_only_its_class_as_normal(tmp_path: Path) -> None:
+    run = tmp_path / "ones"
+    vaelab.train(
+        run, model="ae", arch="mlp", latent_dim=2, epochs=1, classes="1", device="cpu", progress=False
+    )
+    labels = vaelab.load_dataset("mnist-mini", "train")[1]
+    fitted = vaelab.anomaly_fit(run, out=tmp_path / "det.json", device="cpu")
+    assert fitted["classes"] == [1] and fitted["n_images"] == int((labels == 1).sum()) < len(labels) // 5
+    everything = vaelab.anomaly_fit(run, out=tmp_path / "all.json", dataset="mnist-mini", device="cpu")
+    assert everything["classes"] is None and everything["n_images"] == len(labels)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 
 from vaelab import checkpoint, plots
 from vaelab.data.transforms import to_unit
@@ -45,9 +46,17 @@ def anomaly_fit(
     seed: Annotated[Seed, "seed of the posterior samples (elbo, nll)"] = 0,
     device: Device = "auto",
 ) -> dict[str, Any]:
-    """Fit a detector on normal images (default: the run's training split) and save it as JSON."""
+    """Fit a detector on normal images (default: the run's training split, only the classes it
+    was trained on when it was given some) and save it as JSON."""
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
+    # A run trained on some classes (one-class detection) calls those normal, not the others.
+    classes = config.class_list() if dataset is None and not inputs else None
+    if classes is not None and images.labels is not None:
+        keep = torch.isin(images.labels, torch.tensor(classes))
+        images.images, images.labels = images.images[keep], images.labels[keep]
+        if images.paths is not None:
+            images.paths = [path for path, kept in zip(images.paths, keep.tolist()) if kept]
     detector = AnomalyDetector(
         run, score=score, contamination=contamination, k=k, device=device, seed=seed
     ).fit(images.images)
@@ -66,6 +75,7 @@ def anomaly_fit(
         "offset": detector.offset_,
         "score": score,
         "n_images": len(images),
+        "classes": classes,
     }
 
 
