@@ -121,8 +121,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 f"score 'nll' needs the bernoulli loss; {self.run} uses {model.config.loss} (use recon)"
             )
         self.model_ = model
+        images = self._images(X)
         if "knn" in self.score:
-            images = as_uint8_images(X)
             codes = latent.embed_images(model, images).double().numpy()
             if len(codes) <= KNN_NEIGHBORS:
                 raise VaelabError(
@@ -130,21 +130,27 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 )
             self.latent_scale_ = codes.std(0) + 1e-8
             self.latents_ = codes / self.latent_scale_
+            distance = self._knn_distance(codes, exclude_self=True)  # a fit image is not its own neighbour
+            loss = None
             if "+" in self.score:
-                parts = np.stack([self._reconstruction(images), self._knn_distance(codes, exclude_self=True)])
+                loss = self._reconstruction(images)
+                parts = np.stack([loss, distance])
                 self.standardize_ = (parts.mean(1), parts.std(1) + 1e-12)
-        scores = self._scores(X, exclude_self=True)  # a fit image is not its own neighbour
+            scores = self._combine(loss, distance)
+        else:
+            scores = self._scores(images)
         self.offset_ = float(np.quantile(scores, self.contamination))
-        self.n_features_in_ = int(np.prod(as_uint8_images(X).shape[1:]))
+        self.n_features_in_ = int(np.prod(images.shape[1:]))
         return self
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Normality of each image (lower = more abnormal): the negated loss in nats per image, or
         SSIM - 1, or the negated latent distance, or the negated sum of two in standard deviations."""
-        return self._scores(X)
-
-    def _scores(self, X: Any, exclude_self: bool = False) -> np.ndarray:
         check_is_fitted(self, "model_")
+        return self._scores(self._images(X))
+
+    def _images(self, X: Any) -> torch.Tensor:
+        """X as uint8 images [N, C, H, W], checked against the model's image shape."""
         images = as_uint8_images(X)
         c = self.model_.config
         if tuple(images.shape[1:]) != (c.image_channels, c.image_height, c.image_width):
@@ -152,15 +158,20 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 f"images of shape {tuple(images.shape[1:])} given; the model expects "
                 f"{(c.image_channels, c.image_height, c.image_width)}"
             )
+        return images
+
+    def _combine(self, loss: np.ndarray | None, distance: np.ndarray) -> np.ndarray:
+        """The knn scores from their parts: the negated distance, or the negated sum of the
+        reconstruction part and the distance, each standardized on the fit images."""
+        if loss is None:
+            return -distance
+        (mean_loss, mean_distance), (sd_loss, sd_distance) = self.standardize_
+        return -((loss - mean_loss) / sd_loss + (distance - mean_distance) / sd_distance)
+
+    def _scores(self, images: torch.Tensor) -> np.ndarray:
         if "knn" in self.score:
-            distance = self._knn_distance(
-                latent.embed_images(self.model_, images).double().numpy(), exclude_self
-            )
-            if self.score == "knn":
-                return -distance
-            (mean_loss, mean_distance), (sd_loss, sd_distance) = self.standardize_
-            loss = self._reconstruction(images)
-            return -((loss - mean_loss) / sd_loss + (distance - mean_distance) / sd_distance)
+            distance = self._knn_distance(latent.embed_images(self.model_, images).double().numpy())
+            return self._combine(self._reconstruction(images) if "+" in self.score else None, distance)
         if self.score in ("recon", "ssim"):
             return -self._reconstruction(images)
         evaluation = evaluate_images(
