@@ -21,7 +21,10 @@ def test_every_setting_is_declared_once() -> None:
 
 
 def test_the_default_model_is_what_train_builds_by_default() -> None:
+    # film waits for the images' channels: the trainer settles it once it has them (grey here)
     trained = TrainConfig().validate().resolved().model_config
+    assert trained.film is None
+    trained = trained.resolved()
     built = build_model(ModelConfig()).config
     assert built == trained
     assert (built.arch, built.hidden, built.latent_dim, built.decoder) == ("resnet", 512, 32, "factorized")
@@ -69,3 +72,18 @@ def test_learning_rate_and_free_bits_follow_the_decoder_unless_given() -> None:
     assert lr_and_free_bits(binarize="dynamic", decoder="factorized") == (DEFAULT_LR, 0.0)
     assert lr_and_free_bits(binarize="dynamic", lr=5e-4, free_bits=0.0) == (5e-4, 0.0)
     assert lr_and_free_bits(binarize="dynamic", objective="iwae")[1] == 0.0
+
+
+def test_film_is_on_for_colour_conv_decoders_unless_set_and_off_in_runs_saved_before_it() -> None:
+    def film(**settings) -> bool | None:
+        return ModelConfig(**settings).validate().resolved().film
+
+    assert film(image_channels=3) is True and film(image_channels=3, arch="conv") is True
+    assert film(image_channels=1) is False and film(image_channels=3, arch="mlp") is False
+    assert film(image_channels=3, film=False) is False and film(image_channels=1, film=True) is True
+    with pytest.raises(VaelabError, match="film modulates the feature maps of a conv or resnet decoder"):
+        ModelConfig(arch="mlp", film=True).validate()
+    saved = ModelConfig(image_channels=3).resolved().to_dict()
+    assert ModelConfig.from_dict(saved).film is True
+    del saved["film"]  # a colour run saved before film existed was built without it
+    assert ModelConfig.from_dict(saved).film is False

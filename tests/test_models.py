@@ -55,6 +55,33 @@ def test_group_norm_adds_a_scale_and_shift_per_channel_of_every_hidden_feature_m
     assert torch.isfinite(normed(x, generator=torch.Generator().manual_seed(0)).loss)
 
 
+def test_film_starts_as_the_plain_decoder_and_scales_every_hidden_feature_map() -> None:
+    settings = {"model": "vae", "arch": "conv", "latent_dim": 4, "channels": 8, "hidden": 0, "image_channels": 3,
+                "image_height": 32, "image_width": 32, "loss": "dlogistic"}  # fmt: skip
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(**settings, film=False))
+    torch.manual_seed(0)
+    film = build_model(ModelConfig(**settings, film=True))
+    assert film.decoder.film is not None and plain.decoder.film is None
+    # 32 px: stages [8, 16]; the decoder modulates the 16-channel start map and the 8-channel
+    # hidden stage: a scale and a shift per channel, each a linear function of the 4-D z
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(film) - count(plain) == 2 * (16 + 8) * (4 + 1)
+    z = torch.randn(5, 4)
+    torch.testing.assert_close(film.decoder(z), plain.decoder(z))  # gamma = beta = 0 at the start
+    # gamma = -1 on the last hidden stage zeroes what the output convolution sees: its bias is all
+    # that is left, the same at every pixel
+    with torch.no_grad():
+        film.decoder.film.bias[16 : 16 + 8] = -1.0
+    out = film.decoder(z)
+    bias = film.decoder.deconvs[-1].bias
+    torch.testing.assert_close(out, bias.view(1, -1, 1, 1).expand_as(out))
+    with torch.no_grad():  # a scale that depends on z changes the output with z
+        film.decoder.film.bias.zero_()
+        film.decoder.film.weight.normal_()
+    assert not torch.allclose(film.decoder(z), plain.decoder(z))
+
+
 def test_hidden_layer_adds_exactly_its_dense_weights() -> None:
     plain = build_model(ModelConfig(model="vae", arch="conv", latent_dim=8, hidden=0))
     wide = build_model(ModelConfig(model="vae", arch="conv", latent_dim=8, hidden=100))

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
+from conftest import write_shapes_folder
 from vaelab import training
 from vaelab.checkpoint import read_metrics
 from vaelab.config import PIXELCNN_FREE_BITS, PIXELCNN_LR
@@ -87,6 +88,18 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_epoch(
     assert all(torch.equal(good[k], kept[k]) for k in good)
     assert len(_metrics(run)) == 1
     assert not list(run.glob(".*tmp*"))  # no half-written files
+
+
+def test_a_colour_run_records_film_and_reloads_with_it(tmp_path: Path) -> None:
+    folder, _ = write_shapes_folder(tmp_path / "shapes", 64, 16, {})
+    run = tmp_path / "run"
+    vaelab.train(run, dataset=f"folder:{folder}", arch="conv", channels=8, hidden=0, latent_dim=4, epochs=1,
+                 batch_size=32, loss="dlogistic", device="cpu", progress=False)  # fmt: skip
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert saved["film"] is True and saved["image_channels"] == 3
+    model = vaelab.load(run)
+    assert model.decoder.film is not None
+    assert set(load_file(str(run / "model.safetensors"))) == set(model.state_dict())
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path: Path) -> None:

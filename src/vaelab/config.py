@@ -46,6 +46,7 @@ PLAIN_TRAINING: dict[str, Any] = {
     "lr_warmup_epochs": 0,
     "kl_warmup_epochs": 0,
     "ema": 0.0,
+    "film": False,
 }
 
 
@@ -88,6 +89,12 @@ class ModelConfig:
         "none", "conv/resnet: group normalization after each convolution (group), or none", NORMS
     )
     hidden: int = setting(512, "conv/resnet: units of a dense layer between the conv features and the latent")
+    film: bool | None = setting(
+        None,
+        "conv/resnet decoder: scale and shift each channel of every hidden feature map by a linear "
+        "function of z (FiLM), so colour times shape is one product away; default: on for colour "
+        "images, off for grey ones",
+    )
     mlp_hidden: int = setting(400, "mlp: units of its hidden layer (400 as in the PyTorch VAE example)")
     decoder: str = setting(
         "auto",
@@ -116,9 +123,10 @@ class ModelConfig:
 
     def resolved(self, binarized: bool = False) -> ModelConfig:
         """A copy with "auto" replaced: the decoder (pixelcnn for a VAE with the bernoulli loss on
-        binarized images, where that likelihood is exact; else factorized) and the free bits
+        binarized images, where that likelihood is exact; else factorized), the free bits
         (PIXELCNN_FREE_BITS for an elbo-trained pixelcnn decoder, which would otherwise model the
-        pixels alone and leave z unused, else 0)."""
+        pixels alone and leave z unused, else 0) and film (on for colour conv/resnet decoders: set
+        image_channels first)."""
         decoder = self.decoder
         if decoder == "auto":
             binary_vae = self.model == "vae" and self.loss == "bernoulli" and binarized
@@ -126,7 +134,10 @@ class ModelConfig:
         free_bits = self.free_bits
         if free_bits is None:
             free_bits = PIXELCNN_FREE_BITS if decoder == "pixelcnn" and self.objective == "elbo" else 0.0
-        return dataclasses.replace(self, decoder=decoder, free_bits=free_bits)
+        film = self.film
+        if film is None:
+            film = self.image_channels > 1 and self.arch != "mlp"
+        return dataclasses.replace(self, decoder=decoder, free_bits=free_bits, film=film)
 
     def validate(self) -> ModelConfig:
         """Raise VaelabError naming the first out-of-range setting; return self."""
@@ -140,6 +151,10 @@ class ModelConfig:
             _at_least("free_bits", self.free_bits, 0)
         if self.objective == "iwae" and (self.model != "vae" or self.beta != 1 or self.free_bits):
             raise VaelabError("objective iwae needs model vae with beta 1 and no free_bits")
+        if self.film and self.arch == "mlp":
+            raise VaelabError(
+                "film modulates the feature maps of a conv or resnet decoder; use arch conv or resnet"
+            )
         if self.decoder == "pixelcnn" and (self.model != "vae" or self.loss != "bernoulli"):
             raise VaelabError(
                 "decoder pixelcnn needs model vae and loss bernoulli (it models each pixel's probability); "
@@ -152,7 +167,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, data, "model setting")
+        # a saved config is resolved: one without film was trained before it existed, without it
+        return _from_dict(cls, {"film": False, **data}, "model setting")
 
 
 @dataclass
@@ -290,7 +306,10 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with every "auto" replaced (decoder, free bits, learning rate): what a run records,
         so a resumed run keeps it whatever later defaults say."""
-        model = self.model_config.resolved(binarized=self.binarize != "none")
+        # film waits for the data's channel count: the trainer resolves it once it has the images
+        model = dataclasses.replace(
+            self.model_config.resolved(binarized=self.binarize != "none"), film=self.model_config.film
+        )
         lr = self.lr if self.lr is not None else PIXELCNN_LR if model.decoder == "pixelcnn" else DEFAULT_LR
         precision = "bf16" if self.amp and self.precision == "fp32" else self.precision
         return dataclasses.replace(self, model_config=model, lr=lr, precision=precision)

@@ -84,7 +84,14 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """[B, D] -> `out_channels` maps [B, out_channels, H, W] through one linear layer and
-    stride-2 transposed convolutions (each preceded by a residual block when `residual`)."""
+    stride-2 transposed convolutions (each preceded by a residual block when `residual`).
+
+    With `config.film`, every hidden activation between the stages is also scaled and shifted,
+    channel by channel, by a linear function of z (FiLM: feature-wise linear modulation, Perez et
+    al., 2018): h -> h * (1 + gamma(z)) + beta(z). A plain transposed convolution can only add
+    what z says; the product lets z set the colour of a shape whose outline the convolutions
+    draw. gamma and beta start at 0, so an untrained decoder computes what it would without them.
+    """
 
     def __init__(self, config: ModelConfig, residual: bool, out_channels: int) -> None:
         super().__init__()
@@ -112,9 +119,27 @@ class ConvDecoder(nn.Module):
             if i < len(channels) - 1:  # no normalization or activation on the output
                 layers += [*([group_norm(out_ch)] if norm else []), nn.ReLU()]
         self.deconvs = nn.Sequential(*layers)
+        # the activations FiLM modulates: the start map's and each hidden stage's, channels[i] wide
+        self.film_widths = channels
+        self.film: nn.Linear | None = None
+        if config.film:
+            self.film = nn.Linear(config.latent_dim, 2 * sum(channels))
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.deconvs(self.head(z).view(-1, *self.start_shape))
+        x = self.head(z).view(-1, *self.start_shape)
+        if self.film is None:
+            x = self.deconvs(x)
+        else:
+            gamma, beta = self.film(z)[:, :, None, None].chunk(2, dim=1)
+            gammas, betas = gamma.split(self.film_widths, dim=1), beta.split(self.film_widths, dim=1)
+            stage = 0
+            for layer in self.deconvs:
+                x = layer(x)
+                if isinstance(layer, nn.ReLU):  # the stage activations (residual blocks use SiLU)
+                    x = torch.addcmul(betas[stage], x, 1 + gammas[stage])
+                    stage += 1
         return x[:, :, : self.height, : self.width]
 
 

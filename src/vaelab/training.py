@@ -201,7 +201,7 @@ def train(
     channels, height, width = image_shape
     model_config = dataclasses.replace(
         config.model_config, image_channels=channels, image_height=height, image_width=width
-    )
+    ).resolved()  # what depends on the images (film) is settled now; the rest already is
     config = dataclasses.replace(config, model_config=model_config)
 
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
