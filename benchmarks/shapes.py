@@ -55,7 +55,8 @@ def train_and_score(
     started = time.perf_counter()
     summary = vaelab.train(run, dataset="shapes", device=device, progress=False, **settings)
     minutes = (time.perf_counter() - started) / 60
-    scores = vaelab.evaluate(run, k=k if settings.get("model", "vae") == "vae" else None,
+    likelihood = settings.get("model", "vae") == "vae" and settings.get("loss") not in ("l1", "l2")
+    scores = vaelab.evaluate(run, k=k if likelihood else None,  # l1 / l2 are distances: no NLL
                              n_images=n_images, device=device, progress=False, quality=False)  # fmt: skip
     keys = ("nll", "bits_per_dim", "png_bits_per_dim", "psnr", "ssim", "mig", "kl", "active_units")
     rates = [row["images_per_second"] for row in checkpoint.read_metrics(run)]

@@ -151,3 +151,53 @@ def test_a_checkpoint_without_its_epoch_order_is_refused(
     save_file(tensors, str(run / checkpoint.STATE), metadata=metadata)
     with pytest.raises(VaelabError, match="lacks its image order"):
         vaelab.train(run, resume=True, progress=False)
+
+
+def test_short_epochs_write_the_run_once_but_an_interrupt_still_saves_the_last_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []  # the epoch of every training state written
+    real_write = checkpoint.write_training_state
+
+    def counted(run_dir: Path, tensors: dict, metadata: dict) -> None:
+        writes.append(json.loads(metadata["progress"])["epoch"])
+        real_write(run_dir, tensors, metadata)
+
+    monkeypatch.setattr(checkpoint, "write_training_state", counted)
+    settings = {**SETTINGS, "classes": "1", "progress": False}
+    monkeypatch.setattr(training, "SAVE_SECONDS", 0.0)  # every epoch, as with epochs longer than it
+    vaelab.train(tmp_path / "each", epochs=3, **settings)
+    assert writes == [1, 2, 3]
+    writes.clear()
+    monkeypatch.setattr(training, "SAVE_SECONDS", 1e9)  # epochs far shorter than the interval
+    vaelab.train(tmp_path / "once", epochs=3, **settings)
+    assert writes == [3]  # after the last epoch only, and the same files
+    assert progress_of(tmp_path / "once")["epoch"] == 3
+    assert same(state_tensors(tmp_path / "once"), state_tensors(tmp_path / "each"))
+    timings = ("epoch_seconds", "images_per_second")
+    assert [
+        {k: v for k, v in row.items() if k not in timings}
+        for row in checkpoint.read_metrics(tmp_path / "once")
+    ] == [
+        {k: v for k, v in row.items() if k not in timings}
+        for row in checkpoint.read_metrics(tmp_path / "each")
+    ]
+
+    # Ctrl-C at the first step of epoch 3, nothing written yet: epoch 2 is saved on the way out
+    writes.clear()
+    steps_per_epoch = checkpoint.read_metrics(tmp_path / "each")[0]["optimizer_steps"]
+    real_warmup = training.warmup_factor
+
+    def stop_in_epoch_3(done: int, warmup_steps: int) -> float:
+        if done == 2 * steps_per_epoch:
+            raise KeyboardInterrupt
+        return real_warmup(done, warmup_steps)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "warmup_factor", stop_in_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            vaelab.train(tmp_path / "stopped", epochs=3, **settings)
+    assert writes == [2] and progress_of(tmp_path / "stopped")["epoch"] == 2
+    assert [row["epoch"] for row in checkpoint.read_metrics(tmp_path / "stopped")] == [1, 2]
+    vaelab.train(tmp_path / "stopped", resume=True, epochs=3, **settings)
+    assert same(state_tensors(tmp_path / "stopped"), state_tensors(tmp_path / "each"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -33,6 +35,7 @@ def _metrics(run: Path) -> list[dict]:
 def test_same_seed_same_result_and_another_seed_differs(tmp_path: Path) -> None:
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         vaelab.train(tmp_path / name, epochs=1, seed=seed, binarize="dynamic", **FAST)
+    assert torch.backends.cudnn.benchmark is False  # set only while training on CUDA, then restored
     a, b, c = (_weights(tmp_path / n) for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -284,6 +287,21 @@ def test_classes_keep_only_the_named_labels() -> None:
         training.split_train_val(TrainConfig(classes="42"), torch.device("cpu"))
 
 
+def _assert_same_loss_and_gradients(
+    reference: torch.nn.Module, other: torch.nn.Module, x: torch.Tensor
+) -> None:
+    """One step of each on x with the same draws: losses equal and gradients close up to float32
+    rounding (sums taken in another order)."""
+    losses = []
+    for model in (reference, other):
+        out = model(x, generator=torch.Generator().manual_seed(1))
+        out.loss.backward()
+        losses.append(out.loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for (name, a), b in zip(reference.named_parameters(), other.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5), name
+
+
 def test_channels_last_computes_the_same_loss_and_gradients() -> None:
     torch.manual_seed(0)
     config = vaelab.ModelConfig(
@@ -295,16 +313,8 @@ def test_channels_last_computes_the_same_loss_and_gradients() -> None:
     training.speed_up(fast, channels_last=True)
     conv = fast.encoder.convs[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    x = torch.rand(6, 3, 20, 20)
-    losses = []
-    for model in (plain, fast):
-        out = model(x, generator=torch.Generator().manual_seed(1))
-        out.loss.backward()
-        losses.append(out.loss.item())
     # the same sums in another memory order: equal up to float32 rounding
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
-    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5), name
+    _assert_same_loss_and_gradients(plain, fast, torch.rand(6, 3, 20, 20))
     assert set(training.checkpoint.snapshot(fast)) == set(plain.state_dict())
 
 
@@ -320,6 +330,20 @@ def test_compiled_training_matches_eager_training(tmp_path: Path) -> None:
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["train"]["compile"] is True
     assert set(_weights(tmp_path / "compiled")) == set(_weights(tmp_path / "eager"))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on a CPU needs a C compiler")
+def test_compiling_also_compiles_the_pixel_loss_and_keeps_losses_and_gradients() -> None:
+    config = vaelab.TrainConfig.from_settings(
+        arch="conv", hidden=0, channels=8, loss="dlogistic"
+    ).model_config
+    config = dataclasses.replace(config, image_channels=3, image_height=16, image_width=16).resolved()
+    torch.manual_seed(0)
+    eager = VAE(config)
+    compiled = copy.deepcopy(eager)
+    training.speed_up(compiled, compile_=True)
+    assert "loss" in vars(compiled.pixels) and "loss" not in vars(eager.pixels)  # compiled, on the instance
+    _assert_same_loss_and_gradients(eager, compiled, torch.rand(4, 3, 16, 16))  # fused: rounding only
 
 
 def test_gradient_clipper_cuts_norms_above_a_multiple_of_their_running_average() -> None:

@@ -100,7 +100,17 @@ def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the module's state on the CPU, safe to write while training goes on."""
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+    return to_host(module.state_dict())
+
+
+def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of `tensors`. From a GPU every copy is queued at once (non-blocking,
+    into pinned memory) and the host waits once for all of them, not once per tensor."""
+    copies = {k: v.detach().contiguous().to("cpu", non_blocking=True, copy=True) for k, v in tensors.items()}
+    devices = {v.device for v in tensors.values() if v.device.type == "cuda"}
+    for device in devices:
+        torch.cuda.current_stream(device).synchronize()
+    return copies
 
 
 def write_model(
@@ -187,15 +197,16 @@ def training_state_snapshot(
     loss, ...). Within an epoch, `progress["partial"]` says how far it got and `epoch_order` is the
     epoch's order of the training images."""
     optim_state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state().cpu()}
+    tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state()}
     if epoch_order is not None:
-        tensors["epoch_order"] = epoch_order.detach().to("cpu", copy=True).contiguous()
+        tensors["epoch_order"] = epoch_order
     for prefix, module in (("model", model), ("ema", ema)):
         if module is not None:
-            tensors.update({f"{prefix}.{name}": value for name, value in snapshot(module).items()})
+            tensors.update({f"{prefix}.{name}": value for name, value in module.state_dict().items()})
     for index, slots in optim_state["state"].items():
         for key, value in slots.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu", copy=True)
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
+    tensors = to_host(tensors)
     metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(optim_state["param_groups"])}
     return tensors, metadata
 

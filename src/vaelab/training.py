@@ -51,6 +51,11 @@ RESUMABLE = (
     "save_every",
 )  # settings a resumed run may change
 CHECK_EVERY = 32  # steps between checks of the losses for NaN (each one waits for the device)
+# The run folder (metrics, best weights, training state) is brought up to date at the end of an
+# epoch at most once per SAVE_SECONDS, after the last epoch, and when training stops early, fails
+# or is interrupted; so a killed run loses at most this much training, and epochs of milliseconds
+# (small networks on a GPU) do not spend their host time writing files.
+SAVE_SECONDS = 10.0
 COLLAPSED_KL = 1.0  # nats per image: a VAE whose validation KL is below this has stopped using z
 
 
@@ -267,6 +272,20 @@ def train(
         dynamic_ncols=True,
     )
     writer = checkpoint.BackgroundWriter()
+    pending: dict[str, tuple[Any, ...]] = {}  # the latest unwritten write of each file, by name
+    last_saved = time.perf_counter()
+
+    def save_pending() -> None:  # hand the pending writes to the writer, the training state last
+        nonlocal last_saved
+        for name in ("model", "metrics", "state"):
+            if name in pending:
+                writer.submit(*pending.pop(name))
+        last_saved = time.perf_counter()
+
+    # Every step sees the same image shape: let cuDNN time its convolution algorithms once per
+    # shape and keep the fastest (restored when training ends).
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark or device.type == "cuda"
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             # ---- one pass over the training images, in a fresh random order
@@ -339,6 +358,7 @@ def train(
                     if clipper is not None:
                         state["grad_norm_average"] = clipper.average.item()
                     if lead:
+                        save_pending()  # the last epoch's files before this newer state
                         saved = {**state, "partial": {"step": step, "totals": summed,
                                                       "seconds": time.perf_counter() - started}}  # fmt: skip
                         writer.submit(
@@ -383,15 +403,17 @@ def train(
                 state.update(best_val_loss=val["loss"], best_epoch=epoch)
                 if lead:
                     weights = checkpoint.snapshot(scored)
-                    writer.submit(checkpoint.write_model, run_dir, weights, model_config, config, epoch)
+                    pending["model"] = (checkpoint.write_model, run_dir, weights, model_config, config, epoch)
             state["epoch"] = epoch
-            if lead:  # written in the background, in this order, while the next epoch trains
-                writer.submit(checkpoint.write_metrics, run_dir, list(metrics))
-                writer.submit(
+            if lead:  # snapshots now; written in the background while the next epoch trains
+                pending["metrics"] = (checkpoint.write_metrics, run_dir, list(metrics))
+                pending["state"] = (
                     checkpoint.write_training_state,
                     run_dir,
                     *checkpoint.training_state_snapshot(model, optimizer, generator, state, ema),
                 )
+                if epoch == config.epochs or time.perf_counter() - last_saved >= SAVE_SECONDS:
+                    save_pending()
             if tracker is not None:
                 tracker.log_epoch(row, _log_grid(scored, grid_latents, epoch, config.epochs))
             bar.set_postfix(epoch=epoch, val=f"{val['loss']:.2f}", refresh=False)
@@ -415,8 +437,11 @@ def train(
                 logger.info("early stop: no better validation loss for %d epochs", config.patience)
                 break
     finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         failing = sys.exc_info()[0] is not None
         try:
+            if lead:
+                save_pending()  # the last finished epoch, also when stopped early, failing or interrupted
             writer.close()  # every checkpoint on disk before the run returns or raises
         except Exception:
             if not failing:
@@ -485,13 +510,16 @@ class GradientClipper:
 def speed_up(model: AE | VAE, compile_: bool = False, channels_last: bool = False) -> None:
     """Make `model` train faster in place, computing the same function: with `channels_last`, conv
     weights (and so the activations) in the NHWC layout that tensor-core kernels read fastest;
-    with `compile_`, the encoder and decoder compiled by torch.compile (the loss and the sampling,
-    which take changing numbers and random generators, stay eager). State-dict names are unchanged."""
+    with `compile_`, the encoder, the decoder and the pixel loss compiled by torch.compile (the
+    loss's dozen elementwise steps over every sub-pixel fuse into a few kernels; the sampling and
+    the KL weighting, which take random generators and changing numbers, stay eager). State-dict
+    names are unchanged."""
     if channels_last and model.config.arch != "mlp":
         model.to(memory_format=torch.channels_last)
     if compile_:
         model.encoder.compile()
         model.decoder.compile()
+        model.pixels.loss = torch.compile(model.pixels.loss)  # type: ignore[method-assign]
 
 
 def check_writable(run_dir: Path, create: bool = False) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -69,5 +71,5 @@ class AE(nn.Module):
         recon = self.pixels.loss(x if target is None else target, params)
         return ModelOutput(
             z=z, mu=None, log_var=None, recon=recon, kl=torch.zeros_like(recon), loss=recon.mean(),
-            reconstruction=self.pixels.mean(params.detach()),
+            mean_image=functools.partial(self.pixels.mean, params.detach()),
         )  # fmt: skip

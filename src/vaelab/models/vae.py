@@ -12,6 +12,8 @@ differentiable. The decoder maps z to the parameters of a pixel distribution p(x
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -106,7 +108,7 @@ class VAE(nn.Module):
         target = x if target is None else target
         mu, log_var = self.encode(x)
         kl_dims = kl_to_standard_normal(mu, log_var)  # [B, D]
-        reconstruction = None
+        mean_image = None
         if self.config.objective == "iwae":
             k = self.config.iw_samples
             log_w, log_px_z, z = importance_log_weights(
@@ -125,7 +127,7 @@ class VAE(nn.Module):
                 kl_term = kl_dims.sum(1).mean()
             loss = recon.mean() + weight * kl_term
             if self.pixels.closed_form_mean:
-                reconstruction = self.pixels.mean(params.detach())
+                mean_image = functools.partial(self.pixels.mean, params.detach())
         return ModelOutput(
             z=z,
             mu=mu,
@@ -133,5 +135,5 @@ class VAE(nn.Module):
             recon=recon,
             kl=kl_dims.sum(1),
             loss=loss,
-            reconstruction=reconstruction,
+            mean_image=mean_image,
         )
