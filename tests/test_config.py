@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from vaelab import ModelConfig, TrainConfig, build_model
-from vaelab.config import DEFAULT_LR, PIXELCNN_FREE_BITS, PIXELCNN_LR, setting_names
+from vaelab.config import DEFAULT_LR, DLOGISTIC_MEAN_SCALE, PIXELCNN_FREE_BITS, PIXELCNN_LR, setting_names
 from vaelab.errors import VaelabError
 
 
@@ -87,3 +87,23 @@ def test_film_is_on_for_colour_conv_decoders_unless_set_and_off_in_runs_saved_be
     assert ModelConfig.from_dict(saved).film is True
     del saved["film"]  # a colour run saved before film existed was built without it
     assert ModelConfig.from_dict(saved).film is False
+
+
+def test_the_mean_scale_defaults_to_dlogistic_only_and_is_off_in_runs_saved_before_it() -> None:
+    def mean_scale(**settings) -> float | None:
+        return TrainConfig.from_settings(**settings).validate().resolved().mean_scale
+
+    assert mean_scale(loss="dlogistic") == DLOGISTIC_MEAN_SCALE == pytest.approx(0.0498, abs=1e-4)
+    assert (
+        mean_scale(loss="dlogistic", mean_scale=0.0) == 0.0
+        and mean_scale(loss="dlogistic", mean_scale=0.1) == 0.1
+    )
+    assert mean_scale(loss="bernoulli") == 0.0 and mean_scale(loss="l2") == 0.0
+    with pytest.raises(VaelabError, match="mean_scale applies to --loss dlogistic"):
+        mean_scale(loss="l2", mean_scale=0.05)
+    with pytest.raises(VaelabError, match="mean_scale must be in"):
+        mean_scale(loss="dlogistic", mean_scale=-1.0)
+    saved = TrainConfig.from_settings(loss="dlogistic").resolved().to_dict()
+    assert TrainConfig.from_dict(saved).mean_scale == DLOGISTIC_MEAN_SCALE
+    del saved["mean_scale"]  # a run saved before the setting existed trained without it
+    assert TrainConfig.from_dict(saved).mean_scale == 0.0

@@ -155,6 +155,31 @@ def test_discretized_logistic_matches_its_definition_and_bits_per_dim() -> None:
     assert bits_per_dim(3 * 4 * 4 * math.log(256), 3 * 4 * 4) == pytest.approx(8.0)
 
 
+def test_a_mean_scale_keeps_the_loss_and_teaches_the_means_as_that_fixed_scale_would() -> None:
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 4, 4)).double() / 255
+    start = torch.cat([torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 4) - 2], 1).double()  # mu, log s - offset
+    pixels = DiscretizedLogistic(3)
+
+    def grads(mean_scale: float | None, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = params.clone().requires_grad_(True)
+        pixels.mean_scale = mean_scale
+        loss = pixels.loss(x, params)
+        loss.sum().backward()
+        return loss.detach(), params.grad
+
+    true_loss, true_grad = grads(None, start)
+    loss, grad = grads(math.exp(LOG_SCALE_OFFSET), start)
+    torch.testing.assert_close(loss, true_loss)  # the value is the true -log p(x|z)
+    torch.testing.assert_close(grad[:, 3:], true_grad[:, 3:])  # the scales learn as they would
+    held = torch.cat([start[:, :3], torch.zeros_like(start[:, 3:])], 1)  # every scale at exp(offset)
+    _, fixed_grad = grads(None, held)
+    torch.testing.assert_close(grad[:, :3], fixed_grad[:, :3])  # the means as with that fixed scale
+    assert not torch.allclose(grad[:, :3], true_grad[:, :3])
+    with torch.no_grad():  # validation and evaluation: the plain loss
+        torch.testing.assert_close(pixels.loss(x, start), true_loss)
+
+
 def test_discretized_logistic_is_stable_for_confident_colour_predictions() -> None:
     dist = DiscretizedLogistic(3)
     assert dist.param_channels == 6

@@ -410,3 +410,19 @@ def test_a_streamed_folder_trains_the_same_weights_as_one_in_memory(tmp_path: Pa
     assert all(torch.equal(memory[k], split[k]) for k in memory)
     with pytest.raises(vaelab.VaelabError, match="binarize dynamic needs the images in memory"):
         vaelab.train(tmp_path / "runs" / "bin", max_memory="0", binarize="dynamic", **settings)
+
+
+def test_the_default_learning_rate_halves_above_64_px_and_an_explicit_one_is_kept(tmp_path: Path) -> None:
+    folder, _ = write_shapes_folder(tmp_path / "data", 8, 72, {})
+    small = {"dataset": f"folder:{folder}", "arch": "conv", "hidden": 0, "channels": 4, "batch_size": 4,
+             "device": "cpu", "progress": False}  # fmt: skip
+
+    def recorded_lr(run: Path) -> float:
+        return json.loads((run / "config.json").read_text())["train"]["lr"]
+
+    vaelab.train(tmp_path / "auto", epochs=1, **small)
+    assert recorded_lr(tmp_path / "auto") == 5e-4  # 72 x 72 pixels: half of 1e-3
+    vaelab.train(tmp_path / "auto", resume=True, epochs=2, **small)
+    assert recorded_lr(tmp_path / "auto") == 5e-4  # a resumed run keeps what it recorded
+    vaelab.train(tmp_path / "explicit", epochs=1, lr=1e-3, **small)
+    assert recorded_lr(tmp_path / "explicit") == 1e-3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,9 @@ def test_colour_folders_of_64_to_256_px_train_sample_and_reconstruct(
         capsys,
     )  # fmt: skip
     assert code == 0 and np.isfinite(result["val_loss"])
+    recorded = json.loads((run / "config.json").read_text())["train"]
+    assert recorded["lr"] == (1e-3 if size <= 64 else 5e-4)  # the default rate halves above 64 x 64 pixels
+    assert recorded["mean_scale"] == pytest.approx(0.0498, abs=1e-4)  # dlogistic's means: a fixed scale
     code, result, _ = run_cli(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")], capsys)
     assert code == 0
     with Image.open(tmp_path / "s.png") as grid:

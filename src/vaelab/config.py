@@ -29,6 +29,12 @@ NORMS = ("none", "group")
 
 PIXELCNN_FREE_BITS = 0.25  # nats per latent dimension: 8 of the default 32-D latent's are free
 DEFAULT_LR, PIXELCNN_LR = 1e-3, 2e-3  # Adam; a pixelcnn decoder learns far faster with the larger one
+# Images with more pixels than this train at half the default learning rate: the default VAE at
+# 128 px spiked at epoch 4 at 1e-3 and trained 12 epochs without a spike at 5e-4 (docs/benchmarks.md)
+LARGE_IMAGE_PIXELS = 64 * 64
+# --mean-scale's default with --loss dlogistic: e^-3 ~ 0.05, the scale an untrained decoder starts
+# at (about 13 of 256 levels); on 64 px shapes it took a conv VAE from 19.6 to 26.1 dB (docs/benchmarks.md)
+DLOGISTIC_MEAN_SCALE = math.exp(-3.0)
 MAX_FEATURE_SIZE = 8  # conv nets stop downsampling once the shorter side is at most this many pixels
 
 # The small conv net and plain schedule that `vaelab train` defaulted to before its quality
@@ -196,7 +202,9 @@ class TrainConfig:
     epochs: int = setting(45, "passes over the training images")
     batch_size: int = setting(128, "images per optimizer step")
     lr: float | None = setting(
-        None, f"Adam learning rate (default {DEFAULT_LR:g}; {PIXELCNN_LR:g} with the pixelcnn decoder)"
+        None,
+        f"Adam learning rate (default {DEFAULT_LR:g}; {PIXELCNN_LR:g} with the pixelcnn decoder; either "
+        "halved for images above 64 x 64 pixels)",
     )
     val_fraction: float = setting(0.1, "share of the training split held out for validation")
     seed: int = setting(0, "seed of every random draw (weights, shuffling, sampling, binarization)")
@@ -222,6 +230,13 @@ class TrainConfig:
     )
     kl_warmup_epochs: int = setting(
         10, "raise the KL weight linearly from 0 to beta over this many epochs (0 = off)"
+    )
+    mean_scale: float | None = setting(
+        None,
+        "dlogistic: the means learn as if every sub-pixel's scale were this (in [0, 1] pixel units; "
+        "0 = off); the scales still learn, and the loss is the true -log p(x|z). Learned scales "
+        "otherwise leave the pixels the model is unsure of, such as outlines, with weak gradients and "
+        f"blurred means. Default: e^-3 = {DLOGISTIC_MEAN_SCALE:.4f} with --loss dlogistic, else 0",
     )
     lr_schedule: str = setting("cosine", "cosine decay to 0 over the epochs, or constant", SCHEDULES)
     lr_warmup_epochs: int = setting(
@@ -284,6 +299,14 @@ class TrainConfig:
             parse_bytes(self.max_memory)
         for name in ("kl_warmup_epochs", "lr_warmup_epochs", "patience", "save_every", "workers"):
             _at_least(name, getattr(self, name), 0)
+        if self.mean_scale is not None:
+            if not 0 <= self.mean_scale <= 1:
+                raise VaelabError(f"mean_scale must be in [0, 1] (e.g. 0.05; 0 = off), got {self.mean_scale}")
+            if self.mean_scale and self.model_config.loss != "dlogistic":
+                raise VaelabError(
+                    f"mean_scale applies to --loss dlogistic (whose scales are learned), not "
+                    f"{self.model_config.loss}; drop it"
+                )
         if self.lr is not None and not self.lr > 0:
             raise VaelabError(f"lr must be positive, got {self.lr}")
         if self.grad_clip != 0 and not self.grad_clip > 1:
@@ -304,7 +327,7 @@ class TrainConfig:
         return self
 
     def resolved(self) -> TrainConfig:
-        """A copy with every "auto" replaced (decoder, free bits, learning rate): what a run records,
+        """A copy with every "auto" replaced (decoder, free bits, learning rate, mean scale): what a run records,
         so a resumed run keeps it whatever later defaults say."""
         # film waits for the data's channel count: the trainer resolves it once it has the images
         model = dataclasses.replace(
@@ -312,7 +335,12 @@ class TrainConfig:
         )
         lr = self.lr if self.lr is not None else PIXELCNN_LR if model.decoder == "pixelcnn" else DEFAULT_LR
         precision = "bf16" if self.amp and self.precision == "fp32" else self.precision
-        return dataclasses.replace(self, model_config=model, lr=lr, precision=precision)
+        mean_scale = self.mean_scale
+        if mean_scale is None:
+            mean_scale = DLOGISTIC_MEAN_SCALE if model.loss == "dlogistic" else 0.0
+        return dataclasses.replace(
+            self, model_config=model, lr=lr, precision=precision, mean_scale=mean_scale
+        )
 
     def class_list(self) -> list[int] | None:
         """The labels of `classes` as integers (None: every class)."""
@@ -340,7 +368,8 @@ class TrainConfig:
         if unknown:
             known = ", ".join(sorted(_recorded_names()))
             raise VaelabError(f"unknown training setting: {', '.join(unknown)} (known: {known})")
-        return cls(**data)
+        # a saved config is resolved: one without mean_scale was trained before it existed
+        return cls(**{"mean_scale": 0.0, **data})
 
 
 def _recorded_names() -> set[str]:

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, distributed, latent, tracking
-from vaelab.config import DEFAULT_LR, TrainConfig
+from vaelab.config import DEFAULT_LR, LARGE_IMAGE_PIXELS, TrainConfig
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.stream import DiskImages
@@ -175,6 +175,7 @@ def train(
     if nproc > 1 and not distributed.in_torchrun():
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
+    auto_lr = not resume and requested.get("lr") is None  # the default, settled once the images are known
     if resume:
         config = _resume_config(run_dir, requested)
     else:
@@ -208,6 +209,9 @@ def train(
         config.model_config, image_channels=channels, image_height=height, image_width=width
     ).resolved()  # what depends on the images (film) is settled now; the rest already is
     config = dataclasses.replace(config, model_config=model_config)
+    if auto_lr and height * width > LARGE_IMAGE_PIXELS:
+        assert config.lr is not None
+        config = dataclasses.replace(config, lr=config.lr / 2)
 
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
         torch.manual_seed(derive_seed(config.seed, "init"))  # the same on every rank
@@ -246,6 +250,8 @@ def train(
     steps_per_epoch = math.ceil(n_used / batch_size)
     total_steps = config.epochs * steps_per_epoch
     lr_warmup_steps = config.lr_warmup_epochs * steps_per_epoch
+    if config.mean_scale:  # dlogistic: the means' gradient as with this scale (see DiscretizedLogistic.loss)
+        model.pixels.mean_scale = config.mean_scale
     autocast, scaler = _mixed_precision(config.precision, device)
     clipper = None
     if config.grad_clip:

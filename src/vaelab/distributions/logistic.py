@@ -44,6 +44,12 @@ class DiscretizedLogistic(PixelDistribution):
 
     name = "dlogistic"
 
+    def __init__(self, image_channels: int) -> None:
+        super().__init__(image_channels)
+        # When set (the trainer's --mean-scale), `loss` keeps its value while its gradient teaches
+        # the means as if every sub-pixel's scale were this (in [0, 1] pixel units).
+        self.mean_scale: float | None = None
+
     @property
     def param_channels(self) -> int:
         return 2 * self.image_channels
@@ -55,7 +61,9 @@ class DiscretizedLogistic(PixelDistribution):
 
     def log_prob_per_subpixel(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """log P(x) of every sub-pixel, [B, C, H, W]; x is rounded to the nearest of the 256 levels."""
-        mu, log_scale = self.split(params)
+        return self._log_prob(x, *self.split(params))
+
+    def _log_prob(self, x: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
         inv_scale = torch.exp(-log_scale)
         x = torch.round(x.clamp(0, 1) * (LEVELS - 1)) / (LEVELS - 1)
         upper = (x + HALF_BIN - mu) * inv_scale
@@ -66,7 +74,18 @@ class DiscretizedLogistic(PixelDistribution):
         return torch.where(x < HALF_BIN, first, torch.where(x > 1 - HALF_BIN, last, inner))
 
     def loss(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return -self.log_prob_per_subpixel(x, params).flatten(1).sum(1)
+        if not (self.mean_scale and torch.is_grad_enabled()):
+            return -self.log_prob_per_subpixel(x, params).flatten(1).sum(1)
+        # Learned scales give a sub-pixel the model is unsure of (a shape's outline) a wide scale,
+        # and so a weak gradient for its mean: the means there learn slowly and the mean image is
+        # a blur (the effect Seitzer et al., 2022, describe for Gaussians). Here the value is the
+        # true -log p(x|z); its gradient reaches the scales through the true term (means held)
+        # and the means through a term with every scale at mean_scale, whose value is cancelled.
+        mu, log_scale = self.split(params)
+        true = -self._log_prob(x, mu.detach(), log_scale).flatten(1).sum(1)
+        held = torch.full_like(log_scale, math.log(self.mean_scale))
+        fixed = -self._log_prob(x, mu, held).flatten(1).sum(1)
+        return true + (fixed - fixed.detach())
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x] of each sub-pixel, in closed form: the mean of the logistic clamped to [0, 1],
