@@ -7,7 +7,15 @@ import dataclasses
 import pytest
 
 from vaelab import ModelConfig, TrainConfig, build_model
-from vaelab.config import DEFAULT_LR, DLOGISTIC_MEAN_SCALE, PIXELCNN_FREE_BITS, PIXELCNN_LR, setting_names
+from vaelab.config import (
+    DATASET_DEFAULTS,
+    DEFAULT_LR,
+    DLOGISTIC_MEAN_SCALE,
+    PIXELCNN_FREE_BITS,
+    PIXELCNN_LR,
+    setting_names,
+    with_dataset_defaults,
+)
 from vaelab.errors import VaelabError
 
 
@@ -107,3 +115,14 @@ def test_the_mean_scale_defaults_to_dlogistic_only_and_is_off_in_runs_saved_befo
     assert TrainConfig.from_dict(saved).mean_scale == DLOGISTIC_MEAN_SCALE
     del saved["mean_scale"]  # a run saved before the setting existed trained without it
     assert TrainConfig.from_dict(saved).mean_scale == 0.0
+
+
+def test_a_dataset_s_defaults_fill_only_the_settings_not_given() -> None:
+    shapes = with_dataset_defaults({"dataset": "shapes", "batch_size": 8})
+    assert shapes["batch_size"] == 8 and shapes["arch"] == "conv" and shapes["loss"] == "dlogistic"
+    assert with_dataset_defaults({}) == {} and with_dataset_defaults({"dataset": "mnist-mini"}) == {
+        "dataset": "mnist-mini"
+    }
+    for name, defaults in DATASET_DEFAULTS.items():  # every default is a valid setting, in range
+        config = TrainConfig.from_settings(dataset=name, **defaults).validate()
+        assert all(config.settings()[key] == value for key, value in defaults.items())

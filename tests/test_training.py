@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import vaelab
 from conftest import write_shapes_folder
+from vaelab import config as training_config
 from vaelab import training
 from vaelab.checkpoint import read_metrics
 from vaelab.config import PIXELCNN_FREE_BITS, PIXELCNN_LR
@@ -426,3 +427,23 @@ def test_the_default_learning_rate_halves_above_64_px_and_an_explicit_one_is_kep
     assert recorded_lr(tmp_path / "auto") == 5e-4  # a resumed run keeps what it recorded
     vaelab.train(tmp_path / "explicit", epochs=1, lr=1e-3, **small)
     assert recorded_lr(tmp_path / "explicit") == 1e-3
+
+
+def test_a_dataset_s_defaults_apply_to_new_runs_only_and_flags_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(training_config.DATASET_DEFAULTS, "mnist-mini", {"batch_size": 512, "latent_dim": 3})
+    settings = {**FAST, "classes": "1", "epochs": 1}
+    del settings["batch_size"]
+    vaelab.train(tmp_path / "run", **settings)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["train"]["batch_size"] == 512 and recorded["model"]["latent_dim"] == 4  # FAST gives 4
+    monkeypatch.setitem(training_config.DATASET_DEFAULTS, "mnist-mini", {"batch_size": 64})
+    vaelab.train(tmp_path / "run", resume=True, epochs=2, progress=False)
+    assert (
+        json.loads((tmp_path / "run" / "config.json").read_text())["train"]["batch_size"] == 512
+    )  # as recorded
+    assert (
+        _metrics(tmp_path / "run")[1]["optimizer_steps"]
+        == 2 * _metrics(tmp_path / "run")[0]["optimizer_steps"]
+    )

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, distributed, latent, tracking
-from vaelab.config import DEFAULT_LR, LARGE_IMAGE_PIXELS, TrainConfig
+from vaelab.config import DEFAULT_LR, LARGE_IMAGE_PIXELS, TrainConfig, with_dataset_defaults
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.stream import DiskImages
@@ -175,6 +175,8 @@ def train(
     if nproc > 1 and not distributed.in_torchrun():
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
+    if not resume:
+        requested = with_dataset_defaults(requested)
     auto_lr = not resume and requested.get("lr") is None  # the default, settled once the images are known
     if resume:
         config = _resume_config(run_dir, requested)
