@@ -25,6 +25,7 @@ from vaelab.evaluation import (
     summary,
 )
 from vaelab.fileio import write_json
+from vaelab.latent_density import LatentDensity, latent_density
 from vaelab.models import AE, VAE
 from vaelab.options import DataDir, Dataset, Device, NImages, Progress, Run, Seed
 from vaelab.runs import check_shape, open_run
@@ -100,7 +101,14 @@ def evaluate(
             "measure sample quality anyway (about a minute per 2,000 images on 2 CPU cores)"
         )
     elif quality is not False and test.labels is not None:
-        result.update(sample_quality(model, config, test.images[:n_images], test.labels[:n_images], seed))
+        try:
+            density: LatentDensity | None = latent_density(run, model, config, seed=seed)
+        except VaelabError as error:  # e.g. the run's own training images are gone
+            logger.warning("no fitted latent density (%s): fd_fitted left out", error)
+            density = None
+        result.update(
+            sample_quality(model, config, test.images[:n_images], test.labels[:n_images], seed, density)
+        )
     if drawn:
         result["mse_absent"] = f"a {model.pixels.name} decoder has no closed-form mean image"
     if has_likelihood and config.binarize == "none" and model.config.loss == "bernoulli":
@@ -118,12 +126,18 @@ def evaluate(
 
 @torch.no_grad()
 def sample_quality(
-    model: AE | VAE, config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, seed: int
+    model: AE | VAE,
+    config: TrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
+    density: LatentDensity | None = None,
 ) -> dict[str, Any]:
-    """Fréchet distance between as many samples as test images and the (grayscale) test images, in
-    the feature space of the dataset's cached LeNet classifier; the same distance from training
-    images (the floor a perfect generator would reach); the classifier's accuracy on the test
-    images and on their reconstructions.
+    """Fréchet distance between as many samples as test images and the test images, in the feature
+    space of the dataset's cached LeNet classifier (`fd`: latents from N(0, I); `fd_fitted`: from
+    `density`, the mixture fitted to the training latents, when given); the same distance from
+    training images (the floor a perfect generator would reach); the classifier's accuracy on the
+    test images and on their reconstructions.
 
     Samples and reconstructions are mean images where the decoder has a closed form; with a
     pixelcnn decoder they are drawn (one image per latent), so FD compares like with like.
@@ -145,6 +159,11 @@ def sample_quality(
         train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(real)]]
     )
     real_features = features(classifier, real)
+    fitted: dict[str, float] = {}
+    if density is not None:
+        z = density.sample(len(real), torch.Generator().manual_seed(seed))
+        drawn = map_batches(lambda batch: model.generate(batch, generator), z, device)
+        fitted["fd_fitted"] = frechet_distance(features(classifier, drawn), real_features)
 
     def accuracy(x: torch.Tensor) -> float:
         predicted = map_batches(lambda batch: classifier(batch).argmax(1), x, device)
@@ -152,6 +171,7 @@ def sample_quality(
 
     return {
         "fd": frechet_distance(features(classifier, samples), real_features),
+        **fitted,
         "fd_train_vs_test": frechet_distance(features(classifier, floor_images), real_features),
         "classifier_accuracy": accuracy(real),
         "recon_accuracy": accuracy(reconstructions),
@@ -195,7 +215,9 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(
             (
                 "Fréchet distance",
-                f"{result['fd']:.2f} (train vs test images: {result['fd_train_vs_test']:.2f})",
+                f"{result['fd']:.2f} from N(0, I)"
+                + (f", {result['fd_fitted']:.2f} from the fitted density" if "fd_fitted" in result else "")
+                + f" (train vs test images: {result['fd_train_vs_test']:.2f})",
             )
         )
         rows.append(

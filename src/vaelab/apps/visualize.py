@@ -17,11 +17,13 @@ from vaelab.data.folder import read_image_files
 from vaelab.data.transforms import to_unit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
+from vaelab.latent_density import DEFAULT_COMPONENTS, DENSITY_FILE, latent_density
 from vaelab.models import AE, VAE
 from vaelab.options import Choices, Device, Draws, Flag, Out, Run, Seed
 from vaelab.runs import check_shape, open_run, run_images
 
 METHODS = ("linear", "slerp")
+LATENT_SOURCES = ("prior", "fitted")
 DRAWS = 8  # images drawn per latent to show the mean of a pixelcnn decoder (no closed form)
 
 
@@ -30,18 +32,38 @@ def sample(
     n: Annotated[int, Flag("-n"), "number of images"] = 64,
     out: Annotated[Out, "PNG to write"] = "samples.png",
     seed: Annotated[Seed, "seed of the random latents (and drawn pixels)"] = 0,
+    latents: Annotated[
+        str,
+        Choices(LATENT_SOURCES),
+        "prior: z ~ N(0, I); fitted: z from a Gaussian mixture fitted to the training images' latents "
+        "(saved in RUN/latent_density.safetensors; lets an AE generate, and a VAE whose posteriors "
+        "spread wider than the prior)",
+    ] = "prior",
+    components: Annotated[int, "fitted: Gaussians in the mixture"] = DEFAULT_COMPONENTS,
     device: Device = "auto",
 ) -> dict[str, Any]:
-    """Decode n latents drawn from N(0, I) into a PNG grid: the mean image of each where the decoder
-    has a closed form, else (pixelcnn) pixels drawn from p(x|z); `pixels` in the result says which."""
+    """Decode n random latents into a PNG grid: the mean image of each where the decoder has a
+    closed form, else (pixelcnn) pixels drawn from p(x|z); `pixels` in the result says which."""
     _positive("n", n)
-    model, _ = open_run(run, device)
+    _positive("components", components)
+    if latents not in LATENT_SOURCES:
+        raise VaelabError(f"latents {latents!r} is not one of: {', '.join(LATENT_SOURCES)}")
+    model, config = open_run(run, device)
     generator = torch.Generator(model_device(model)).manual_seed(seed)
     drawn = not model.pixels.closed_form_mean
     with torch.no_grad():
-        images = model.sample(n, generator).cpu()
+        if latents == "fitted":
+            density = latent_density(run, model, config, components, seed)
+            z = density.sample(n, torch.Generator().manual_seed(seed)).to(model_device(model))
+            images = model.generate(z, generator).cpu()
+        else:
+            images = model.sample(n, generator).cpu()
     plots.save_image_grid(images, out, nrow=latent.grid_size(n))
-    return {"out": str(out), "output": str(out), "n": n, "seed": seed, "pixels": "drawn" if drawn else "mean"}
+    result = {"out": str(out), "output": str(out), "n": n, "seed": seed, "latents": latents,
+              "pixels": "drawn" if drawn else "mean"}  # fmt: skip
+    if latents == "fitted":
+        result["density"] = str(Path(run) / DENSITY_FILE)
+    return result
 
 
 def reconstruct(

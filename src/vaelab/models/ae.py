@@ -54,6 +54,11 @@ class AE(nn.Module):
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=model_device(self))
         return self.decode(z)
 
+    def generate(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images for latents z: their mean images (an AE's decoder draws nothing; `generator` is
+        accepted so that AEs and VAEs are called alike)."""
+        return self.decode(z)
+
     def forward(
         self,
         x: torch.Tensor,

@@ -88,6 +88,12 @@ class VAE(nn.Module):
         closed form, else drawn (pixelcnn: one pass per pixel).
         """
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=model_device(self))
+        return self.generate(z, generator, draw)
+
+    def generate(
+        self, z: torch.Tensor, generator: torch.Generator | None = None, draw: bool | None = None
+    ) -> torch.Tensor:
+        """Images for latents z, as in `sample` (the mean image, or pixels drawn from p(x|z))."""
         params = self.decoder(z)
         if draw is None:
             draw = not self.pixels.closed_form_mean
