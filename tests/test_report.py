@@ -52,7 +52,9 @@ def test_report_is_one_self_contained_page_with_every_figure(run_with_results: P
         assert title in result["sections"]
         assert f"<h2>{title}</h2>" in html
     images = embedded_images(html)
-    assert len(images) >= 10
+    assert len(images) >= 11
+    assert "fitted to the latents of the training images" in html  # samples from the prior, then the fit
+    assert (run_with_results / "latent_density.safetensors").is_file()
     for image in images:
         assert image.std() > 10  # no blank picture
     assert "src='http" not in html and "src='/" not in html  # nothing fetched from elsewhere

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import vaelab
 from conftest import write_shapes_folder
@@ -28,6 +29,7 @@ from vaelab.apps import serve as serve_module
 from vaelab.config import PLAIN_TRAINING
 from vaelab.estimators import AnomalyDetector
 from vaelab.latent import decode_latents, embed_images
+from vaelab.latent_density import DENSITY_FILE
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -123,6 +125,24 @@ def test_samples_scale_with_temperature_and_follow_the_seed(client: TestClient) 
     assert data_url_image(one["images"][0]).shape == (28, 28)
     again = client.post("/api/sample", json={"n": 4, "temperature": 1.0, "seed": 7}).json()
     assert again == one
+
+
+def test_samples_from_the_fitted_mixture(vae_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "vae2"
+    shutil.copytree(vae_run, run)
+    client = TestClient(vaelab.create_app(run, "cpu"))
+    assert not (run / DENSITY_FILE).exists()  # fitted on the first request that asks for it
+    one = client.post("/api/sample", json={"n": 6, "temperature": 1.0, "seed": 3, "latents": "fitted"}).json()
+    half = client.post(
+        "/api/sample", json={"n": 6, "temperature": 0.5, "seed": 3, "latents": "fitted"}
+    ).json()
+    means = load_file(str(run / DENSITY_FILE))["means"].numpy()
+    # the same seed picks the same Gaussians; T scales the draws around their means: 2 z_half - z_one = mean
+    centres = 2 * np.array(half["z"]) - np.array(one["z"])
+    assert all(np.abs(means - c).max(axis=1).min() < 1e-5 for c in centres)
+    assert data_url_image(one["images"][0]).shape == (28, 28)
+    response = client.post("/api/sample", json={"n": 2, "latents": "gmm"})
+    assert response.status_code == 422 and "latents must be one of: prior, fitted" in response.json()["error"]
 
 
 def test_reconstruct_scores_an_upload_like_the_anomaly_detector(client: TestClient, vae_run: Path) -> None:

@@ -28,6 +28,7 @@ from vaelab.models import AE, VAE
 from vaelab.runs import run_images, weights_hash
 
 DENSITY_FILE = "latent_density.safetensors"
+LATENT_SOURCES = ("prior", "fitted")  # where commands that draw latents take them from
 DEFAULT_COMPONENTS = 10
 MAX_FIT_IMAGES = 10_000  # training images whose latents are fitted (a random subset of larger splits)
 FORMAT = "1"
@@ -42,10 +43,13 @@ class LatentDensity:
     means: torch.Tensor
     scale_tril: torch.Tensor
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n latents drawn from the mixture, [n, D] float32 on the CPU (seeded by `generator`)."""
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """n latents drawn from the mixture, [n, D] float32 on the CPU (seeded by `generator`);
+        `temperature` scales each Gaussian's standard deviations around its mean."""
         component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.means.shape[1], 1, generator=generator, dtype=torch.float64)
+        noise = temperature * torch.randn(n, self.means.shape[1], 1, generator=generator, dtype=torch.float64)
         z = self.means[component] + (self.scale_tril[component] @ noise).squeeze(-1)
         return z.float()
 

@@ -132,11 +132,17 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
 
     def samples() -> Section:
         visualize.sample(run, n=64, out=tmp / "samples.png", seed=seed, device=device)
+        visualize.sample(
+            run, n=64, out=tmp / "samples_fitted.png", seed=seed, latents="fitted", device=device
+        )
         if vae:
-            text = "64 latent vectors drawn from the prior N(0, I), decoded."
+            text = "First, 64 latent vectors drawn from the prior N(0, I), decoded."
         else:
-            text = "64 vectors drawn from N(0, I), decoded. An autoencoder has no prior: expect few of them to look like the data."
-        return Section("Samples", text, "samples.png")
+            text = ("First, 64 vectors drawn from N(0, I), decoded. An autoencoder has no prior: expect few of "
+                    "them to look like the data.")  # fmt: skip
+        text += (" Then 64 drawn from a mixture of Gaussians fitted to the latents of the training images "
+                 "(`vaelab sample --latents fitted`): where the data sits, whatever the prior.")  # fmt: skip
+        return Section("Samples", text, "samples.png", extra_images=["samples_fitted.png"])
 
     def reconstructions() -> Section:
         result = visualize.reconstruct(

@@ -44,6 +44,7 @@ from vaelab.apps.steer import load_attributes, traversal_axes
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.estimators import AnomalyDetector
+from vaelab.latent_density import LATENT_SOURCES, LatentDensity, latent_density
 from vaelab.models import VAE
 from vaelab.options import Device, Run
 from vaelab.runs import open_run, run_images
@@ -93,6 +94,8 @@ class Explorer:
         self.detector.model_ = self.model
         self.test_scores = np.sort(self.detector.score_samples(self.images))
         self.run_name = Path(run).resolve().name
+        self.run = Path(run)
+        self.density: LatentDensity | None = None  # fitted on the first request that asks for it
         self.batcher = DecodeBatcher(self._decode_batch, max_batch)
 
     def _axes(self) -> dict[str, Any]:
@@ -208,17 +211,25 @@ class Explorer:
             image = image.cpu()
         yield _line({"image": data_url(png_bytes(image))})
 
-    def sample(self, n: int, temperature: float, seed: int) -> dict[str, Any]:
+    def sample(self, n: int, temperature: float, seed: int, latents: str = "prior") -> dict[str, Any]:
         if not 1 <= n <= MAX_SAMPLES:
             raise RequestError(f"n must be between 1 and {MAX_SAMPLES}, got {n}", 422)
         if not 0 < temperature <= 3:
             raise RequestError(f"temperature must be in (0, 3], got {temperature}", 422)
         if self.autoregressive and n > 4:
             raise RequestError("this decoder draws pixel by pixel: ask for at most 4 samples at once", 422)
-        z = torch.randn(n, self.model.config.latent_dim, generator=torch.Generator().manual_seed(seed))
-        z = z * temperature
-        if not isinstance(self.model, VAE):  # no prior: draw from a Gaussian fitted to the codes
-            z = (self.codes.mean(0) + z.double() * self.codes.std(0)).float()
+        if latents not in LATENT_SOURCES:
+            raise RequestError(f"latents must be one of: {', '.join(LATENT_SOURCES)}; got {latents!r}", 422)
+        generator = torch.Generator().manual_seed(seed)
+        if latents == "fitted":
+            with self.lock:  # the first request fits it (or reads it from the run folder)
+                if self.density is None:
+                    self.density = latent_density(self.run, self.model, self.config)
+            z = self.density.sample(n, generator, temperature)
+        else:
+            z = torch.randn(n, self.model.config.latent_dim, generator=generator) * temperature
+            if not isinstance(self.model, VAE):  # no prior: draw from a Gaussian fitted to the codes
+                z = (self.codes.mean(0) + z.double() * self.codes.std(0)).float()
         images = [self.decode(row, seed) for row in z]
         return {"z": z.tolist(), "images": [data_url(png_bytes(image)) for image in images]}
 
@@ -375,6 +386,11 @@ def create_app(run: str | Path, device: str = "auto", max_batch: int = 32) -> An
         n: int = Field(16, description=f"images, 1 to {MAX_SAMPLES}")
         temperature: float = Field(1.0, description="scale of the prior's standard deviation")
         seed: int = Field(0, description="seed of the random latents")
+        latents: str = Field(
+            "prior",
+            description="prior: N(0, T² I); fitted: the Gaussian mixture fitted to the training latents "
+            "(each Gaussian's spread scaled by T), fitted on first use and kept in the run folder",
+        )
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError) -> JSONResponse:
@@ -416,7 +432,7 @@ def create_app(run: str | Path, device: str = "auto", max_batch: int = 32) -> An
 
     @app.post("/api/sample", summary="Decode random latents; images as PNG data URLs with their z")
     def sample(body: SampleRequest) -> dict[str, Any]:
-        return explorer.sample(body.n, body.temperature, body.seed)
+        return explorer.sample(body.n, body.temperature, body.seed, body.latents)
 
     @app.post("/api/reconstruct", summary="Encode an uploaded image; its reconstruction and anomaly score")
     def reconstruct(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's idiom)

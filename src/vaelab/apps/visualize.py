@@ -17,13 +17,12 @@ from vaelab.data.folder import read_image_files
 from vaelab.data.transforms import to_unit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
-from vaelab.latent_density import DEFAULT_COMPONENTS, DENSITY_FILE, latent_density
+from vaelab.latent_density import DEFAULT_COMPONENTS, DENSITY_FILE, LATENT_SOURCES, latent_density
 from vaelab.models import AE, VAE
 from vaelab.options import Choices, Device, Draws, Flag, Out, Run, Seed
 from vaelab.runs import check_shape, open_run, run_images
 
 METHODS = ("linear", "slerp")
-LATENT_SOURCES = ("prior", "fitted")
 DRAWS = 8  # images drawn per latent to show the mean of a pixelcnn decoder (no closed form)
 
 
