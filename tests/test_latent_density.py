@@ -78,12 +78,14 @@ def test_the_density_is_saved_in_the_run_and_fitted_again_when_the_weights_chang
     fits = []
     real_fit = density_module.fit_latent_density
     monkeypatch.setattr(
-        density_module, "fit_latent_density", lambda *a, **k: fits.append(1) or real_fit(*a, **k)
+        density_module, "fit_latent_density", lambda *a, **k: fits.append(len(a[0])) or real_fit(*a, **k)
     )
     again = latent_density(run, model, config, components=3)
     assert not fits and torch.equal(again.means, first.means)  # read back, not fitted
     latent_density(run, model, config, components=4)
     assert len(fits) == 1  # other settings: fitted again
+    labels = vaelab.load_images("mnist-mini", "train").labels
+    assert fits[0] == int((labels <= 1).sum())  # the latents of the classes it trained on, 0 and 1
     vaelab.train(run, resume=True, epochs=2, progress=False)  # new weights
     model, config = open_run(run, "cpu")
     latent_density(run, model, config, components=4)

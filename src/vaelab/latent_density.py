@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from vaelab import latent
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
+from vaelab.evaluation import scoring_images
 from vaelab.fileio import atomic_output
 from vaelab.models import AE, VAE
 from vaelab.runs import run_images, weights_hash
@@ -94,7 +95,8 @@ def latent_density(
 ) -> LatentDensity:
     """The run's fitted latent density: read from RUN/latent_density.safetensors when it was fitted
     to these weights with these settings, else fitted to the latents (posterior means for a VAE)
-    of up to MAX_FIT_IMAGES training images and saved there."""
+    of up to MAX_FIT_IMAGES images of the run's training split (its classes only, binarized once
+    if it trained on binarized images) and saved there."""
     path = Path(run) / DENSITY_FILE
     key = {
         "format": FORMAT,
@@ -105,10 +107,14 @@ def latent_density(
     saved = _read(path, key)
     if saved is not None:
         return saved
-    images = run_images(model, config, "train").images
+    train = run_images(model, config, "train")
+    images, wanted = train.images, config.class_list()
+    if wanted is not None and train.labels is not None:  # a run trained on some classes only
+        images = images[torch.isin(train.labels, torch.tensor(wanted))]
     if len(images) > MAX_FIT_IMAGES:
         chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:MAX_FIT_IMAGES]
         images = images[chosen.sort().values]
+    images = scoring_images(images, binarized=config.binarize != "none")  # as the model saw them
     density = fit_latent_density(latent.embed_images(model, images), components, seed)
     tensors = {"weights": density.weights, "means": density.means, "scale_tril": density.scale_tril}
     with atomic_output(path) as tmp:
