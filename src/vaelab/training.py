@@ -175,12 +175,12 @@ def train(
     if nproc > 1 and not distributed.in_torchrun():
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
-    if not resume:
-        requested = with_dataset_defaults(requested)
-    auto_lr = not resume and requested.get("lr") is None  # the default, settled once the images are known
+    auto_lr = False  # the default learning rate, settled once the images are known
     if resume:
         config = _resume_config(run_dir, requested)
     else:
+        requested = with_dataset_defaults(requested)
+        auto_lr = requested.get("lr") is None
         # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
         config = TrainConfig.from_settings(**requested).validate().resolved()
         if distributed.is_lead_process():  # the other ranks write nothing
