@@ -6,7 +6,7 @@ and how disentangled β-VAEs are.
     python benchmarks/shapes.py beta --image-size 32 --set epochs=8  # MIG of AE, VAE and β-VAEs
 
 `generate` times `vaelab.load_images("shapes", split)` for both splits at 64 px, median of 3.
-`quality` trains `vaelab train --dataset shapes` (shapes' own defaults: a conv VAE with `--loss
+`quality` trains `vaelab train --dataset shapes` (colour images' defaults: a conv VAE with `--loss
 dlogistic`, 10 epochs; plus --set overrides) on the CPU (or `--device cuda`) and scores it with `vaelab evaluate` (NLL in nats and bits per dimension beside PNG's bits per
 dimension on the same test images, PSNR, SSIM, MIG). Targets: training within 10 minutes on 2
 CPU cores and at least 26 dB PSNR. `beta` trains an AE, the plain VAE (β = 1) and β-VAEs (β = 4 and
@@ -31,7 +31,7 @@ import vaelab
 from vaelab import checkpoint
 
 TARGET_PSNR, TARGET_MINUTES = 26.0, 10.0
-# the grey defaults' batch and warm-ups, with which the MIG figures were measured (not shapes' defaults)
+# the grey defaults' batch and warm-ups, with which the MIG figures were measured (not colour images' defaults)
 BETA_SETTINGS: dict[str, Any] = {"arch": "conv", "hidden": 256, "latent_dim": 10, "loss": "bernoulli", "batch_size": 128,
                                  "lr_warmup_epochs": 2, "kl_warmup_epochs": 10}  # fmt: skip
 

@@ -17,8 +17,8 @@ timeout 45 python3 profile_trainer.py --device cuda 2>&1 | tee "$OUTDIR/profile_
 timeout 180 python3 scaling.py --device cuda --repeats 2 --sizes 64px --set arch=resnet --set hidden=512 \
     --set latent_dim=32 --set batch_size=1024 2>&1 | tee "$OUTDIR/scaling.txt"
 # VAEs on shapes at 128 px (--loss dlogistic, the means' gradient at --mean-scale e^-3, half the
-# learning rate above 64 px): shapes' defaults (the conv VAE that reaches 26 dB at 64 px on 2 CPU
-# cores) and the resnet network that is the default for other datasets
+# learning rate above 64 px): colour images' defaults (the conv VAE that reaches 26 dB at 64 px on 2 CPU
+# cores) and the resnet network that is the default for grey images
 shapes128() {  # NAME SETTINGS...
     local name=$1; shift
     timeout 100 python3 shapes.py quality --device cuda --image-size 128 "$@" --keep "$KEEP/$name" \

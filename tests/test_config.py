@@ -8,13 +8,13 @@ import pytest
 
 from vaelab import ModelConfig, TrainConfig, build_model
 from vaelab.config import (
-    DATASET_DEFAULTS,
+    COLOUR_DEFAULTS,
     DEFAULT_LR,
     DLOGISTIC_MEAN_SCALE,
     PIXELCNN_FREE_BITS,
     PIXELCNN_LR,
     setting_names,
-    with_dataset_defaults,
+    with_image_defaults,
 )
 from vaelab.errors import VaelabError
 
@@ -117,12 +117,14 @@ def test_the_mean_scale_defaults_to_dlogistic_only_and_is_off_in_runs_saved_befo
     assert TrainConfig.from_dict(saved).mean_scale == 0.0
 
 
-def test_a_dataset_s_defaults_fill_only_the_settings_not_given() -> None:
-    shapes = with_dataset_defaults({"dataset": "shapes", "batch_size": 8})
-    assert shapes["batch_size"] == 8 and shapes["arch"] == "conv" and shapes["loss"] == "dlogistic"
-    assert with_dataset_defaults({}) == {} and with_dataset_defaults({"dataset": "mnist-mini"}) == {
-        "dataset": "mnist-mini"
-    }
-    for name, defaults in DATASET_DEFAULTS.items():  # every default is a valid setting, in range
-        config = TrainConfig.from_settings(dataset=name, **defaults).validate()
-        assert all(config.settings()[key] == value for key, value in defaults.items())
+def test_colour_images_defaults_fill_only_the_settings_not_given() -> None:
+    colour = with_image_defaults({"dataset": "shapes", "batch_size": 8}, channels=3)
+    assert colour["batch_size"] == 8 and colour["arch"] == "conv" and colour["loss"] == "dlogistic"
+    assert with_image_defaults({"batch_size": 8}, channels=1) == {"batch_size": 8}  # grey: as given
+    assert with_image_defaults({}, channels=1) == {}
+    binarized = {"binarize": "dynamic"}  # 0/1 sub-pixels: the Bernoulli likelihood is the exact one
+    assert with_image_defaults(binarized, channels=3) == binarized
+    # every default is a valid setting, in range
+    config = TrainConfig.from_settings(**with_image_defaults({}, channels=3)).validate()
+    assert all(config.settings()[key] == value for key, value in COLOUR_DEFAULTS.items())
+    assert config.settings()["loss"] != TrainConfig().settings()["loss"]  # they differ from grey's

@@ -27,7 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, distributed, latent, tracking
-from vaelab.config import DEFAULT_LR, LARGE_IMAGE_PIXELS, TrainConfig, with_dataset_defaults
+from vaelab.config import (
+    COLOUR_MIN_STEPS,
+    DEFAULT_LR,
+    LARGE_IMAGE_PIXELS,
+    TrainConfig,
+    with_image_defaults,
+)
 from vaelab.data import load_images
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.stream import DiskImages
@@ -148,6 +154,26 @@ def mean_losses(
     return {"loss": loss, "recon": recon, "kl": kl}
 
 
+def new_run_config(requested: dict[str, Any], image_shape: tuple[int, ...], n_train: int) -> TrainConfig:
+    """The settings a new run records for `n_train` training images of `image_shape` (C, H, W): what
+    was `requested`, colour images' defaults where it names no value (config.COLOUR_DEFAULTS; their
+    epochs raised until training takes COLOUR_MIN_STEPS optimizer steps), every "auto" resolved, and
+    the default learning rate halved for images over 64 x 64 pixels."""
+    channels, height, width = image_shape
+    settings = with_image_defaults(requested, channels)
+    config = TrainConfig.from_settings(**settings).validate()
+    if "epochs" in settings and "epochs" not in requested:  # colour images' default epochs
+        steps_per_epoch = math.ceil(n_train / config.batch_size)
+        epochs = max(config.epochs, math.ceil(COLOUR_MIN_STEPS / steps_per_epoch))
+        config = dataclasses.replace(config, epochs=epochs)
+    # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
+    config = config.resolved()
+    if settings.get("lr") is None and height * width > LARGE_IMAGE_PIXELS:
+        assert config.lr is not None
+        config = dataclasses.replace(config, lr=config.lr / 2)
+    return config
+
+
 def train(
     out: str | Path,
     config: TrainConfig | None = None,
@@ -175,13 +201,9 @@ def train(
     if nproc > 1 and not distributed.in_torchrun():
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
-    auto_lr = False  # the default learning rate, settled once the images are known
     if resume:
         config = _resume_config(run_dir, requested)
-    else:
-        requested = with_dataset_defaults(requested)
-        auto_lr = requested.get("lr") is None
-        # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
+    else:  # checked before any image is read; settled for the images once they are known
         config = TrainConfig.from_settings(**requested).validate().resolved()
         if distributed.is_lead_process():  # the other ranks write nothing
             if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
@@ -194,11 +216,6 @@ def train(
     context, device = distributed.setup(resolve_device(config.device))
     lead = context.lead
     progress = progress and lead
-    if config.batch_size < context.world:
-        raise VaelabError(
-            f"batch_size {config.batch_size} is smaller than the {context.world} processes sharing it"
-        )
-    config = dataclasses.replace(config, world_size=context.world)
     if config.dataset.startswith("folder:"):  # a folder over max_memory is decoded once per machine
         with distributed.machine_lead_first(context):
             train_images, val_images = split_train_val(config, device)
@@ -207,13 +224,16 @@ def train(
     noise = parse_noise(config.noise) if config.noise else None
     image_shape = tuple(train_images.shape[1:])
     channels, height, width = image_shape
+    if not resume:
+        config = new_run_config(requested, image_shape, len(train_images))
+    if config.batch_size < context.world:
+        raise VaelabError(
+            f"batch_size {config.batch_size} is smaller than the {context.world} processes sharing it"
+        )
     model_config = dataclasses.replace(
         config.model_config, image_channels=channels, image_height=height, image_width=width
     ).resolved()  # what depends on the images (film) is settled now; the rest already is
-    config = dataclasses.replace(config, model_config=model_config)
-    if auto_lr and height * width > LARGE_IMAGE_PIXELS:
-        assert config.lr is not None
-        config = dataclasses.replace(config, lr=config.lr / 2)
+    config = dataclasses.replace(config, model_config=model_config, world_size=context.world)
 
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
         torch.manual_seed(derive_seed(config.seed, "init"))  # the same on every rank
