@@ -230,8 +230,8 @@ class TrainConfig:
     binarize: str = setting(
         "none", "none, dynamic (fresh 0/1 draw each time an image is seen) or static (one draw)", BINARIZE
     )
-    epochs: int = setting(45, "passes over the training images")
-    batch_size: int = setting(128, "images per optimizer step")
+    epochs: int = setting(45, "passes over the training images (colour images: see --dataset)")
+    batch_size: int = setting(128, "images per optimizer step (colour images: 32)")
     lr: float | None = setting(
         None,
         f"Adam learning rate (default {DEFAULT_LR:g}; {PIXELCNN_LR:g} with the pixelcnn decoder; either "

@@ -12,8 +12,8 @@ from vaelab.errors import VaelabError
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, C, H, W] in 0..255 -> float32 in [0, 1]."""
-    return images.float().div_(255.0)
+    """uint8 [B, C, H, W] in 0..255 -> float32 in [0, 1] (one kernel: the division promotes)."""
+    return images / 255.0
 
 
 def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,120 @@
+"""How many PyTorch operators one training step dispatches: vaelab's trainer beside the bare loop.
+
+    python benchmarks/ops_per_step.py                          # MLP VAE, batch 512
+    python benchmarks/ops_per_step.py --arch conv --batch-size 128
+
+On a GPU a small network's step is bound by the host: each operator the step dispatches (forward,
+backward, optimizer) costs the host a few microseconds to launch, whatever the batch. The count is
+the same on every device, so it can be taken on the CPU: this trains the network of
+train_throughput.py with its bare loop and with `vaelab.train` (one epoch of mnist-mini each, the
+plain schedule), records every operator dispatched (a TorchDispatchMode, below autograd, so backward
+and optimizer operators count too) and splits the record at the start of each training step. It
+prints the median number per step of each, and the operators the trainer dispatches more often than
+the bare loop. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import train_throughput as throughput
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import vaelab
+from vaelab import training
+
+STEP = "-- step --"  # the marker recorded where a step starts
+
+
+class OpRecorder(TorchDispatchMode):
+    """Record the name of every operator dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+    def steps(self) -> list[list[str]]:
+        """The operators of each complete step (first and last left out: set-up and epoch end)."""
+        marks = [i for i, name in enumerate(self.names) if name == STEP]
+        return [self.names[a + 1 : b] for a, b in itertools.pairwise(marks[1:])]
+
+
+def bare_steps(case: dict, images: torch.Tensor) -> list[list[str]]:
+    model = throughput.build(case)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    data = images.float() / 255
+    batch = case["batch_size"]
+    recorder = OpRecorder()
+    with recorder:
+        order = torch.randperm(len(data))
+        for start in range(0, len(data) - batch + 1, batch):
+            recorder.names.append(STEP)
+            optimizer.zero_grad()
+            model(data[order[start : start + batch]]).loss.backward()
+            optimizer.step()
+        recorder.names.append(STEP)
+    return recorder.steps()
+
+
+def trainer_steps(case: dict) -> list[list[str]]:
+    recorder = OpRecorder()
+    schedule = training.warmup_factor  # called once at the start of every training step
+
+    def marked(*args: Any) -> float:
+        recorder.names.append(STEP)
+        return schedule(*args)
+
+    settings = {**throughput.PLAIN_TRAINING, "arch": case["arch"], "batch_size": case["batch_size"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        training.warmup_factor = marked
+        try:
+            with recorder:
+                vaelab.train(Path(tmp) / "run", dataset="mnist-mini", model="vae", latent_dim=case["latent_dim"],
+                             epochs=1, device="cpu", progress=False, **settings)  # fmt: skip
+        finally:
+            training.warmup_factor = schedule
+    return recorder.steps()
+
+
+def per_step(steps: list[list[str]]) -> tuple[int, collections.Counter[str]]:
+    counts = [len(step) for step in steps]
+    typical = statistics.median_low(counts)
+    return typical, collections.Counter(steps[counts.index(typical)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
+    parser.add_argument("--batch-size", type=int, default=512)
+    args = parser.parse_args()
+    case = {"arch": args.arch, "batch_size": args.batch_size, "latent_dim": 16}
+    torch.set_num_threads(torch.get_num_threads())
+    images = vaelab.load_images("mnist-mini", "train").images
+    bare_n, bare_ops = per_step(bare_steps(case, images))
+    trainer_n, trainer_ops = per_step(trainer_steps(case))
+    print(f"torch {torch.__version__}; {args.arch} VAE, batch {args.batch_size}: operators per training step")
+    print(f"bare loop {bare_n}, trainer {trainer_n} ({trainer_n / bare_n:.2f}x)")
+    extra = {name: trainer_ops[name] - bare_ops[name] for name in trainer_ops | bare_ops}
+    extra = {name: n for name, n in sorted(extra.items(), key=lambda item: -abs(item[1])) if n}
+    for name, n in extra.items():
+        print(f"  {n:+4d}  {name}")
+    print(json.dumps({"torch": torch.__version__, "case": case, "bare_ops_per_step": bare_n,
+                      "trainer_ops_per_step": trainer_n, "trainer_minus_bare": extra}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
