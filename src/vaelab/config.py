@@ -55,15 +55,12 @@ PLAIN_TRAINING: dict[str, Any] = {
     "film": False,
 }
 
-# What `vaelab train --dataset NAME` uses for the settings it is not given (flags and keyword
-# arguments win; a resumed run keeps what it recorded). The grey defaults below suit mnist-mini;
-# 45 epochs of the resnet on 20,000 colour images of 64 px would take over an hour on a laptop CPU,
-# where this conv VAE, without a dense layer and with small batches, reaches 26.1 dB PSNR in
-# 8.8 minutes on 2 CPU cores (docs/benchmarks.md, "Colour shapes").
-# What colour images (3 channels, not binarized) train with where a setting names no value: a conv
-# VAE with the discretized logistic, 26 dB PSNR on 64 px shapes after about 9 minutes on 2 CPU cores
-# (docs/benchmarks.md). The other defaults are those of grey digits. A set too small for
-# COLOUR_MIN_STEPS optimizer steps in the default epochs trains for more epochs (the trainer settles it).
+# What colour images (3 channels, not binarized) train with where a setting names no value (flags
+# and keyword arguments win; a resumed run keeps what it recorded). The dataclass defaults suit grey
+# digits; 45 epochs of their resnet on 20,000 colour images of 64 px take over an hour on a CPU, where
+# this conv VAE with the discretized logistic reaches 26 dB PSNR on 64 px shapes in about 9 minutes
+# on 2 CPU cores (docs/benchmarks.md). A set too small for COLOUR_MIN_STEPS optimizer steps in the
+# default epochs trains for more epochs (the trainer settles it).
 COLOUR_MIN_STEPS = 5_000
 COLOUR_DEFAULTS: dict[str, Any] = {
     "loss": "dlogistic",

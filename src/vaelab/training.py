@@ -203,8 +203,8 @@ def train(
         return summarize(run_dir)
     if resume:
         config = _resume_config(run_dir, requested)
-    else:  # checked before any image is read; settled for the images once they are known
-        config = TrainConfig.from_settings(**requested).validate().resolved()
+    else:  # checked before any image is read; settled and resolved once the images are known
+        config = TrainConfig.from_settings(**requested).validate()
         if distributed.is_lead_process():  # the other ranks write nothing
             if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
                 raise VaelabError(
