@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import png, run_cli
 from vaelab.cli import main
 
 
@@ -65,6 +65,24 @@ def test_help_documents_the_interface() -> None:
     for flag in ("--model", "--arch", "--dataset", "--data-dir", "--latent-dim", "--loss", "--binarize", "--epochs",
                  "--batch-size", "--lr", "--seed", "--device", "--out", "--resume", "--json"):  # fmt: skip
         assert flag in train.stdout
+
+
+def test_a_command_imports_only_the_libraries_it_uses(vae_run: Path, tmp_path: Path) -> None:
+    # `vaelab sample` draws no chart and fits no estimator: scikit-learn, SciPy, matplotlib and
+    # torchvision (seconds of start-up each) stay unimported, as the other commands' modules do
+    script = (
+        "import sys\nfrom vaelab.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(code, *sorted(m for m in ('sklearn', 'scipy', 'matplotlib', 'torchvision', 'vaelab.apps.anomaly',"
+        " 'vaelab.apps.serve', 'vaelab.training') if m in sys.modules))"
+    )
+    out = tmp_path / "s.png"
+    done = subprocess.run(
+        [sys.executable, "-c", script, "sample", str(vae_run), "-n", "4", "-o", str(out), "--quiet"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines()[-1] == "0", done.stdout
+    assert png(out).shape == (118, 118)  # 2 x 2 digits, upscaled to 56 px, 2 px borders
 
 
 def test_readme_documents_every_training_flag() -> None:

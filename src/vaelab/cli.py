@@ -10,6 +10,7 @@ parses, calls, and prints.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import logging
@@ -48,102 +49,118 @@ of the same name (vaelab.sample, vaelab.anomaly_fit, ...)."""
 
 @dataclass(frozen=True)
 class Command:
-    """A CLI command: the library function it calls, a one-line help, and optionally a function
-    that renders its result as a table for the terminal."""
+    """A CLI command: the library function it calls ("module:name", imported when the command
+    runs, so that `vaelab sample` does not wait for scikit-learn), a one-line help, and optionally
+    a function that renders its result as a table for the terminal."""
 
-    function: Callable[..., dict[str, Any]]
+    target: str
     help: str
-    table: Callable[[dict[str, Any]], str] | None = None
+    table_target: str | None = None
     description: str | None = None  # --help's text; the function's docstring when None
+
+    @property
+    def function(self) -> Callable[..., dict[str, Any]]:
+        return _resolve(self.target)
+
+    @property
+    def table(self) -> Callable[[dict[str, Any]], str] | None:
+        return None if self.table_target is None else _resolve(self.table_target)
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def commands() -> dict[str, Command]:
     """Every command by its name; "anomaly fit" is the `fit` action of `anomaly`."""
-    from vaelab.apps import (
-        anomaly,
-        anomaly_benchmark,
-        cluster,
-        compress,
-        demo,
-        denoise,
-        embed,
-        measure,
-        run_report,
-        serve,
-        steer,
-        visualize,
-    )
-    from vaelab.training import train
-
     return {
         "train": Command(
-            train,
+            "vaelab.training:train",
             "train an AE or VAE into a run folder",
             description="Train a model. Losses are summed over pixels and averaged over images (nats per image "
             "for the bernoulli loss). After every epoch the run folder gets config.json, model.safetensors, "
             "training_state.safetensors and a line in metrics.jsonl.",
         ),
-        "sample": Command(visualize.sample, "decode random latents z ~ N(0, I) into a PNG grid"),
-        "reconstruct": Command(visualize.reconstruct, "test images above their reconstructions, as a PNG"),
+        "sample": Command(
+            "vaelab.apps.visualize:sample", "decode random latents z ~ N(0, I) into a PNG grid"
+        ),
+        "reconstruct": Command(
+            "vaelab.apps.visualize:reconstruct", "test images above their reconstructions, as a PNG"
+        ),
         "interpolate": Command(
-            visualize.interpolate, "decode a path between two images or two classes, as a PNG strip"
+            "vaelab.apps.visualize:interpolate",
+            "decode a path between two images or two classes, as a PNG strip",
         ),
         "latent-plot": Command(
-            visualize.latent_plot, "scatter of the test set's latents coloured by class (PCA if > 2-D)"
+            "vaelab.apps.visualize:latent_plot",
+            "scatter of the test set's latents coloured by class (PCA if > 2-D)",
         ),
         "latent-grid": Command(
-            visualize.latent_grid, "decode an n x n grid over the latent plane (2 main directions if > 2-D)"
+            "vaelab.apps.visualize:latent_grid",
+            "decode an n x n grid over the latent plane (2 main directions if > 2-D)",
         ),
         "traverse": Command(
-            steer.traverse, "rows of images, each moving one latent coordinate from -3 to +3 (PNG)"
+            "vaelab.apps.steer:traverse",
+            "rows of images, each moving one latent coordinate from -3 to +3 (PNG)",
         ),
         "attribute": Command(
-            steer.attribute, "find and save the latent direction of a known factor or CSV attribute"
+            "vaelab.apps.steer:attribute",
+            "find and save the latent direction of a known factor or CSV attribute",
         ),
-        "edit": Command(steer.edit, "move images along a saved attribute vector: a strip of amounts (PNG)"),
+        "edit": Command(
+            "vaelab.apps.steer:edit", "move images along a saved attribute vector: a strip of amounts (PNG)"
+        ),
         "evaluate": Command(
-            measure.evaluate,
+            "vaelab.apps.measure:evaluate",
             "NLL (importance sampled; bits/dim), ELBO parts, active units, PSNR, SSIM, MIG; writes RUN/eval.json",
-            measure.format_table,
+            "vaelab.apps.measure:format_table",
         ),
         "denoise": Command(
-            denoise.denoise,
+            "vaelab.apps.denoise:denoise",
             "noisy / denoised / clean rows; PSNR and SSIM beside median and TV filters",
-            denoise.format_table,
+            "vaelab.apps.denoise:format_table",
         ),
         "compress": Command(
-            compress.compress,
+            "vaelab.apps.compress:compress",
             "store images as latent codes in one file; size, PSNR, JPEG comparison",
-            compress.format_table,
+            "vaelab.apps.compress:format_table",
         ),
-        "decompress": Command(compress.decompress, "restore PNGs from a compressed file (same run only)"),
+        "decompress": Command(
+            "vaelab.apps.compress:decompress", "restore PNGs from a compressed file (same run only)"
+        ),
         "anomaly fit": Command(
-            anomaly.anomaly_fit, "fit a detector on normal images (default: the run's training split)"
+            "vaelab.apps.anomaly:anomaly_fit",
+            "fit a detector on normal images (default: the run's training split)",
         ),
         "anomaly score": Command(
-            anomaly.anomaly_score, "score images: CSV of name, score, flag, and a PNG of extremes"
+            "vaelab.apps.anomaly:anomaly_score",
+            "score images: CSV of name, score, flag, and a PNG of extremes",
         ),
         "anomaly benchmark": Command(
-            anomaly_benchmark.anomaly_benchmark,
+            "vaelab.apps.anomaly_benchmark:anomaly_benchmark",
             "AUROC/AUPRC of AE, VAE, PCA, IsolationForest, one class at a time",
-            anomaly_benchmark.format_table,
+            "vaelab.apps.anomaly_benchmark:format_table",
         ),
-        "embed": Command(embed.embed, "write latent means of a dataset or of image files to .npy/.npz/.csv"),
+        "embed": Command(
+            "vaelab.apps.embed:embed", "write latent means of a dataset or of image files to .npy/.npz/.csv"
+        ),
         "cluster": Command(
-            cluster.cluster,
+            "vaelab.apps.cluster:cluster",
             "k-means on latents vs pixels vs PCA; NMI, ARI, accuracy; scatter PNG",
-            cluster.format_table,
+            "vaelab.apps.cluster:format_table",
         ),
         "report": Command(
-            run_report.report,
+            "vaelab.apps.run_report:report",
             "one self-contained HTML page about a run: curves, evaluation, samples, latent space, results",
         ),
         "serve": Command(
-            serve.serve,
+            "vaelab.apps.serve:serve",
             "a local web app and JSON API to explore the latent space (FastAPI; vaelab[serve])",
         ),
         "demo": Command(
-            demo.demo, "AE vs VAE on the embedded digits: trains 3 small models, writes index.html"
+            "vaelab.apps.demo:demo",
+            "AE vs VAE on the embedded digits: trains 3 small models, writes index.html",
         ),
     }
 
@@ -155,8 +172,10 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (exposed for tests and documentation)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation): every command's flags, or with
+    `only` just that command's (the others are listed with their help line), so that running one
+    command imports only its own module."""
     parser = argparse.ArgumentParser(
         prog="vaelab",
         description="Train autoencoders (AE) and variational autoencoders (VAE) on images, then generate, "
@@ -167,13 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
-    for name, command in commands().items():
+    every = commands()
+    for name, command in every.items():
         group, _, action = name.rpartition(" ")
         if group and group not in groups:
             holder = top.add_parser(group, help=f"{group}: " + ", ".join(
-                n.split()[1] for n in commands() if n.startswith(group + " ")
+                n.split()[1] for n in every if n.startswith(group + " ")
             ))  # fmt: skip
             groups[group] = holder.add_subparsers(dest="action", required=True, metavar="ACTION")
+        if only is not None and name != only:
+            (groups[group] if group else top).add_parser(action, help=command.help)
+            continue
         sub = (groups[group] if group else top).add_parser(
             action, help=command.help, description=_description(command)
         )
@@ -355,9 +378,20 @@ def _print_human(name: str, command: Command, result: dict[str, Any]) -> None:
         print(f"wrote {result['out']}")
 
 
+def _named_command(argv: list[str]) -> str:
+    """The command that `argv` names ("anomaly fit" for a group's action), or "" for none."""
+    words = [word for word in argv if not word.startswith("-")][:2]
+    every = commands()
+    for name in (" ".join(words), *words[:1]):
+        if name in every:
+            return name
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vaelab` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(only=_named_command(argv)).parse_args(argv)
     name = args.command_name
     command = commands()[name]
     handler = _TqdmHandler()

@@ -6,17 +6,54 @@ atomically.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from torchvision.utils import make_grid, save_image
+from PIL import Image
 
 from vaelab.fileio import atomic_output
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def figure(**options: Any) -> Figure:
+    """A matplotlib Figure (matplotlib is imported on the first figure: commands that draw none
+    start faster)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
+def tile(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Images [N, C, H, W] laid out `nrow` to a row as one [3, H', W'] picture (grey repeated into
+    3 channels), `padding` pixels of `pad_value` around and between them; one image alone is
+    returned as it is."""
+    n, channels, height, width = images.shape
+    if channels == 1:
+        images = images.expand(n, 3, height, width)
+    if n == 1:
+        return images[0]
+    columns = min(nrow, n)
+    rows = math.ceil(n / columns)
+    cell_h, cell_w = height + padding, width + padding
+    grid = images.new_full((3, rows * cell_h + padding, columns * cell_w + padding), pad_value)
+    for i, image in enumerate(images):
+        top, left = (i // columns) * cell_h + padding, (i % columns) * cell_w + padding
+        grid[:, top : top + height, left : left + width] = image
+    return grid
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """An image [C, H, W] in [0, 1] as a [H, W, C] uint8 array, each value rounded to the nearest
+    of the 256 levels."""
+    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _upscale(images: torch.Tensor, min_side: int = 56) -> torch.Tensor:
@@ -27,22 +64,22 @@ def _upscale(images: torch.Tensor, min_side: int = 56) -> torch.Tensor:
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
     """Save images as one PNG grid, `nrow` images per row, white separators."""
+    grid = tile(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow)
     with atomic_output(path) as tmp:
-        save_image(_upscale(images.float().cpu().clamp(0, 1)), tmp, nrow=nrow, padding=2, pad_value=1.0)
+        Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
     return Path(path)
 
 
 def to_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     """One [H, W, C] array of images laid out in a grid, for matplotlib."""
-    grid = make_grid(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow, padding=2, pad_value=1.0)
-    return grid.permute(1, 2, 0).numpy()
+    return tile(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow).permute(1, 2, 0).numpy()
 
 
 def save_labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
     """One row of images per (label, images) pair, the label on the left (e.g. AE vs VAE strips)."""
     columns = max(len(images) for _, images in rows)
     height = 0.9 * len(rows) + (0.5 if title else 0.1)
-    fig = Figure(figsize=(1.5 + 0.75 * columns, height), dpi=100, layout="constrained")
+    fig = figure(figsize=(1.5 + 0.75 * columns, height), dpi=100, layout="constrained")
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
     for ax, (label, images) in zip(axes, rows):
         ax.imshow(to_grid(images, nrow=columns), cmap="gray", interpolation="nearest")
@@ -56,7 +93,7 @@ def save_labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Pat
 
 def save_titled_grids(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, nrow: int) -> Path:
     """Image grids side by side, each under its title (e.g. samples of several models)."""
-    fig = Figure(figsize=(4.2 * len(panels), 4.6), dpi=110, layout="constrained")
+    fig = figure(figsize=(4.2 * len(panels), 4.6), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, images) in zip(axes, panels):
         ax.imshow(to_grid(images, nrow=nrow), cmap="gray", interpolation="nearest")
@@ -79,7 +116,7 @@ class ScatterPanel:
 def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path, shared_legend: bool = True) -> Path:
     """Scatter plots of latent codes side by side, coloured by class: one legend for all panels,
     or one inside each panel when they colour by different things (shared_legend=False)."""
-    fig = Figure(figsize=(5.2 * len(panels) + 1.2, 5.0), dpi=110, layout="constrained")
+    fig = figure(figsize=(5.2 * len(panels) + 1.2, 5.0), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     handles = None
     for ax, panel in zip(axes, panels):
@@ -122,11 +159,11 @@ class GridPanel:
 
 def save_latent_grids(panels: Sequence[GridPanel], path: str | Path) -> Path:
     """Decoded latent-plane grids side by side, axes in latent units."""
-    fig = Figure(figsize=(5.6 * len(panels), 5.6), dpi=110, layout="constrained")
+    fig = figure(figsize=(5.6 * len(panels), 5.6), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         n = round(len(panel.images) ** 0.5)
-        grid = make_grid(panel.images.float().cpu().clamp(0, 1), nrow=n, padding=0).permute(1, 2, 0).numpy()
+        grid = tile(panel.images.float().cpu().clamp(0, 1), nrow=n, padding=0).permute(1, 2, 0).numpy()
         extent = (*panel.x_range, *panel.y_range)
         ax.imshow(grid, cmap="gray", extent=extent, aspect="auto", interpolation="nearest")
         ax.set_box_aspect(1)  # square digits whatever the latent ranges
@@ -138,7 +175,7 @@ def save_latent_grids(panels: Sequence[GridPanel], path: str | Path) -> Path:
 
 def save_loss_curves(runs: dict[str, list[dict]], path: str | Path, units: str = "nats per image") -> Path:
     """Training and validation loss per epoch for one or more runs."""
-    fig = Figure(figsize=(7, 4.2), dpi=110, layout="constrained")
+    fig = figure(figsize=(7, 4.2), dpi=110, layout="constrained")
     ax = fig.subplots()
     for i, (name, metrics) in enumerate(runs.items()):
         epochs = [m["epoch"] for m in metrics]
@@ -158,7 +195,7 @@ def save_loss_parts(metrics: list[dict], path: str | Path, units: str = "nats pe
     parts = [("loss", "total loss"), ("recon", "reconstruction")]
     if any(row.get("val_kl") for row in metrics):
         parts.append(("kl", "KL divergence to the prior"))
-    fig = Figure(figsize=(4.2 * len(parts), 3.6), dpi=110, layout="constrained")
+    fig = figure(figsize=(4.2 * len(parts), 3.6), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(parts), squeeze=False)[0]
     epochs = [row["epoch"] for row in metrics]
     for ax, (key, title) in zip(axes, parts):

@@ -34,8 +34,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
 from PIL import Image
 from safetensors import safe_open
 
@@ -44,7 +42,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluation import mean_squared_error, psnr, structural_similarity
 from vaelab.fileio import atomic_output
 from vaelab.options import Choices, DataDir, Dataset, Device, Inputs, Out, Positional, Run, Split
-from vaelab.plots import save_figure
+from vaelab.plots import figure, save_figure
 from vaelab.runs import open_run, select_images, weights_hash
 
 MAGIC, MAGIC_V1 = b"VLZ2", b"VAELATNT"
@@ -423,7 +421,9 @@ def _report(
     matching = min(jpeg, key=lambda p: abs(p["bytes_per_image"] - ours["bytes_per_image"]))
     plot = Path(result["out"]).with_suffix(".rd.png")
     label = f"{model.config.model.upper()} latent, {result['dtype']}"
-    fig = Figure(figsize=(10, 4.2), dpi=110, layout="constrained")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig = figure(figsize=(10, 4.2), dpi=110, layout="constrained")
     for ax, key, name in zip(fig.subplots(1, 2), ("psnr", "ssim"), ("PSNR (dB)", "SSIM")):
         for points, colour, what in ((jpeg, "tab:gray", "JPEG (Pillow), quality 1-95"),
                                      (webp, "tab:green", "WebP (Pillow), quality 0-95")):  # fmt: skip

@@ -23,7 +23,7 @@ from vaelab.data.transforms import to_unit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.options import Device, Out, Progress, Seed
-from vaelab.report import Section, write_report
+from vaelab.pages import Section, write_report
 from vaelab.runs import open_run, run_images
 from vaelab.training import train
 

@@ -26,7 +26,7 @@ from vaelab.apps.measure import EVAL_FILE
 from vaelab.errors import VaelabError
 from vaelab.fileio import RESULT_COMMANDS
 from vaelab.options import Device, Flag, Progress, Run, Seed
-from vaelab.report import Section, Table, write_report
+from vaelab.pages import Section, Table, write_report
 from vaelab.runs import open_run, run_images
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vaelab import latent
+from vaelab import latent, plots
 from vaelab.apps.steer import load_attributes, traversal_axes
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
@@ -308,10 +308,8 @@ class DecodeBatcher:
 def png_bytes(images: torch.Tensor, nrow: int = 8) -> bytes:
     """One image [C, H, W] (or a grid of [N, C, H, W]) in [0, 1] as PNG bytes, at its own size."""
     if images.dim() == 4:
-        from torchvision.utils import make_grid
-
-        images = make_grid(images.float().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
-    array = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        images = plots.tile(images.float().clamp(0, 1), nrow=nrow, padding=1)
+    array = plots.to_uint8(images)
     buffer = io.BytesIO()
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
     return buffer.getvalue()

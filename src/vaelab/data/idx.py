@@ -14,23 +14,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from torchvision import datasets
-from torchvision.datasets.mnist import read_image_file, read_label_file
-
 from vaelab.data.imageset import ImageSet
 from vaelab.errors import VaelabError
 
-TORCHVISION_CLASSES = {
-    "mnist": datasets.MNIST,
-    "fashion-mnist": datasets.FashionMNIST,
-    "kmnist": datasets.KMNIST,
-}
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 SYSTEM_DIRS = {
     "mnist": ["/usr/share/datasets/mnist"],
     "fashion-mnist": ["/usr/share/datasets/fashion-mnist"],
     "kmnist": [],
 }
 PREFIX = {"train": "train", "test": "t10k"}
+
+
+def _torchvision_class(name: str) -> type:
+    """torchvision's dataset class for `name` (torchvision is imported here, when an IDX set is
+    loaded, not by every command)."""
+    from torchvision import datasets
+
+    return getattr(datasets, TORCHVISION_CLASSES[name])
 
 
 def cache_dir() -> Path:
@@ -40,7 +41,7 @@ def cache_dir() -> Path:
 
 def find_idx_files(name: str, split: str, folder: Path) -> tuple[Path, Path] | None:
     """Return the (images, labels) IDX files of `split` under `folder`, plain or .gz, or None."""
-    class_name = TORCHVISION_CLASSES[name].__name__
+    class_name = TORCHVISION_CLASSES[name]
     stems = (f"{PREFIX[split]}-images-idx3-ubyte", f"{PREFIX[split]}-labels-idx1-ubyte")
     for base in (folder, folder / "raw", folder / class_name / "raw"):
         found = []
@@ -57,6 +58,8 @@ def find_idx_files(name: str, split: str, folder: Path) -> tuple[Path, Path] | N
 
 def read_idx_pair(images_path: Path, labels_path: Path) -> ImageSet:
     """Parse an images/labels IDX pair (gzip-compressed files are unpacked to a temp folder)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     with tempfile.TemporaryDirectory() as tmp:
         plain = []
         for path in (images_path, labels_path):
@@ -92,7 +95,7 @@ def load_idx_dataset(name: str, split: str, data_dir: str | None) -> ImageSet:
         found = find_idx_files(name, split, Path(folder))
         if found is not None:
             return _with_names(name, read_idx_pair(*found))
-    tv_class = TORCHVISION_CLASSES[name]
+    tv_class = _torchvision_class(name)
     try:
         tv_class(root=str(cache_dir()), train=split == "train", download=True)
     except Exception as error:  # torchvision raises RuntimeError/URLError/OSError for network failures
@@ -108,6 +111,6 @@ def load_idx_dataset(name: str, split: str, data_dir: str | None) -> ImageSet:
 
 
 def _with_names(name: str, image_set: ImageSet) -> ImageSet:
-    classes = TORCHVISION_CLASSES[name].classes
+    classes = _torchvision_class(name).classes
     image_set.class_names = [str(d) for d in range(10)] if name == "mnist" else list(classes)
     return image_set
