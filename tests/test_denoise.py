@@ -45,8 +45,8 @@ def test_bad_noise_specs_are_refused(spec: str) -> None:
 
 def test_a_denoising_autoencoder_cleans_images(tmp_path: Path, capsys) -> None:
     run = tmp_path / "dae"
-    code, _, _ = run_cli(["train", "--model", "ae", "--latent-dim", "32", "--noise", "gaussian:0.3",
-                          "--epochs", "4", "--batch-size", "32", "--out", str(run)], capsys)  # fmt: skip
+    code, _, _ = run_cli(["train", "--model", "ae", "--latent-dim", "32", "--noise", "gaussian:0.3", "--arch", "conv",
+                          "--hidden", "0", "--epochs", "4", "--batch-size", "32", "--out", str(run)], capsys)  # fmt: skip
     assert code == 0
     code, result, _ = run_cli(
         ["denoise", str(run), "--n-images", "300", "-o", str(tmp_path / "d.png")], capsys

@@ -121,6 +121,22 @@ def test_ssim_is_one_for_equal_images_and_follows_its_formula_on_flat_ones() -> 
     assert (structural_similarity(noisy, x) < 0.9).all()
 
 
+def test_ssim_equals_scikit_image_with_the_papers_window() -> None:
+    from skimage.metrics import structural_similarity as skimage_ssim
+
+    g = torch.Generator().manual_seed(1)
+    clean = torch.rand(4, 3, 23, 30, generator=g, dtype=torch.float64)  # not square, not a power of 2
+    noisy = (clean + 0.15 * torch.randn(clean.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    expected = [
+        skimage_ssim(a.numpy(), b.numpy(), channel_axis=0, gaussian_weights=True, sigma=1.5,
+                     use_sample_covariance=False, data_range=1.0)
+        for a, b in zip(noisy, clean)
+    ]  # fmt: skip
+    torch.testing.assert_close(
+        structural_similarity(noisy, clean), torch.tensor(expected), rtol=1e-12, atol=0
+    )
+
+
 def test_png_bits_per_dim_is_small_for_flat_images_and_about_8_for_noise() -> None:
     flat = torch.full((4, 3, 32, 32), 77, dtype=torch.uint8)
     noise = torch.randint(

@@ -109,20 +109,25 @@ def structural_similarity(estimate: torch.Tensor, target: torch.Tensor) -> torch
     """SSIM (Wang et al., 2004) of each image [B, C, H, W] in [0, 1] to its target, [B]: the
     paper's 11 x 11 Gaussian window (sigma 1.5, smaller for tiny images), K1 = 0.01, K2 = 0.03,
     dynamic range 1, averaged over the valid window positions and the channels."""
-    size = min(11, *estimate.shape[-2:])
+    height, width = estimate.shape[-2:]
+    size = min(11, height, width)
     coords = torch.arange(size, dtype=torch.float64, device=estimate.device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * 1.5**2))
     g = g / g.sum()
-    channels = estimate.shape[1]
-    rows, cols = (
-        g.view(1, 1, size, 1).expand(channels, 1, size, 1),
-        g.view(1, 1, 1, size).expand(channels, 1, 1, size),
-    )
     a, b = estimate.double(), target.double()
 
-    def blur(t: torch.Tensor) -> torch.Tensor:  # the Gaussian window is separable: rows, then columns
-        conv2d = torch.nn.functional.conv2d
-        return conv2d(conv2d(t, rows, groups=channels), cols, groups=channels)
+    def window_rows(n: int) -> torch.Tensor:  # [n - size + 1, n]: row i holds the window at i..i+size-1
+        band = torch.zeros(n - size + 1, n, dtype=torch.float64, device=estimate.device)
+        for offset in range(size):
+            band.diagonal(offset).copy_(g[offset].expand(n - size + 1))
+        return band
+
+    down, across = window_rows(height), window_rows(width).T
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        # The separable Gaussian window over every valid position, as two matrix products: the
+        # same sums as a depthwise convolution, several times faster in float64 on a CPU.
+        return down @ t @ across
 
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
