@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,31 @@ def test_samples_scale_with_temperature_and_follow_the_seed(client: TestClient) 
     assert data_url_image(one["images"][0]).shape == (28, 28)
     again = client.post("/api/sample", json={"n": 4, "temperature": 1.0, "seed": 7}).json()
     assert again == one
+
+
+def test_fitting_the_mixture_does_not_hold_up_decoding(
+    vae_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(vae_run, tmp_path / "vae2")  # the fit saves its mixture in the run folder
+    explorer = serve_module.Explorer(tmp_path / "vae2", "cpu")
+    fitting, release = threading.Event(), threading.Event()
+    real = serve_module.latent_density
+
+    def slow_fit(*args: object) -> object:  # the first "fitted" request, stopped mid-fit
+        fitting.set()
+        release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(serve_module, "latent_density", slow_fit)
+    with ThreadPoolExecutor(2) as pool:
+        sampled = pool.submit(explorer.sample, 2, 1.0, 0, "fitted")
+        try:
+            assert fitting.wait(60)
+            image = pool.submit(explorer.decode, torch.zeros(2)).result(timeout=30)  # meanwhile
+            assert image.shape == (1, 28, 28) and not sampled.done()
+        finally:
+            release.set()
+        assert len(sampled.result(timeout=60)["images"]) == 2
 
 
 def test_samples_from_the_fitted_mixture(vae_run: Path, tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ class Explorer:
         self.run_name = Path(run).resolve().name
         self.run = Path(run)
         self.density: LatentDensity | None = None  # fitted on the first request that asks for it
+        self.density_lock = threading.Lock()  # held while fitting: seconds that decoding need not wait
         self.batcher = DecodeBatcher(self._decode_batch, max_batch)
 
     def _axes(self) -> dict[str, Any]:
@@ -222,7 +223,7 @@ class Explorer:
             raise RequestError(f"latents must be one of: {', '.join(LATENT_SOURCES)}; got {latents!r}", 422)
         generator = torch.Generator().manual_seed(seed)
         if latents == "fitted":
-            with self.lock:  # the first request fits it (or reads it from the run folder)
+            with self.density_lock:  # the first request fits it (or reads it from the run folder)
                 if self.density is None:
                     self.density = latent_density(self.run, self.model, self.config)
             z = self.density.sample(n, generator, temperature)
