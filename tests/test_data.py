@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import datasets
 
 import vaelab
-from conftest import write_images
+from conftest import run_cli, write_images
 from vaelab.data import resize_uint8
 from vaelab.data.folder import load_folder
 from vaelab.data.transforms import binarize_uint8, to_unit
@@ -195,6 +195,47 @@ def test_shapes_and_folders_too_large_for_memory_are_refused_before_decoding(
         ["train", "-o", str(tmp_path / "run"), "--dataset", "shapes", "--image-size", "512"], capsys
     )
     assert code == 2 and "choose a smaller image_size" in err and not (tmp_path / "run").exists()
+
+
+def test_16_bit_and_float_images_keep_their_whole_range(tmp_path: Path) -> None:
+    # the same ramp stored as 8-bit, 16-bit and float32 pixels reads back as the same 8-bit image,
+    # where Pillow's own conversion clips 16-bit to white and floats in [0, 1] to black
+    ramp = np.linspace(0, 1, 12 * 9).reshape(9, 12)
+    folder, cache = tmp_path / "scans", tmp_path / "cache"
+    folder.mkdir()
+    Image.fromarray(np.rint(ramp * 255).astype(np.uint8)).save(folder / "a8.png")
+    Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)).save(folder / "b16.png")
+    Image.fromarray(np.rint(ramp * 65535).astype(np.int32)).save(folder / "c32.tif")
+    Image.fromarray(ramp.astype(np.float32)).save(folder / "d.tif")
+    expected = torch.from_numpy(np.rint(ramp * 255).astype(np.uint8))
+    for images in (
+        vaelab.load_images(f"folder:{folder}", "train").images,  # decoded into memory
+        load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache).images,  # streamed
+    ):
+        assert images.shape == (len(images), 1, 9, 12)
+        assert all((image[0].int() - expected.int()).abs().max() <= 1 for image in images)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (
+            np.full((6, 6), 1.5, np.float32),
+            r"d.tif holds floating-point pixels, read as 0 to 1, .* from 1.5 to 1.5",
+        ),
+        (np.full((6, 6), np.nan, np.float32), r"d.tif holds NaN or infinite pixels; replace them"),
+        (np.full((6, 6), 70_000, np.int32), r"d.tif holds integer pixels, read as 0 to 65535, .* 70000"),
+    ],
+)
+def test_pixels_outside_their_types_range_are_one_line(tmp_path: Path, capsys, pixels, message: str) -> None:
+    Image.fromarray(pixels).save(tmp_path / "d.tif")
+    with pytest.raises(vaelab.VaelabError, match=message):
+        vaelab.load_images(f"folder:{tmp_path}")
+    code, _, err = run_cli(
+        ["train", "--dataset", f"folder:{tmp_path}", "--out", str(tmp_path / "run")], capsys
+    )
+    assert code == 2 and "save it as an 8-bit image" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_a_folder_of_grey_and_colour_images_is_read_as_colour_and_says_so(

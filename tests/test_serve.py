@@ -83,9 +83,9 @@ def data_url_image(url: str) -> np.ndarray:
         return np.asarray(image)
 
 
-def png_file(array: np.ndarray) -> bytes:
+def png_file(array: np.ndarray, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format=format)
     return buffer.getvalue()
 
 
@@ -192,6 +192,16 @@ def test_reconstruct_scores_an_upload_like_the_anomaly_detector(client: TestClie
     drawing[20:40, 45:55] = 255
     converted = client.post("/api/reconstruct", files={"file": ("d.png", png_file(drawing))}).json()
     assert data_url_image(converted["input"]).shape == (28, 28)
+    # a 16-bit scan of the same digit is the same input, not one clipped to white
+    deep = client.post(
+        "/api/reconstruct", files={"file": ("d16.png", png_file(test_image.astype(np.uint16) * 257))}
+    )
+    assert deep.status_code == 200 and deep.json()["z"] == result["z"]
+    floats = png_file(test_image.astype(np.float32), "TIFF")  # floats read as 0-1: these run to 255
+    response = client.post("/api/reconstruct", files={"file": ("f.tif", floats)})
+    assert (
+        response.status_code == 422 and "the upload holds floating-point pixels" in response.json()["error"]
+    )
 
 
 def test_traverse_answers_one_row_per_informative_coordinate(client: TestClient) -> None:

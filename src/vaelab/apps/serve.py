@@ -41,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vaelab import latent, plots
 from vaelab.apps.steer import load_attributes, traversal_axes
+from vaelab.data.cache import to_8bit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.estimators import AnomalyDetector
@@ -339,7 +340,9 @@ def read_upload(data: bytes, shape: tuple[int, int, int]) -> torch.Tensor:
             if image.mode in ("RGBA", "LA", "P"):  # drawn on a canvas: transparent = black
                 background = Image.new("RGBA", image.size, (0, 0, 0, 255))
                 image = Image.alpha_composite(background, image.convert("RGBA"))
-            converted = image.convert("L" if channels == 1 else "RGB")
+            converted = to_8bit(image, "L" if channels == 1 else "RGB", "the upload")
+    except VaelabError as error:  # pixels outside the range of their type
+        raise RequestError(str(error), 422) from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise RequestError("the upload is not an image Pillow can read; send a PNG or JPEG", 415) from None
     if converted.size != (width, height):

@@ -29,8 +29,8 @@ from vaelab.fileio import atomic_output, write_json
 
 logger = logging.getLogger(__name__)
 
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-CACHE_FORMAT = 1
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+CACHE_FORMAT = 2  # 2: images of more than 8 bits scaled into 0-255 where 1 clipped them
 
 
 def folder_cache_dir() -> Path:
@@ -53,6 +53,30 @@ def open_image(path: Path) -> Image.Image:
         return Image.open(path)
     except (UnidentifiedImageError, OSError) as error:
         raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+
+
+def to_8bit(image: Image.Image, mode: str, name: str | Path) -> Image.Image:
+    """`image` converted to `mode` ("L" or "RGB") with its whole range mapped to 0-255, where
+    Pillow's own conversion would clip it into a white or black picture: integer images of more
+    than 8 bits (16-bit PNG and TIFF) are read as 0-65535, floating-point ones as 0-1. Values
+    outside those ranges are one line naming `name` and the fix."""
+    if image.mode.startswith("I") or image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise VaelabError(
+                f"{name} holds NaN or infinite pixels; replace them, or save it as an 8-bit image"
+            )
+        top = 1.0 if image.mode == "F" else 65535.0
+        if pixels.min() < 0 or pixels.max() > top:
+            kind = (
+                "floating-point pixels, read as 0 to 1" if top == 1 else "integer pixels, read as 0 to 65535"
+            )
+            raise VaelabError(
+                f"{name} holds {kind}, but its values run from {pixels.min():g} to {pixels.max():g}; "
+                "rescale it into that range or save it as an 8-bit image"
+            )
+        image = Image.fromarray(np.rint(pixels * (255 / top)).astype(np.uint8))
+    return image.convert(mode)
 
 
 def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
@@ -114,7 +138,7 @@ def decoded_folder(
             path = files[index]
             try:
                 with open_image(path) as image:
-                    converted = image.convert(mode)
+                    converted = to_8bit(image, mode, path)
             except (OSError, ValueError) as error:
                 raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
             if image_size is not None:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from vaelab.data.cache import GREY_MODES, decoded_folder, folder_cache_dir, layout, open_image
+from vaelab.data.cache import GREY_MODES, decoded_folder, folder_cache_dir, layout, open_image, to_8bit
 from vaelab.data.imageset import ImageSet, ensure_fits_in_memory, memory_budget
 from vaelab.data.stream import ImageFile
 from vaelab.errors import VaelabError
@@ -55,7 +55,7 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
             with Image.open(path) as image:
                 image.load()
                 grey += image.mode in GREY_MODES
-                converted = image.convert(mode)
+                converted = to_8bit(image, mode, path)
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
         if image_size is not None:
