@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torchvision import datasets
 
 import vaelab
@@ -214,6 +214,25 @@ def test_16_bit_and_float_images_keep_their_whole_range(tmp_path: Path) -> None:
     ):
         assert images.shape == (len(images), 1, 9, 12)
         assert all((image[0].int() - expected.int()).abs().max() <= 1 for image in images)
+
+
+def test_photos_are_turned_upright_as_their_exif_orientation_says(tmp_path: Path) -> None:
+    # a phone stores an upright photo as a wide picture with orientation 6 ("turn 90 degrees
+    # clockwise to show"): it reads as the tall picture a viewer shows, beside a tall one stored tall
+    stored = np.arange(8 * 12, dtype=np.uint8).reshape(8, 12) * 2  # 12 wide, 8 high
+    folder, cache = tmp_path / "phone", tmp_path / "cache"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.fromarray(stored).save(folder / "a_sideways.png", exif=exif)
+    for i in range(4):
+        Image.fromarray(np.full((12, 8), 40 * i, np.uint8)).save(folder / f"b{i}_upright.png")
+    memory = vaelab.load_images(f"folder:{folder}", "train")
+    streamed = load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
+    for images in (memory, streamed):
+        assert images.images.shape[1:] == (1, 12, 8)
+        turned = [i for i, path in enumerate(images.paths) if "sideways" in str(path)]
+        assert len(turned) == 1 and np.array_equal(images.images[turned[0], 0].numpy(), np.rot90(stored, -1))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from vaelab.data.idx import cache_dir
@@ -30,7 +30,8 @@ from vaelab.fileio import atomic_output, write_json
 logger = logging.getLogger(__name__)
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-CACHE_FORMAT = 2  # 2: images of more than 8 bits scaled into 0-255 where 1 clipped them
+CACHE_FORMAT = 2  # 2: images of more than 8 bits scaled into 0-255 where 1 clipped them; EXIF orientation
+TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height (a photo taken upright)
 
 
 def folder_cache_dir() -> Path:
@@ -56,10 +57,12 @@ def open_image(path: Path) -> Image.Image:
 
 
 def to_8bit(image: Image.Image, mode: str, name: str | Path) -> Image.Image:
-    """`image` converted to `mode` ("L" or "RGB") with its whole range mapped to 0-255, where
-    Pillow's own conversion would clip it into a white or black picture: integer images of more
-    than 8 bits (16-bit PNG and TIFF) are read as 0-65535, floating-point ones as 0-1. Values
-    outside those ranges are one line naming `name` and the fix."""
+    """`image` the way a viewer shows it, converted to `mode` ("L" or "RGB"): turned as its EXIF
+    orientation says (a phone's upright photo is stored sideways), and with its whole range mapped
+    to 0-255, where Pillow's own conversion would clip it into a white or black picture: integer
+    images of more than 8 bits (16-bit PNG and TIFF) are read as 0-65535, floating-point ones as
+    0-1. Values outside those ranges are one line naming `name` and the fix."""
+    image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I") or image.mode == "F":
         pixels = np.asarray(image, dtype=np.float64)
         if not np.isfinite(pixels).all():
@@ -86,7 +89,8 @@ def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
     for path in files:
         with open_image(path) as image:
             grey = grey and image.mode in GREY_MODES
-            size = image.size
+            turned = image.getexif().get(ExifTags.Base.Orientation) in TURNED
+            size = image.size[::-1] if turned else image.size
         if first_size is None:
             first_size = size
         elif image_size is None and size != first_size:
