@@ -154,6 +154,18 @@ def test_fitting_the_mixture_does_not_hold_up_decoding(
         assert len(sampled.result(timeout=60)["images"]) == 2
 
 
+def test_an_aes_samples_follow_the_correlations_of_its_codes(ae_run: Path) -> None:
+    explorer = serve_module.Explorer(ae_run, "cpu")
+    codes = explorer.codes.T
+    drawn = torch.tensor([z for seed in range(20) for z in explorer.sample(64, 1.0, seed)["z"]]).T.double()
+    expected, got = torch.corrcoef(codes)[0, 1].item(), torch.corrcoef(drawn)[0, 1].item()
+    # this AE's two coordinates are strongly correlated (measured -0.93); 1,280 draws estimate a
+    # correlation to within about 0.01 (a standard error of (1 - rho^2) / sqrt(n)); independent
+    # coordinates would give 0
+    assert abs(expected) > 0.5 and abs(got - expected) < 0.05
+    torch.testing.assert_close(drawn.mean(1), codes.mean(1), atol=0.15 * codes.std(1).max().item(), rtol=0)
+
+
 def test_samples_from_the_fitted_mixture(vae_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "vae2"
     shutil.copytree(vae_run, run)

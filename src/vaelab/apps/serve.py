@@ -86,6 +86,9 @@ class Explorer:
         self.class_names = test.class_names
         self.codes = latent.embed_images(self.model, self.images).double()
         self.axes = self._axes()
+        # every principal axis of the codes: the Gaussian with their mean and full covariance (an
+        # AE's codes are often strongly correlated; independent coordinates would miss the data)
+        self.code_axes = latent.principal_axes(self.codes, self.codes.shape[1])
         self.z_limit = 10.0 * max(1.0, float(self.codes.abs().max()))
         self.traversal_dims, self.traversal_centre, self.traversal_spread, _ = traversal_axes(
             self.model, self.images, TRAVERSAL_ROWS
@@ -230,8 +233,9 @@ class Explorer:
             z = self.density.sample(n, generator, temperature)
         else:
             z = torch.randn(n, self.model.config.latent_dim, generator=generator) * temperature
-            if not isinstance(self.model, VAE):  # no prior: draw from a Gaussian fitted to the codes
-                z = (self.codes.mean(0) + z.double() * self.codes.std(0)).float()
+            if not isinstance(self.model, VAE):  # no prior: draw from the Gaussian of the codes
+                mean, directions, std, _ = self.code_axes
+                z = (mean + (z.double()[:, : len(std)] * std) @ directions).float()
         images = [self.decode(row, seed) for row in z]
         return {"z": z.tolist(), "images": [data_url(png_bytes(image)) for image in images]}
 
