@@ -62,9 +62,14 @@ def _upscale(images: torch.Tensor, min_side: int = 56) -> torch.Tensor:
     return F.interpolate(images, scale_factor=factor, mode="nearest") if factor > 1 else images
 
 
+def _readable_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Images clamped to [0, 1], upscaled if small, tiled `nrow` to a row with white separators."""
+    return tile(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow)
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
     """Save images as one PNG grid, `nrow` images per row, white separators."""
-    grid = tile(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow)
+    grid = _readable_grid(images, nrow)
     with atomic_output(path) as tmp:
         Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
     return Path(path)
@@ -72,7 +77,7 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
 
 def to_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     """One [H, W, C] array of images laid out in a grid, for matplotlib."""
-    return tile(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow).permute(1, 2, 0).numpy()
+    return _readable_grid(images, nrow).permute(1, 2, 0).numpy()
 
 
 def save_labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:

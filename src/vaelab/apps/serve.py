@@ -85,10 +85,11 @@ class Explorer:
         self.labels = test.labels[:POINTS] if test.labels is not None else None
         self.class_names = test.class_names
         self.codes = latent.embed_images(self.model, self.images).double()
-        self.axes = self._axes()
         # every principal axis of the codes: the Gaussian with their mean and full covariance (an
-        # AE's codes are often strongly correlated; independent coordinates would miss the data)
+        # AE's codes are often strongly correlated; independent coordinates would miss the data),
+        # and the page's axes
         self.code_axes = latent.principal_axes(self.codes, self.codes.shape[1])
+        self.axes = self._axes()
         self.z_limit = 10.0 * max(1.0, float(self.codes.abs().max()))
         self.traversal_dims, self.traversal_centre, self.traversal_spread, _ = traversal_axes(
             self.model, self.images, TRAVERSAL_ROWS
@@ -109,7 +110,8 @@ class Explorer:
         if d <= 2:
             return {"kind": "coordinates", "mean": [0.0] * d, "directions": torch.eye(d).tolist(),
                     "std": self.codes.std(0).tolist(), "labels": [f"z[{i}]" for i in range(d)]}  # fmt: skip
-        mean, directions, std, share = latent.principal_axes(self.codes, AXES)
+        mean, directions, std, share = self.code_axes
+        directions, std, share = directions[:AXES], std[:AXES], share[:AXES]
         return {"kind": "pca", "mean": mean.tolist(), "directions": directions.tolist(), "std": std.tolist(),
                 "labels": [f"PC{i + 1} ({s:.0%})" for i, s in enumerate(share)]}  # fmt: skip
 
