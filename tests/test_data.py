@@ -235,6 +235,39 @@ def test_photos_are_turned_upright_as_their_exif_orientation_says(tmp_path: Path
         assert len(turned) == 1 and np.array_equal(images.images[turned[0], 0].numpy(), np.rot90(stored, -1))
 
 
+def test_transparent_pixels_read_as_black_whatever_colour_they_hide(tmp_path: Path) -> None:
+    # an editor keeps the colour under erased pixels: Pillow's own conversion would show it
+    folder, cache = tmp_path / "sprites", tmp_path / "cache"
+    folder.mkdir()
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, hidden where alpha is 0
+    rgba[:, :4, :3] = (200, 100, 40)
+    rgba[:, :4, 3] = 255  # an opaque orange left half
+    rgba[:, 4:6, 3] = 128  # half-transparent white: half grey over black
+    Image.fromarray(rgba).save(folder / "a_rgba.png")
+    palette = Image.fromarray(np.array([[0, 1] * 4] * 6, np.uint8), "P")
+    palette.putpalette([200, 100, 40, 255, 255, 255])
+    palette.save(folder / "b_palette.png", transparency=1)  # index 1 (white) is transparent
+    expected = np.zeros((6, 8, 3), np.int32)
+    expected[:, :4] = (200, 100, 40)
+    expected[:, 4:6] = 128
+    for memory in (True, False):
+        read = {}
+        for split in ("train", "test"):
+            if memory:
+                images = vaelab.load_images(f"folder:{folder}", split)
+            else:
+                images = load_folder(str(folder), split, None, max_memory="1KB", cache_dir=cache)
+            read |= {
+                Path(path).name: image.permute(1, 2, 0).int().numpy()
+                for path, image in zip(images.paths, images.images)
+            }
+        assert sorted(read) == ["a_rgba.png", "b_palette.png"] and read["a_rgba.png"].shape == (6, 8, 3)
+        assert np.abs(read["a_rgba.png"] - expected).max() <= 1
+        stripes = read["b_palette.png"]
+        assert (stripes[:, 0::2] == (200, 100, 40)).all() and (stripes[:, 1::2] == 0).all()
+
+
 @pytest.mark.parametrize(
     ("pixels", "message"),
     [

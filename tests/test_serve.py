@@ -209,6 +209,12 @@ def test_reconstruct_scores_an_upload_like_the_anomaly_detector(client: TestClie
         "/api/reconstruct", files={"file": ("d16.png", png_file(test_image.astype(np.uint16) * 257))}
     )
     assert deep.status_code == 200 and deep.json()["z"] == result["z"]
+    # so is the digit with a transparent background that hides white: read as black, as in folders
+    hidden = np.stack(
+        [np.where(test_image > 0, test_image, 255)] * 3 + [np.where(test_image > 0, 255, 0)], -1
+    )
+    response = client.post("/api/reconstruct", files={"file": ("a.png", png_file(hidden.astype(np.uint8)))})
+    assert response.status_code == 200 and response.json()["z"] == result["z"]
     floats = png_file(test_image.astype(np.float32), "TIFF")  # floats read as 0-1: these run to 255
     response = client.post("/api/reconstruct", files={"file": ("f.tif", floats)})
     assert (

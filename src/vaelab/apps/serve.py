@@ -343,9 +343,6 @@ def read_upload(data: bytes, shape: tuple[int, int, int]) -> torch.Tensor:
                     413,
                 )
             image.load()
-            if image.mode in ("RGBA", "LA", "P"):  # drawn on a canvas: transparent = black
-                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
             converted = to_8bit(image, "L" if channels == 1 else "RGB", "the upload")
     except VaelabError as error:  # pixels outside the range of their type
         raise RequestError(str(error), 422) from None

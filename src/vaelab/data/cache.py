@@ -29,8 +29,11 @@ from vaelab.fileio import atomic_output, write_json
 
 logger = logging.getLogger(__name__)
 
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-CACHE_FORMAT = 2  # 2: images of more than 8 bits scaled into 0-255 where 1 clipped them; EXIF orientation
+ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+# 2: images of more than 8 bits scaled into 0-255 where 1 clipped them; EXIF orientation.
+# 3: transparent pixels laid over black, where 2 showed the colour stored under them
+CACHE_FORMAT = 3
 TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height (a photo taken upright)
 
 
@@ -61,9 +64,14 @@ def to_8bit(image: Image.Image, mode: str, name: str | Path) -> Image.Image:
     orientation says (a phone's upright photo is stored sideways), and with its whole range mapped
     to 0-255, where Pillow's own conversion would clip it into a white or black picture: integer
     images of more than 8 bits (16-bit PNG and TIFF) are read as 0-65535, floating-point ones as
-    0-1. Values outside those ranges are one line naming `name` and the fix."""
+    0-1. Values outside those ranges are one line naming `name` and the fix. Transparent pixels
+    are laid over black (half-transparent ones blended with it), whatever colour the file stores
+    under them; Pillow's conversion would show that hidden colour."""
     image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I") or image.mode == "F":
+    if image.mode in ALPHA_MODES or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, image.convert("RGBA"))
+    elif image.mode.startswith("I") or image.mode == "F":
         pixels = np.asarray(image, dtype=np.float64)
         if not np.isfinite(pixels).all():
             raise VaelabError(
