@@ -2,11 +2,12 @@
 
     python benchmarks/colour_folder.py                         # tinted digits, 64 px, 3,000 images
     python benchmarks/colour_folder.py --images 10000 --image-size 128
+    python benchmarks/colour_folder.py --grey              # the same images in grey (luminance)
 
 Writes a folder of colour PNGs that is not `shapes`: the embedded MNIST digits, upscaled to
 --image-size, each stroke in a colour of random hue on a background of another random hue that
-darkens from top to bottom (seeded; every image different). Then trains on it, one after the
-other on the same machine:
+darkens from top to bottom (seeded; every image different); with --grey, their luminance, saved
+as grey PNGs. Then trains on it, one after the other on the same machine:
 
 - `grey defaults`: the settings a colour folder trained with before colour images had defaults of
   their own (the resnet VAE with the Bernoulli loss, batch 128, 45 epochs, 2 + 10 warm-up epochs);
@@ -44,8 +45,9 @@ GREY_DEFAULTS: dict[str, Any] = {"arch": "resnet", "loss": "bernoulli", "hidden"
                                  "epochs": 45, "lr_warmup_epochs": 2, "kl_warmup_epochs": 10}  # fmt: skip
 
 
-def write_tinted_digits(folder: Path, n: int, size: int, seed: int = 0) -> float:
-    """Write `n` colour PNGs of size x size into `folder`; return the seconds it took."""
+def write_tinted_digits(folder: Path, n: int, size: int, seed: int = 0, grey: bool = False) -> float:
+    """Write `n` colour PNGs of size x size into `folder` (grey ones: their luminance); return the
+    seconds it took."""
     started = time.perf_counter()
     digits = vaelab.load_images("mnist-mini", "train").images[:n].float() / 255  # [n, 1, 28, 28]
     if len(digits) < n:
@@ -61,7 +63,8 @@ def write_tinted_digits(folder: Path, n: int, size: int, seed: int = 0) -> float
         bg = torch.tensor(colorsys.hsv_to_rgb(bg_hue, rng.uniform(0.3, 0.8), rng.uniform(0.4, 0.8)))
         image = bg.view(3, 1, 1) * shade * (1 - stroke) + fg.view(3, 1, 1) * stroke  # [3, size, size]
         pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+        picture = Image.fromarray(pixels)
+        (picture.convert("L") if grey else picture).save(folder / f"{i:05d}.png")
     return time.perf_counter() - started
 
 
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     parser.add_argument("--only", choices=("grey", "defaults", "defaults-45"), action="append",
                         help="train only these (repeatable; default all three)")  # fmt: skip
+    parser.add_argument("--grey", action="store_true", help="save the images in grey (their luminance)")
     parser.add_argument("--keep", type=Path, help="keep the folder and run folders under this folder")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -115,10 +119,11 @@ def main() -> None:
     where = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
     )
-    print(f"torch {torch.__version__}, {where}; {args.images} images at {args.image_size} px; "
+    kind = "grey" if args.grey else "colour"
+    print(f"torch {torch.__version__}, {where}; {args.images} {kind} images at {args.image_size} px; "
           f"overrides: {overrides or 'none'}")  # fmt: skip
     out: dict[str, Any] = {"torch": torch.__version__, "device": where, "images": args.images,
-                           "image_size": args.image_size, "overrides": overrides}  # fmt: skip
+                           "image_size": args.image_size, "grey": args.grey, "overrides": overrides}  # fmt: skip
     cases = {
         "grey": ("grey defaults", GREY_DEFAULTS),
         "defaults": ("defaults", {}),
@@ -127,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         folder = root / "tinted-digits"
-        seconds = write_tinted_digits(folder, args.images, args.image_size)
+        seconds = write_tinted_digits(folder, args.images, args.image_size, grey=args.grey)
         print(f"wrote {args.images} PNGs in {seconds:.1f} s to {folder}")
         out["write_seconds"] = round(seconds, 1)
         results = {}

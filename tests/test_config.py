@@ -8,9 +8,9 @@ import pytest
 
 from vaelab import ModelConfig, TrainConfig, build_model
 from vaelab.config import (
-    COLOUR_DEFAULTS,
     DEFAULT_LR,
     DLOGISTIC_MEAN_SCALE,
+    IMAGE_DEFAULTS,
     PIXELCNN_FREE_BITS,
     PIXELCNN_LR,
     setting_names,
@@ -117,14 +117,17 @@ def test_the_mean_scale_defaults_to_dlogistic_only_and_is_off_in_runs_saved_befo
     assert TrainConfig.from_dict(saved).mean_scale == 0.0
 
 
-def test_colour_images_defaults_fill_only_the_settings_not_given() -> None:
-    colour = with_image_defaults({"dataset": "shapes", "batch_size": 8}, channels=3)
+def test_colour_and_large_images_defaults_fill_only_the_settings_not_given() -> None:
+    colour = with_image_defaults({"dataset": "shapes", "batch_size": 8}, (3, 64, 64))
     assert colour["batch_size"] == 8 and colour["arch"] == "conv" and colour["loss"] == "dlogistic"
-    assert with_image_defaults({"batch_size": 8}, channels=1) == {"batch_size": 8}  # grey: as given
-    assert with_image_defaults({}, channels=1) == {}
+    assert with_image_defaults({"batch_size": 8}, (1, 28, 28)) == {"batch_size": 8}  # small grey: as given
+    assert with_image_defaults({}, (1, 32, 32)) == {}  # up to SMALL_GREY_PIXELS
+    assert with_image_defaults({}, (1, 32, 33)) == IMAGE_DEFAULTS  # larger grey images: like colour
+    assert with_image_defaults({}, (3, 16, 16)) == IMAGE_DEFAULTS  # colour images of any size
     binarized = {"binarize": "dynamic"}  # 0/1 sub-pixels: the Bernoulli likelihood is the exact one
-    assert with_image_defaults(binarized, channels=3) == binarized
+    assert with_image_defaults(binarized, (3, 64, 64)) == binarized
+    assert with_image_defaults(binarized, (1, 64, 64)) == binarized
     # every default is a valid setting, in range
-    config = TrainConfig.from_settings(**with_image_defaults({}, channels=3)).validate()
-    assert all(config.settings()[key] == value for key, value in COLOUR_DEFAULTS.items())
+    config = TrainConfig.from_settings(**with_image_defaults({}, (3, 64, 64))).validate()
+    assert all(config.settings()[key] == value for key, value in IMAGE_DEFAULTS.items())
     assert config.settings()["loss"] != TrainConfig().settings()["loss"]  # they differ from grey's

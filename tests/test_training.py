@@ -431,13 +431,14 @@ def test_the_default_learning_rate_halves_above_64_px_and_an_explicit_one_is_kep
     assert recorded_lr(tmp_path / "explicit") == 1e-3
 
 
-def test_colour_images_defaults_apply_to_new_runs_only_and_flags_win(
+def test_colour_and_large_images_defaults_apply_to_new_runs_only_and_flags_win(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_images(tmp_path / "colour", 10, (16, 16), mode="RGB")
     write_images(tmp_path / "grey", 10, (16, 16))
-    monkeypatch.setitem(training_config.COLOUR_DEFAULTS, "epochs", 1)  # short
-    monkeypatch.setattr(training, "COLOUR_MIN_STEPS", 3)
+    write_images(tmp_path / "large-grey", 10, (36, 36))
+    monkeypatch.setitem(training_config.IMAGE_DEFAULTS, "epochs", 1)  # short
+    monkeypatch.setattr(training, "IMAGE_MIN_STEPS", 3)
     small = {"channels": 4, "latent_dim": 4, "device": "cpu", "progress": False}
 
     def recorded(run: str) -> dict:
@@ -450,25 +451,35 @@ def test_colour_images_defaults_apply_to_new_runs_only_and_flags_win(
         "dlogistic", "conv", 0, 32, 3
     )  # fmt: skip
     vaelab.train(tmp_path / "grey-run", dataset=f"folder:{tmp_path / 'grey'}", epochs=1, **small)
-    grey = recorded("grey-run")  # grey images keep the digits' defaults
+    grey = recorded("grey-run")  # small grey images keep the digits' defaults
     assert (grey["loss"], grey["arch"], grey["batch_size"]) == ("bernoulli", "resnet", 128)
+    vaelab.train(tmp_path / "large-grey-run", dataset=f"folder:{tmp_path / 'large-grey'}", **small)
+    large = recorded("large-grey-run")  # grey images above 32 x 32 pixels: as colour ones
+    assert (large["loss"], large["arch"], large["batch_size"], large["epochs"]) == (
+        "dlogistic",
+        "conv",
+        32,
+        3,
+    )
+    assert large["image_channels"] == 1 and not large["film"]
     vaelab.train(tmp_path / "flags", dataset=f"folder:{tmp_path / 'colour'}", loss="l2", epochs=1, **small)
     flags = recorded("flags")  # what is given wins; the rest are colour defaults
     assert (flags["loss"], flags["epochs"], flags["arch"]) == ("l2", 1, "conv")
 
-    monkeypatch.setitem(training_config.COLOUR_DEFAULTS, "batch_size", 64)
+    monkeypatch.setitem(training_config.IMAGE_DEFAULTS, "batch_size", 64)
     vaelab.train(tmp_path / "colour-run", resume=True, epochs=4, progress=False)
     assert recorded("colour-run")["batch_size"] == 32  # as recorded
     steps = [row["optimizer_steps"] for row in _metrics(tmp_path / "colour-run")]
     assert steps == [1, 2, 3, 4]
 
 
-def test_colour_images_train_for_enough_steps_on_a_small_set() -> None:
-    colour, grey, least = (3, 64, 64), (1, 28, 28), training.COLOUR_MIN_STEPS
+def test_colour_and_large_images_train_for_enough_steps_on_a_small_set() -> None:
+    colour, grey, least = (3, 64, 64), (1, 28, 28), training.IMAGE_MIN_STEPS
     epochs = {n: training.new_run_config({}, colour, n).epochs for n in (18_000, 2_160, 100)}
     # shapes' 18,000 images: 563 steps an epoch, the default 10 epochs are 5,630 steps
     assert epochs == {18_000: 10, 2_160: math.ceil(least / 68), 100: math.ceil(least / 4)}
     assert training.new_run_config({"epochs": 3}, colour, 2_160).epochs == 3  # given: kept
     assert training.new_run_config({"batch_size": 8}, colour, 2_160).epochs == math.ceil(least / 270)
-    assert training.new_run_config({}, grey, 100).epochs == TrainConfig().epochs  # grey: unchanged
+    assert training.new_run_config({}, grey, 100).epochs == TrainConfig().epochs  # small grey: unchanged
+    assert training.new_run_config({}, (1, 64, 64), 100).epochs == math.ceil(least / 4)  # large grey
     assert training.new_run_config({"binarize": "dynamic"}, colour, 100).epochs == TrainConfig().epochs

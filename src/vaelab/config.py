@@ -55,14 +55,17 @@ PLAIN_TRAINING: dict[str, Any] = {
     "film": False,
 }
 
-# What colour images (3 channels, not binarized) train with where a setting names no value (flags
-# and keyword arguments win; a resumed run keeps what it recorded). The dataclass defaults suit grey
-# digits; 45 epochs of their resnet on 20,000 colour images of 64 px take over an hour on a CPU, where
-# this conv VAE with the discretized logistic reaches 26 dB PSNR on 64 px shapes in about 9 minutes
-# on 2 CPU cores (docs/benchmarks.md). A set too small for COLOUR_MIN_STEPS optimizer steps in the
-# default epochs trains for more epochs (the trainer settles it).
-COLOUR_MIN_STEPS = 5_000
-COLOUR_DEFAULTS: dict[str, Any] = {
+# What colour images, and grey ones larger than SMALL_GREY_PIXELS, train with where a setting names
+# no value, unless binarized (flags and keyword arguments win; a resumed run keeps what it recorded).
+# The dataclass defaults suit small grey images such as the digits they were tuned on; 45 epochs of
+# their resnet on 20,000 colour images of 64 px take over an hour on a CPU, where this conv VAE with
+# the discretized logistic reaches 26 dB PSNR on 64 px shapes in about 9 minutes on 2 CPU cores. On
+# a folder of 3,000 grey 64 px images it reached 33.5 dB in 11 minutes where the grey defaults
+# reached 26.3 dB in 22 (docs/benchmarks.md). A set too small for IMAGE_MIN_STEPS optimizer steps
+# in the default epochs trains for more epochs (the trainer settles it).
+SMALL_GREY_PIXELS = 32 * 32
+IMAGE_MIN_STEPS = 5_000
+IMAGE_DEFAULTS: dict[str, Any] = {
     "loss": "dlogistic",
     "arch": "conv",
     "hidden": 0,
@@ -73,12 +76,15 @@ COLOUR_DEFAULTS: dict[str, Any] = {
 }
 
 
-def with_image_defaults(settings: dict[str, Any], channels: int) -> dict[str, Any]:
-    """`settings` with COLOUR_DEFAULTS filled in where it names no value, when the images are colour
-    (`channels` 3) and not binarized; else `settings` as they are."""
-    if channels != 3 or settings.get("binarize", TrainConfig.binarize) != "none":
+def with_image_defaults(settings: dict[str, Any], image_shape: tuple[int, ...]) -> dict[str, Any]:
+    """`settings` with IMAGE_DEFAULTS filled in where it names no value, when the images of
+    `image_shape` (C, H, W) are colour or grey of more than SMALL_GREY_PIXELS pixels, and not
+    binarized; else `settings` as they are."""
+    channels, height, width = image_shape
+    small_grey = channels == 1 and height * width <= SMALL_GREY_PIXELS
+    if small_grey or settings.get("binarize", TrainConfig.binarize) != "none":
         return dict(settings)
-    return {**COLOUR_DEFAULTS, **settings}
+    return {**IMAGE_DEFAULTS, **settings}
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
@@ -102,7 +108,7 @@ class ModelConfig:
     loss: str = setting(
         "bernoulli",
         "pixel loss summed over pixels: bernoulli (cross-entropy), dlogistic (discretized logistic: the "
-        "likelihood of 8-bit colour images, in bits per dimension), l2, l1",
+        "likelihood of 8-bit images, in bits per dimension), l2, l1",
         LOSSES,
     )
     beta: float = setting(1.0, "weight of the KL term of a VAE (1 = the plain VAE, >1 = beta-VAE)")
@@ -210,8 +216,8 @@ class TrainConfig:
     dataset: str = setting(
         "mnist-mini",
         "mnist-mini (embedded digits), shapes (generated colour shapes, known factors), mnist, fashion-mnist, "
-        "kmnist, or folder:PATH (your images). Colour images have defaults of their own for the settings not "
-        "given: a conv VAE with --loss dlogistic, --hidden 0, --batch-size 32, --lr-warmup-epochs 0, "
+        "kmnist, or folder:PATH (your images). Colour images, and grey ones above 32 x 32 pixels, have "
+        "defaults of their own for the settings not given: a conv VAE with --loss dlogistic, --hidden 0, --batch-size 32, --lr-warmup-epochs 0, "
         "--kl-warmup-epochs 1, and --epochs 10 or as many as 5,000 steps take on fewer images (26 dB on "
         "shapes in about 9 CPU minutes)",
     )
@@ -227,8 +233,8 @@ class TrainConfig:
     binarize: str = setting(
         "none", "none, dynamic (fresh 0/1 draw each time an image is seen) or static (one draw)", BINARIZE
     )
-    epochs: int = setting(45, "passes over the training images (colour images: see --dataset)")
-    batch_size: int = setting(128, "images per optimizer step (colour images: 32)")
+    epochs: int = setting(45, "passes over the training images (colour and large images: see --dataset)")
+    batch_size: int = setting(128, "images per optimizer step (colour and large images: 32)")
     lr: float | None = setting(
         None,
         f"Adam learning rate (default {DEFAULT_LR:g}; {PIXELCNN_LR:g} with the pixelcnn decoder; either "

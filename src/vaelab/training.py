@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from vaelab import checkpoint, distributed, latent, tracking
 from vaelab.config import (
-    COLOUR_MIN_STEPS,
     DEFAULT_LR,
+    IMAGE_MIN_STEPS,
     LARGE_IMAGE_PIXELS,
     TrainConfig,
     with_image_defaults,
@@ -156,15 +156,15 @@ def mean_losses(
 
 def new_run_config(requested: dict[str, Any], image_shape: tuple[int, ...], n_train: int) -> TrainConfig:
     """The settings a new run records for `n_train` training images of `image_shape` (C, H, W): what
-    was `requested`, colour images' defaults where it names no value (config.COLOUR_DEFAULTS; their
-    epochs raised until training takes COLOUR_MIN_STEPS optimizer steps), every "auto" resolved, and
-    the default learning rate halved for images over 64 x 64 pixels."""
-    channels, height, width = image_shape
-    settings = with_image_defaults(requested, channels)
+    was `requested`, the defaults of colour and large images where it names no value
+    (config.IMAGE_DEFAULTS; their epochs raised until training takes IMAGE_MIN_STEPS optimizer steps),
+    every "auto" resolved, and the default learning rate halved for images over 64 x 64 pixels."""
+    _, height, width = image_shape
+    settings = with_image_defaults(requested, image_shape)
     config = TrainConfig.from_settings(**settings).validate()
-    if "epochs" in settings and "epochs" not in requested:  # colour images' default epochs
+    if "epochs" in settings and "epochs" not in requested:  # the default epochs of colour and large images
         steps_per_epoch = math.ceil(n_train / config.batch_size)
-        epochs = max(config.epochs, math.ceil(COLOUR_MIN_STEPS / steps_per_epoch))
+        epochs = max(config.epochs, math.ceil(IMAGE_MIN_STEPS / steps_per_epoch))
         config = dataclasses.replace(config, epochs=epochs)
     # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
     config = config.resolved()
