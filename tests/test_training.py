@@ -482,4 +482,9 @@ def test_colour_and_large_images_train_for_enough_steps_on_a_small_set() -> None
     assert training.new_run_config({"batch_size": 8}, colour, 2_160).epochs == math.ceil(least / 270)
     assert training.new_run_config({}, grey, 100).epochs == TrainConfig().epochs  # small grey: unchanged
     assert training.new_run_config({}, (1, 64, 64), 100).epochs == math.ceil(least / 4)  # large grey
+    # a run raised to the floor stops once IMAGE_PATIENCE_STEPS steps bring no better validation loss
+    patience = {n: training.new_run_config({}, colour, n).patience for n in (18_000, 2_160, 100)}
+    assert patience == {18_000: 0, 2_160: math.ceil(training.IMAGE_PATIENCE_STEPS / 68), 100: 250}
+    assert training.new_run_config({"patience": 3}, colour, 100).patience == 3  # given: kept
+    assert training.new_run_config({"epochs": 3}, colour, 100).patience == 0  # epochs given: no floor
     assert training.new_run_config({"binarize": "dynamic"}, colour, 100).epochs == TrainConfig().epochs

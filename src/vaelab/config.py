@@ -63,8 +63,13 @@ PLAIN_TRAINING: dict[str, Any] = {
 # a folder of 3,000 grey 64 px images it reached 33.5 dB in 11 minutes where the grey defaults
 # reached 26.3 dB in 22 (docs/benchmarks.md). A set too small for IMAGE_MIN_STEPS optimizer steps
 # in the default epochs trains for more epochs (the trainer settles it).
+# Such a run raised to IMAGE_MIN_STEPS also stops once IMAGE_PATIENCE_STEPS steps bring no better
+# validation loss: on 25 images (1 step an epoch) the best epoch was 120 of 5,000, and 97% of the
+# 10.5 minutes went into overfitting; on 3,000 images (74 epochs of 68 steps) validation never went
+# more than 5 epochs without a new best before its best (docs/benchmarks.md).
 SMALL_GREY_PIXELS = 32 * 32
 IMAGE_MIN_STEPS = 5_000
+IMAGE_PATIENCE_STEPS = 1_000
 IMAGE_DEFAULTS: dict[str, Any] = {
     "loss": "dlogistic",
     "arch": "conv",
