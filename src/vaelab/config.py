@@ -222,9 +222,9 @@ class TrainConfig:
         "mnist-mini",
         "mnist-mini (embedded digits), shapes (generated colour shapes, known factors), mnist, fashion-mnist, "
         "kmnist, or folder:PATH (your images). Colour images, and grey ones above 32 x 32 pixels, have "
-        "defaults of their own for the settings not given: a conv VAE with --loss dlogistic, --hidden 0, --batch-size 32, --lr-warmup-epochs 0, "
-        "--kl-warmup-epochs 1, and --epochs 10 or as many as 5,000 steps take on fewer images (26 dB on "
-        "shapes in about 9 CPU minutes)",
+        "defaults of their own for the settings not given: a conv VAE with --loss dlogistic, --hidden 0, "
+        "--batch-size 32, --lr-warmup-epochs 0, --kl-warmup-epochs 1, and --epochs 10 or as many as 5,000 "
+        "steps take on fewer images (26 dB on shapes in about 9 CPU minutes)",
     )
     data_dir: str | None = setting(None, "folder holding the IDX files of mnist/fashion-mnist/kmnist")
     image_size: int | None = setting(None, "resize every image to SIZE x SIZE (needed for mixed sizes)")

@@ -159,9 +159,9 @@ def new_run_config(requested: dict[str, Any], image_shape: tuple[int, ...], n_tr
     """The settings a new run records for `n_train` training images of `image_shape` (C, H, W): what
     was `requested`, the defaults of colour and large images where it names no value
     (config.IMAGE_DEFAULTS; their epochs raised until training takes IMAGE_MIN_STEPS optimizer steps,
-    and then stopping after IMAGE_PATIENCE_STEPS steps without a better validation loss unless a
-    patience is given),
-    every "auto" resolved, and the default learning rate halved for images over 64 x 64 pixels."""
+    such a run then stopping after IMAGE_PATIENCE_STEPS steps without a better validation loss unless
+    a patience is given), every "auto" resolved, and the default learning rate halved for images
+    over 64 x 64 pixels."""
     _, height, width = image_shape
     settings = with_image_defaults(requested, image_shape)
     config = TrainConfig.from_settings(**settings).validate()
@@ -169,12 +169,10 @@ def new_run_config(requested: dict[str, Any], image_shape: tuple[int, ...], n_tr
         steps_per_epoch = math.ceil(n_train / config.batch_size)
         floor = math.ceil(IMAGE_MIN_STEPS / steps_per_epoch)
         if floor > config.epochs:  # a small set: more epochs, and a stop once they only overfit
-            patience = (
-                config.patience
-                if "patience" in requested
-                else math.ceil(IMAGE_PATIENCE_STEPS / steps_per_epoch)
-            )
-            config = dataclasses.replace(config, epochs=floor, patience=patience)
+            config = dataclasses.replace(config, epochs=floor)
+            if "patience" not in requested:
+                patience = math.ceil(IMAGE_PATIENCE_STEPS / steps_per_epoch)
+                config = dataclasses.replace(config, patience=patience)
     # Save what "auto" meant today, so a resumed run keeps it whatever later defaults say.
     config = config.resolved()
     if settings.get("lr") is None and height * width > LARGE_IMAGE_PIXELS:
