@@ -3,25 +3,38 @@ and WebP, every byte of every file counted.
 
     python benchmarks/compression.py                  # train the README's 32-D AE (about 1 minute)
     python benchmarks/compression.py --run runs/ae32  # or use a trained run
+    python benchmarks/compression.py --codec-sample   # JPEG and WebP on 500 of the test digits vs all
 
 Compresses (1) 64 mnist-mini test digits written as PNG files, into one file that keeps their
 names, and (2) the whole test split (2,000 digits, numbered), at every step of the rate-distortion
 curve; JPEG and WebP (Pillow; WebP at method 6) at every quality, one file per digit. Targets: at
 most 20 bytes per digit at 20 dB or more, and at equal PSNR at least 10x smaller than the best of
-JPEG and WebP. The last line printed is one JSON object with every figure.
+JPEG and WebP. `compress` scores JPEG and WebP on at most CODEC_IMAGES of the images, evenly
+spread; `--codec-sample` measures how far that moves every quality's bytes and PSNR from all 2,000
+test digits, and the seconds each takes (interleaved, median of 3). The last line printed is one
+JSON object with every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from vaelab.apps.compress import compress, format_table
+from vaelab.apps.compress import (
+    CODEC_IMAGES,
+    JPEG_QUALITIES,
+    WEBP_QUALITIES,
+    codec_curve,
+    compress,
+    format_table,
+)
 from vaelab.data import load_images
 from vaelab.training import train
 
@@ -41,13 +54,50 @@ def summary(result: dict) -> dict:
             "curve": points, "jpeg": result["jpeg"], "webp": result["webp"]}  # fmt: skip
 
 
+def codec_sample() -> dict:
+    """JPEG and WebP curves on CODEC_IMAGES evenly spread test digits against all of them: the
+    largest relative difference in bytes and absolute difference in PSNR over the qualities, and
+    the median seconds of each (interleaved, 3 times)."""
+    images = load_images("mnist-mini", "test").images.numpy()
+    spread = images[np.linspace(0, len(images) - 1, CODEC_IMAGES).astype(int)]
+    seconds: dict[str, list[float]] = {"all": [], "sample": []}
+    curves = {}
+    for _ in range(3):
+        for name, subset in (("all", images), ("sample", spread)):
+            start = time.perf_counter()
+            curves[name] = [
+                codec_curve(subset, "JPEG", JPEG_QUALITIES),
+                codec_curve(subset, "WEBP", WEBP_QUALITIES),
+            ]
+            seconds[name].append(time.perf_counter() - start)
+    pairs = [(a, b) for full, part in zip(curves["all"], curves["sample"]) for a, b in zip(full, part)]
+    figures = {
+        "images": len(images),
+        "sample": CODEC_IMAGES,
+        "max_bytes_difference": max(abs(b["bytes_per_image"] / a["bytes_per_image"] - 1) for a, b in pairs),
+        "max_psnr_difference_db": max(abs(b["psnr"] - a["psnr"]) for a, b in pairs),
+        "seconds_all": statistics.median(seconds["all"]),
+        "seconds_sample": statistics.median(seconds["sample"]),
+    }
+    print(
+        f"JPEG and WebP at every quality on {CODEC_IMAGES} of {len(images)} test digits: bytes within "
+        f"{figures['max_bytes_difference']:.2%}, PSNR within {figures['max_psnr_difference_db']:.3f} dB; "
+        f"{figures['seconds_sample']:.1f} s instead of {figures['seconds_all']:.1f} s (median of 3)"
+    )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", help="a trained run (default: train the README's 32-D AE)")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--codec-sample", action="store_true", help="only measure JPEG and WebP on a sample")
     args = parser.parse_args()
+    if args.codec_sample:
+        print(json.dumps(codec_sample()))
+        return
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else Path(tmp) / "ae32"
