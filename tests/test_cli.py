@@ -117,3 +117,17 @@ def test_every_command_is_an_exported_function_and_its_flags_are_its_parameters(
         for parameter in parameters.values():  # the CLI's defaults are the function's
             if parameter.default is not inspect.Parameter.empty and parameter.name != "progress":
                 assert args[parameter.name] == parameter.default, (name, parameter.name)
+
+
+def test_train_says_when_the_weights_it_kept_are_an_earlier_epochs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vaelab.cli import _print_human, commands
+
+    result = {"out": "runs/r", "epochs": 4, "val_loss": 260.0, "best_epoch": 2, "best_val_loss": 200.0}
+    _print_human("train", commands()["train"], result)
+    _print_human("train", commands()["train"], {**result, "best_epoch": 4, "best_val_loss": 260.0})
+    assert capsys.readouterr().out.splitlines() == [
+        "trained 4 epochs into runs/r  (val loss 260.00 per image; kept epoch 2's weights, val loss 200.00)",
+        "trained 4 epochs into runs/r  (val loss 260.00 per image)",
+    ]

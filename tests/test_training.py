@@ -225,7 +225,9 @@ def test_iwae_trains_and_reports_a_bound_tighter_than_its_elbo(tmp_path: Path) -
     assert result["val_loss"] < result["val_recon"] + result["val_kl"]
 
 
-def test_early_stopping_keeps_the_best_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_early_stopping_keeps_the_best_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     real = training.mean_losses
     val_losses = iter([300.0, 200.0, 250.0, 260.0, 270.0, 280.0])
 
@@ -235,8 +237,14 @@ def test_early_stopping_keeps_the_best_weights(tmp_path: Path, monkeypatch: pyte
         return {"loss": value, "recon": value, "kl": 0.0}
 
     monkeypatch.setattr(training, "mean_losses", scripted)
-    result = vaelab.train(tmp_path / "r", epochs=6, patience=2, **FAST)
+    monkeypatch.setattr(training, "LOG_SECONDS", math.inf)  # epochs faster than the log interval
+    with caplog.at_level("INFO", logger="vaelab.training"):
+        result = vaelab.train(tmp_path / "r", epochs=6, patience=2, **FAST)
     assert result["epochs"] == 4 and result["best_epoch"] == 2 and result["best_val_loss"] == 200.0
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and "/6 " in r.getMessage()]
+    lines += [r.getMessage() for r in caplog.records if r.getMessage().startswith("early stop")]
+    assert [line.split()[1] for line in lines] == ["1/6", "4/6", "stop:"]  # the first, the stopping one
+    assert "val 260.00 (best 200.00, epoch 2)" in lines[1] and lines[2].endswith("holds the best, epoch 2")
     best = load_file(str(tmp_path / "r" / "model.safetensors"))
     last = {
         k.removeprefix("model."): v

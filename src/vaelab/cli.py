@@ -369,6 +369,9 @@ def _print_human(name: str, command: Command, result: dict[str, Any]) -> None:
         print(command.table(result))
     elif name == "train":
         loss = f"  (val loss {result['val_loss']:.2f} per image)" if "val_loss" in result else ""
+        best = result.get("best_epoch", result["epochs"])
+        if best != result["epochs"]:  # model.safetensors holds an earlier epoch's weights
+            loss = f"{loss[:-1]}; kept epoch {best}'s weights, val loss {result['best_val_loss']:.2f})"
         print(f"trained {result['epochs']} epochs into {result['out']}{loss}")
     elif name == "serve":
         print(f"stopped serving {result['url']}")
