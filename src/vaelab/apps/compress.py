@@ -56,7 +56,7 @@ JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 # JPEG and WebP are scored on at most this many of the images, evenly spread: on the 2,000 test
 # digits 500 gave every quality's bytes within 1% and PSNR within 0.06 dB of all 2,000, in 5.7 s
-# instead of 27 (docs/benchmarks.md)
+# instead of 23 (docs/benchmarks.md)
 CODEC_IMAGES = 500
 
 
