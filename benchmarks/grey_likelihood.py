@@ -30,7 +30,7 @@ from vaelab.apps.measure import evaluate
 from vaelab.data.idx import find_idx_files
 
 LOSSES = ("bernoulli", "dlogistic")
-FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist, which vaelab finds
 
 
 def main() -> None:
@@ -43,10 +43,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of every run (default: the defaults' 45)")
     parser.add_argument("--n-images", type=int, default=2000, help="test images scored")
     parser.add_argument("--keep", type=Path, help="keep the runs and pictures under this folder")
-    parser.add_argument("--data-dir", type=Path, default=FASHION, help="Fashion-MNIST's IDX files")
     args = parser.parse_args()
     datasets = args.datasets or ["mnist-mini"]
-    if args.datasets is None and find_idx_files("fashion-mnist", "train", args.data_dir):
+    if args.datasets is None and find_idx_files("fashion-mnist", "train", FASHION):
         datasets.append("fashion-mnist")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     results = []
@@ -56,8 +55,6 @@ def main() -> None:
             for loss in LOSSES:
                 run = root / f"{dataset}-{loss}"
                 options = {"epochs": args.epochs} if args.epochs else {}
-                if dataset != "mnist-mini":
-                    options["data_dir"] = str(args.data_dir)
                 started = time.perf_counter()
                 summary = vaelab.train(
                     run, dataset=dataset, loss=loss, device="cpu", progress=False, **options
