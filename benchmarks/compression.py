@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from vaelab.apps.compress import (
@@ -32,6 +31,7 @@ from vaelab.apps.compress import (
     JPEG_QUALITIES,
     WEBP_QUALITIES,
     codec_curve,
+    codec_sample,
     compress,
     format_table,
 )
@@ -54,12 +54,12 @@ def summary(result: dict) -> dict:
             "curve": points, "jpeg": result["jpeg"], "webp": result["webp"]}  # fmt: skip
 
 
-def codec_sample() -> dict:
+def measure_codec_sample() -> dict:
     """JPEG and WebP curves on CODEC_IMAGES evenly spread test digits against all of them: the
     largest relative difference in bytes and absolute difference in PSNR over the qualities, and
     the median seconds of each (interleaved, 3 times)."""
     images = load_images("mnist-mini", "test").images.numpy()
-    spread = images[np.linspace(0, len(images) - 1, CODEC_IMAGES).astype(int)]
+    spread = images[codec_sample(len(images))]
     seconds: dict[str, list[float]] = {"all": [], "sample": []}
     curves = {}
     for _ in range(3):
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--codec-sample", action="store_true", help="only measure JPEG and WebP on a sample")
     args = parser.parse_args()
     if args.codec_sample:
-        print(json.dumps(codec_sample()))
+        print(json.dumps(measure_codec_sample()))
         return
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,10 +27,9 @@ import torch
 
 import vaelab
 from vaelab.apps.measure import evaluate
-from vaelab.data.idx import find_idx_files
+from vaelab.data.idx import SYSTEM_DIRS, find_idx_files
 
 LOSSES = ("bernoulli", "dlogistic")
-FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist, which vaelab finds
 
 
 def main() -> None:
@@ -45,7 +44,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the runs and pictures under this folder")
     args = parser.parse_args()
     datasets = args.datasets or ["mnist-mini"]
-    if args.datasets is None and find_idx_files("fashion-mnist", "train", FASHION):
+    if args.datasets is None and any(
+        find_idx_files("fashion-mnist", "train", Path(d)) for d in SYSTEM_DIRS["fashion-mnist"]
+    ):
         datasets.append("fashion-mnist")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     results = []

@@ -304,6 +304,11 @@ def image_scores(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(psnr(mean_squared_error(a_t, b_t)).mean()), float(structural_similarity(a_t, b_t).mean())
 
 
+def codec_sample(count: int) -> np.ndarray:
+    """Indices of the up to CODEC_IMAGES of `count` images, evenly spread, that JPEG and WebP are scored on."""
+    return np.linspace(0, count - 1, min(count, CODEC_IMAGES)).astype(int)
+
+
 def codec_curve(images: np.ndarray, format: str, qualities: tuple[int, ...]) -> list[dict[str, float]]:
     """Mean bytes per image, PSNR and SSIM of Pillow's JPEG or WEBP, one file per image, at each
     quality (WebP at its slowest, smallest setting, method 6)."""
@@ -422,7 +427,7 @@ def _report(
     else:
         score, similarity = image_scores(originals, _decode(model, codes))
     ours = {"bytes_per_image": result["bytes_per_image"], "psnr": score, "ssim": similarity}
-    spread = np.linspace(0, len(originals) - 1, min(len(originals), CODEC_IMAGES)).astype(int)
+    spread = codec_sample(len(originals))
     jpeg = codec_curve(originals[spread], "JPEG", JPEG_QUALITIES)
     webp = codec_curve(originals[spread], "WEBP", WEBP_QUALITIES)
     matching = min(jpeg, key=lambda p: abs(p["bytes_per_image"] - ours["bytes_per_image"]))
