@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import png, run_cli
+from vaelab.apps import visualize
 from vaelab.cli import main
 
 
@@ -26,6 +28,13 @@ from vaelab.cli import main
         ),
         (["sample", "{run}", "-n", "0", "-o", "{tmp}/s.png"], "n must be at least 1, got 0"),
         (["latent-grid", "{run1}", "-o", "{tmp}/g.png"], "needs a latent of 2 or more"),
+        (["sample", "{run}", "-o", "{tmp}/s.txt"], "-o {tmp}/s.txt: choose a file ending in .png, .jpg"),
+        (["latent-plot", "{run}", "-o", "{tmp}/p"], "-o {tmp}/p: choose a file ending in"),
+        (
+            ["sample", "{run}", "-o", "{tmp}/taken/s.png"],
+            "{tmp}/taken/s.png: Not a directory; check the path",
+        ),
+        (["train", "--image-size", "100000", "--out", "{tmp}/r"], "GB in memory, more than the"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
@@ -46,11 +55,47 @@ def test_bad_input_is_one_line_and_exit_code_2(
             "--quiet",
         ]
         assert main(command) == 0
+    (tmp_path / "taken").write_text("a file where a folder is asked for")
     filled = [a.format(tmp=tmp_path, run=vae_run, run1=run1) for a in args]
     code, _, err = run_cli(filled, capsys)
     assert code == 2
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (
+        message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    )
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob("*.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["taken"], ["run1", "taken"])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 3 GB"),
+        MemoryError(),
+    ],
+)
+def test_running_out_of_memory_is_one_line_and_exit_code_2(
+    error: Exception, vae_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @functools.wraps(visualize.sample)  # the same parameters, so the same flags
+    def sample(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(visualize, "sample", sample)
+    code, _, err = run_cli(["sample", str(vae_run), "-o", str(tmp_path / "s.png")], capsys)
+    assert code == 2 and err.startswith("vaelab sample: error: out of memory (")
+    assert "smaller --batch-size or --image-size" in err and len(err.strip().splitlines()) == 1
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(
+    vae_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    @functools.wraps(visualize.sample)  # the same parameters, so the same flags
+    def sample(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(visualize, "sample", sample)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["sample", str(vae_run), "-o", str(tmp_path / "s.png")])
 
 
 def test_help_documents_the_interface() -> None:

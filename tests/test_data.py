@@ -48,6 +48,15 @@ def test_resize_keeps_a_constant_image_constant() -> None:
     assert torch.equal(resize_uint8(images, 6), torch.full((2, 3, 6, 6), 77, dtype=torch.uint8))
 
 
+def test_resize_in_chunks_gives_the_images_of_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.randint(
+        0, 256, (7, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    whole = resize_uint8(images, 12)
+    monkeypatch.setattr("vaelab.data.RESIZE_CHUNK_BYTES", 4 * 3 * 20 * 20 * 2)  # two images a chunk
+    assert torch.equal(resize_uint8(images, 12), whole) and whole.float().std() > 10
+
+
 def test_static_binarization_is_zero_or_255_and_keeps_the_mean() -> None:
     images = torch.full((200, 1, 28, 28), 64, dtype=torch.uint8)
     binary = binarize_uint8(images, torch.Generator().manual_seed(0))

@@ -391,6 +391,19 @@ def _named_command(argv: list[str]) -> str:
     return ""
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says that the host or the GPU ran out of memory."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vaelab` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -407,6 +420,23 @@ def main(argv: list[str] | None = None) -> int:
     except VaelabError as error:
         print(f"vaelab {name}: error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
+    except OSError as error:  # a file or folder that cannot be read or written
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or str(error)
+        print(
+            f"vaelab {name}: error: {where}{reason}; check the path, its permissions and the free space",
+            file=sys.stderr,
+        )
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        print(
+            f"vaelab {name}: error: out of memory ({_first_line(error)}); "
+            "use a smaller --batch-size or --image-size",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         saved = "; finished epochs are saved (continue with --resume)" if name == "train" else ""
         print(f"vaelab {name}: interrupted{saved}", file=sys.stderr)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
 
 if TYPE_CHECKING:
@@ -67,11 +68,20 @@ def _readable_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     return tile(_upscale(images.float().cpu().clamp(0, 1)), nrow=nrow)
 
 
+# What an image grid can be saved as, by file suffix (lossless PNG is what the help suggests)
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                ".tif": "TIFF", ".tiff": "TIFF"}  # fmt: skip
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
-    """Save images as one PNG grid, `nrow` images per row, white separators."""
+    """Save images as one grid, `nrow` images per row, white separators, in the format its suffix
+    names (GRID_FORMATS; PNG is lossless). An unknown suffix is a VaelabError, nothing written."""
+    image_format = GRID_FORMATS.get(Path(path).suffix.lower())
+    if image_format is None:
+        raise VaelabError(f"-o {path}: choose a file ending in {', '.join(GRID_FORMATS)}")
     grid = _readable_grid(images, nrow)
     with atomic_output(path) as tmp:
-        Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
+        Image.fromarray(to_uint8(grid)).save(tmp, format=image_format)
     return Path(path)
 
 
@@ -224,7 +234,12 @@ def _class_colour(cls: int, n_classes: int) -> tuple[float, float, float, float]
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Save a matplotlib figure atomically (format from the suffix)."""
+    """Save a matplotlib figure atomically in the format its suffix names (png, pdf, svg, jpg and
+    the rest matplotlib writes); any other suffix is a VaelabError, nothing written."""
+    formats = fig.canvas.get_supported_filetypes()
+    image_format = Path(path).suffix.lower().lstrip(".")
+    if image_format not in formats:
+        raise VaelabError(f"-o {path}: choose a file ending in .{', .'.join(sorted(formats))}")
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+        fig.savefig(tmp, format=image_format)
     return Path(path)

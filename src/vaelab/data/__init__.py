@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vaelab.data.imageset import ImageSet
+from vaelab.data.imageset import ImageSet, ensure_fits_in_memory
 from vaelab.errors import VaelabError
 
 __all__ = ["DATASET_NAMES", "IDX_DATASETS", "ImageSet", "load_dataset", "load_images", "resize_uint8"]
@@ -54,6 +54,7 @@ def load_images(
     else:
         raise VaelabError(f"unknown dataset {name!r}; use one of: {', '.join(DATASET_NAMES)}")
     if image_size is not None and result.images.shape[-2:] != (image_size, image_size):
+        ensure_fits_in_memory(len(result.images), result.images.shape[1], image_size, image_size, name)
         result.images = resize_uint8(result.images, image_size)
     return result
 
@@ -66,7 +67,17 @@ def load_dataset(
     return result.images, result.labels
 
 
+RESIZE_CHUNK_BYTES = 256 * 2**20  # float32 working memory of one resized chunk
+
+
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize uint8 images [N, C, H, W] to size x size with antialiased bilinear filtering."""
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    """Resize uint8 images [N, C, H, W] to size x size with antialiased bilinear filtering, a chunk
+    at a time, so the float copies take RESIZE_CHUNK_BYTES at most beside the uint8 result."""
+    n, channels, height, width = images.shape
+    out = torch.empty((n, channels, size, size), dtype=torch.uint8)
+    chunk = max(1, RESIZE_CHUNK_BYTES // (4 * channels * max(size * size, height * width)))
+    for start in range(0, n, chunk):
+        part = images[start : start + chunk].float()
+        resized = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True)
+        out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8)
+    return out
