@@ -256,6 +256,30 @@ def test_early_stopping_keeps_the_best_weights(
     assert all(torch.equal(loaded.state_dict()[k], best[k]) for k in best)
 
 
+@pytest.mark.parametrize("warmup", [4, 1])
+def test_the_log_says_what_the_kl_weighs_while_it_warms_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, warmup: int
+) -> None:
+    with caplog.at_level("INFO", logger="vaelab.training"):
+        vaelab.train(tmp_path / "r", epochs=2, kl_warmup_epochs=warmup, beta=2.0, **FAST)
+    messages = [r.getMessage() for r in caplog.records]
+    steps = math.ceil(7200 / FAST["batch_size"])  # the weight of an epoch's last step, then 2 = beta
+    weights = [2.0 * min(1.0, (epoch * steps - 1) / (warmup * steps)) for epoch in (1, 2)]
+    lines = [m for m in messages if m.startswith(("epoch 1/2", "epoch 2/2"))]
+    assert len(lines) == 2 and weights[0] < 2.0
+    for line, weight in zip(lines, weights, strict=True):
+        assert (f"kl {line.split('kl ')[1].split()[0]} weighted {weight:.2f} in warm-up)" in line) == (
+            weight < 2
+        )
+    notes = [m for m in messages if m.startswith("the KL warm-up")]
+    if warmup == 4:  # 2 of 4 epochs: the last step weighs the KL 2 * (2 * steps - 1) / (4 * steps)
+        assert len(notes) == 1 and notes[0].startswith(
+            f"the KL warm-up (4 epochs) outlasts the run, so the KL weight ends at {weights[1]:.2f}, short of beta = 2,"
+        )
+    else:
+        assert notes == [] and weights[1] == 2.0
+
+
 @pytest.mark.parametrize("model", ["vae", "ae"])
 def test_a_collapsed_latent_is_warned_about_once_after_the_lr_warmup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, model: str

@@ -298,6 +298,15 @@ def train(
         model_config.model, model_config.arch, model_config.latent_dim, model_config.loss, device, n_train, len(val_images),
         "x".join(map(str, image_shape)), config.epochs,
     )  # fmt: skip
+    kl_warmup_steps = config.kl_warmup_epochs * steps_per_epoch
+    if model_config.model == "vae" and model_config.beta > 0 and config.kl_warmup_epochs >= config.epochs:
+        logger.info(
+            "the KL warm-up (%d epochs) outlasts the run, so the KL weight ends at %.2f, short of beta = %g, and "
+            "the training loss counts less KL than the validation loss; --kl-warmup-epochs %d or fewer trains "
+            "the last epoch with the whole objective",
+            config.kl_warmup_epochs, model_config.beta * warmup_factor(total_steps - 1, kl_warmup_steps),
+            model_config.beta, config.epochs - 1,
+        )  # fmt: skip
     tracker = tracking.open_logger(config.log, run_dir, config.settings(), resume) if lead else None
     grid_latents = torch.randn(  # the same 64 latents decoded in every logged sample grid
         64, model_config.latent_dim, generator=torch.Generator().manual_seed(derive_seed(config.seed, "log"))
@@ -351,7 +360,7 @@ def train(
                 if step <= skip:
                     continue
                 done = (epoch - 1) * steps_per_epoch + step - 1  # optimizer steps taken before this one
-                kl_weight = model_config.beta * warmup_factor(done, config.kl_warmup_epochs * steps_per_epoch)
+                kl_weight = model_config.beta * warmup_factor(done, kl_warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
                 if reader is None:
@@ -467,9 +476,14 @@ def train(
                     " (best)" if state["best_epoch"] == epoch
                     else f" (best {state['best_val_loss']:.2f}, epoch {state['best_epoch']})"
                 )  # fmt: skip
+                warming = (  # the training loss weighs the KL less than beta: say how much
+                    f" weighted {kl_weight:.2f} in warm-up"
+                    if model_config.model == "vae" and kl_weight < model_config.beta
+                    else ""
+                )
                 logger.info(
-                    "epoch %d/%d  train %.2f (recon %.2f, kl %.2f)  val %.2f%s  per image  %.0f img/s",
-                    epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"],
+                    "epoch %d/%d  train %.2f (recon %.2f, kl %.2f%s)  val %.2f%s  per image  %.0f img/s",
+                    epoch, config.epochs, row["train_loss"], row["train_recon"], row["train_kl"], warming,
                     row["val_loss"], best, row["images_per_second"],
                 )  # fmt: skip
                 last_logged = time.perf_counter()
