@@ -172,7 +172,11 @@ def test_train_says_when_the_weights_it_kept_are_an_earlier_epochs(
     result = {"out": "runs/r", "epochs": 4, "val_loss": 260.0, "best_epoch": 2, "best_val_loss": 200.0}
     _print_human("train", commands()["train"], result)
     _print_human("train", commands()["train"], {**result, "best_epoch": 4, "best_val_loss": 260.0})
+    _print_human(
+        "train", commands()["train"], {"out": "runs/s", "epochs": 1, "val_loss": 9.0, "best_epoch": 1}
+    )
     assert capsys.readouterr().out.splitlines() == [
         "trained 4 epochs into runs/r  (val loss 260.00 per image; kept epoch 2's weights, val loss 200.00)",
         "trained 4 epochs into runs/r  (val loss 260.00 per image)",
+        "trained 1 epoch into runs/s  (val loss 9.00 per image)",
     ]

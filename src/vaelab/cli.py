@@ -372,7 +372,8 @@ def _print_human(name: str, command: Command, result: dict[str, Any]) -> None:
         best = result.get("best_epoch", result["epochs"])
         if best != result["epochs"]:  # model.safetensors holds an earlier epoch's weights
             loss = f"{loss[:-1]}; kept epoch {best}'s weights, val loss {result['best_val_loss']:.2f})"
-        print(f"trained {result['epochs']} epochs into {result['out']}{loss}")
+        epochs = f"{result['epochs']} epoch{'s' if result['epochs'] != 1 else ''}"
+        print(f"trained {epochs} into {result['out']}{loss}")
     elif name == "serve":
         print(f"stopped serving {result['url']}")
     elif name == "demo":

@@ -103,7 +103,10 @@ def split_train_val(
             )
     n_val = max(1, round(len(rows) * config.val_fraction))
     if len(rows) - n_val < 1:
-        raise VaelabError(f"{config.dataset} has {len(rows)} training images, too few to hold out validation")
+        raise VaelabError(
+            f"{config.dataset} has {len(rows)} training image(s), too few to also hold out a validation image; "
+            "add images"
+        )
     order = torch.randperm(
         len(rows), generator=torch.Generator().manual_seed(derive_seed(config.seed, "split"))
     )

@@ -59,7 +59,9 @@ def cluster(
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
     if not 2 <= k <= len(images):
-        raise VaelabError(f"k must be between 2 and the number of images ({len(images)}), got {k}")
+        raise VaelabError(
+            f"k must be between 2 and the number of images ({len(images)}), got {k}; choose k (--k) in that range"
+        )
     codes = LatentEncoder(run, device).fit().transform(images.images)  # [N, D]
     pixels = images.images.flatten(1).double().numpy() / 255.0
     dims = min(model.config.latent_dim, len(images), pixels.shape[1])
