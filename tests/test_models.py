@@ -41,6 +41,41 @@ def test_any_image_size_round_trips_to_its_own_shape(
     assert decoded.shape == (2, c, h, w) and decoded.min() >= 0 and decoded.max() <= 1
 
 
+@pytest.mark.parametrize("model", ["ae", "vae"])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda m: m.encode(torch.zeros(2, 3, 20, 24, dtype=torch.uint8)),
+            "images must be floats in [0, 1], got uint8",
+        ),
+        (lambda m: m.encode(torch.rand(3, 20, 24)), "got shape [3, 20, 24]; add a batch dimension (x[None])"),
+        (
+            lambda m: m.embed(torch.rand(2, 3, 24, 20)),
+            "batch of 3x20x24 images [B, C, H, W], got shape [2, 3, 24, 20]; resize",
+        ),
+        (
+            lambda m: m(torch.rand(2, 1, 20, 24)),
+            "got shape [2, 1, 20, 24]; convert them to RGB, 3 channel(s)",
+        ),
+        (
+            lambda m: m.decode(torch.randn(2, 5)),
+            "latent has 4 numbers, so z must be [B, 4], got shape [2, 5]",
+        ),
+        (lambda m: m.generate(torch.randn(4)), "got shape [4]; add a batch dimension (z[None])"),
+        (lambda m: m.decode(torch.zeros(2, 4, dtype=torch.int64)), "latents must be floats, got int64"),
+    ],
+)
+def test_wrong_inputs_are_named_with_their_fix(model: str, call, message: str) -> None:
+    config = ModelConfig(
+        model=model, arch="conv", latent_dim=4, image_channels=3, image_height=20, image_width=24
+    )
+    net = build_model(config)
+    with pytest.raises(VaelabError) as raised:
+        call(net)
+    assert message in str(raised.value)
+
+
 def test_group_norm_adds_a_scale_and_shift_per_channel_of_every_hidden_feature_map() -> None:
     settings = {"model": "vae", "arch": "resnet", "latent_dim": 4, "channels": 8, "image_channels": 3,
                 "image_height": 32, "image_width": 32, "loss": "dlogistic"}  # fmt: skip

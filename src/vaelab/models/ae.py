@@ -11,6 +11,7 @@ from vaelab import distributions
 from vaelab.config import ModelConfig
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
+from vaelab.models.checks import check_images, check_latents
 from vaelab.models.output import ModelOutput
 from vaelab.nets import build_decoder, build_encoder
 
@@ -29,11 +30,12 @@ class AE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The latent code z of each image, [B, D]."""
+        check_images(self.config, x)
         return self.encoder(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic embedding of each image (z itself for an AE), [B, D]."""
-        return self.encoder(x)
+        return self.encode(x)
 
     def logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel logits for latents z, [B, C, H, W] (Bernoulli pixels; x is not needed)."""
@@ -47,6 +49,7 @@ class AE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean image in [0, 1] for latents z."""
+        check_latents(self.config, z)
         return self.pixels.mean(self.decoder(z))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -71,7 +74,7 @@ class AE(nn.Module):
         `generator` and `kl_weight` are accepted so every model has one signature; an AE draws
         nothing and has no KL.
         """
-        z = self.encoder(x)
+        z = self.encode(x)
         params = self.decoder(z)
         recon = self.pixels.loss(x if target is None else target, params)
         return ModelOutput(

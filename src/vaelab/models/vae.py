@@ -23,6 +23,7 @@ from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, reparameterize
 from vaelab.importance import importance_log_weights, log_mean_exp
+from vaelab.models.checks import check_images, check_latents
 from vaelab.models.output import ModelOutput
 from vaelab.nets import build_decoder, build_encoder
 
@@ -41,6 +42,7 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior (mu, log_var) of each image, each [B, D]."""
+        check_images(self.config, x)
         mu, log_var = self.encoder(x).chunk(2, dim=1)
         return mu, clamp_log_var(log_var)
 
@@ -67,6 +69,7 @@ class VAE(nn.Module):
         A pixelcnn decoder has no closed form: pass `draws` to estimate the mean as the average of
         that many images drawn with `generator` (each costs one network pass per pixel).
         """
+        check_latents(self.config, z)
         params = self.decoder(z)
         if self.pixels.closed_form_mean:
             return self.pixels.mean(params)
@@ -94,6 +97,7 @@ class VAE(nn.Module):
         self, z: torch.Tensor, generator: torch.Generator | None = None, draw: bool | None = None
     ) -> torch.Tensor:
         """Images for latents z, as in `sample` (the mean image, or pixels drawn from p(x|z))."""
+        check_latents(self.config, z)
         params = self.decoder(z)
         if draw is None:
             draw = not self.pixels.closed_form_mean
