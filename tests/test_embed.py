@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import vaelab
@@ -48,9 +49,31 @@ def test_embed_image_files_keeps_their_names(vae_run: Path, tmp_path: Path, caps
 def test_embed_bad_input(vae_run: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["embed", str(vae_run), "-o", str(tmp_path / "e.txt")], capsys)
     assert code == 2 and ".npy, .npz, .csv" in err
-    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "small.png")
     code, _, err = run_cli(
-        ["embed", str(vae_run), "--input", str(tmp_path / "small.png"), "-o", str(tmp_path / "e.npy")], capsys
+        ["embed", str(vae_run), "--input", str(tmp_path / "none.png"), "-o", str(tmp_path / "e.npy")], capsys
     )
-    assert code == 2 and "expects (1, 28, 28)" in err
+    assert code == 2 and "does not exist" in err
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_images_of_another_size_and_mode_are_converted_to_what_the_model_takes(
+    vae_run: Path, tmp_path: Path, capsys
+) -> None:
+    Image.fromarray(np.full((10, 12), 77, dtype=np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.full((40, 30, 3), 77, dtype=np.uint8)).save(tmp_path / "colour.png")
+    out = tmp_path / "e.npy"
+    code, result, _ = run_cli(
+        [
+            "embed",
+            str(vae_run),
+            "--input",
+            str(tmp_path / "small.png"),
+            str(tmp_path / "colour.png"),
+            "-o",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0 and result["n_images"] == 2
+    mu, _ = vaelab.load(vae_run).encode(torch.full((1, 1, 28, 28), 77 / 255))  # a flat image stays flat
+    np.testing.assert_allclose(np.load(out), mu.detach().numpy().repeat(2, axis=0), rtol=1e-4, atol=1e-5)

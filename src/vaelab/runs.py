@@ -38,8 +38,13 @@ def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:
     if tuple(images.shape[1:]) != expected:
         raise VaelabError(
             f"{source} gives images of shape {tuple(images.shape[1:])} but the model expects {expected} "
-            "(channels, height, width); use the data it was trained on or resize with image_size"
+            "(channels, height, width); use the data it was trained on, or images of that shape"
         )
+
+
+def model_size(model: AE | VAE) -> tuple[int, int]:
+    """(height, width) of the images the model takes."""
+    return model.config.image_height, model.config.image_width
 
 
 def run_images(model: AE | VAE, config: TrainConfig, split: str = "test") -> ImageSet:
@@ -68,7 +73,7 @@ def select_images(
                 raise VaelabError(f"input {item} does not exist; give image files or folders")
         if not files:
             raise VaelabError(f"input {' '.join(map(str, inputs))} holds no images")
-        images = read_image_files(files, config.image_size, model.config.image_channels)
+        images = read_image_files(files, None, model.config.image_channels, model_size(model))
         check_shape(model, images, "input")
         return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
     name = dataset or config.dataset

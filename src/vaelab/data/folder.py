@@ -42,14 +42,22 @@ def list_images(root: Path) -> list[Path]:
     )
 
 
-def read_image_files(paths: list[Path], image_size: int | None, channels: int | None = None) -> torch.Tensor:
+def read_image_files(
+    paths: list[Path],
+    image_size: int | None,
+    channels: int | None = None,
+    resize_to: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Decode image files into one uint8 tensor [N, C, H, W].
 
     `channels` forces 1 (grayscale, by luminance) or 3 (RGB); None picks 1 when every image has
-    equal R, G and B.
+    equal R, G and B. `resize_to` (height, width), for images given to a trained model, resizes
+    every image of another size to it and says how many were.
     """
     mode = "L" if channels == 1 else "RGB"  # decide grayscale after reading when channels is None
-    arrays, grey = [], 0
+    if resize_to is not None:
+        image_size = None
+    arrays, grey, resized = [], 0, 0
     for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 10_000, leave=False):
         try:
             with Image.open(path) as image:
@@ -60,7 +68,15 @@ def read_image_files(paths: list[Path], image_size: int | None, channels: int | 
             raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
         if image_size is not None:
             converted = converted.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        elif resize_to is not None and converted.size != resize_to[::-1]:
+            converted = converted.resize(resize_to[::-1], Image.Resampling.BICUBIC)
+            resized += 1
         arrays.append(np.asarray(converted))
+    if resized:
+        logger.info(
+            "resized %d of %d images to %dx%d (width x height), the size the model takes",
+            resized, len(paths), resize_to[1], resize_to[0],
+        )  # fmt: skip
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
         first, second = sorted(sizes)[:2]
