@@ -256,6 +256,21 @@ def test_early_stopping_keeps_the_best_weights(
     assert all(torch.equal(loaded.state_dict()[k], best[k]) for k in best)
 
 
+def test_resuming_a_run_that_has_its_epochs_trains_and_writes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "r"
+    vaelab.train(run, epochs=2, **FAST)
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    with caplog.at_level("INFO", logger="vaelab.training"):
+        result = vaelab.train(run, resume=True, epochs=1, progress=False)
+    assert result["epochs"] == 2 and {path.name: path.read_bytes() for path in run.iterdir()} == before
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("has trained 2 epochs, as many as asked (epochs 1): nothing to train; pass epochs N "
+                          "(--epochs) above 2 to go on") for m in messages)  # fmt: skip
+    assert not any(m.startswith("training ") for m in messages)
+
+
 @pytest.mark.parametrize("warmup", [4, 1])
 def test_the_log_says_what_the_kl_weighs_while_it_warms_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, warmup: int

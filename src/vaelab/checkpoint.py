@@ -246,6 +246,16 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
 
+def saved_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The `progress` of the run's training state (epoch, best validation loss, ...) read from the
+    file's header alone, or None when there is no readable state (load_training_state says why)."""
+    try:
+        with safe_open(str(run_dir / STATE), framework="pt") as f:
+            return json.loads((f.metadata() or {})["progress"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
 def load_training_state(
     run_dir: Path,
     model: AE | VAE,

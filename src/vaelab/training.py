@@ -217,6 +217,14 @@ def train(
         return summarize(run_dir)
     if resume:
         config = _resume_config(run_dir, requested)
+        saved = checkpoint.saved_progress(run_dir)
+        if saved is not None and saved["epoch"] >= config.epochs and "partial" not in saved:
+            logger.info(
+                "%s has trained %d epochs, as many as asked (epochs %d): nothing to train; pass epochs N "
+                "(--epochs) above %d to go on",
+                run_dir, saved["epoch"], config.epochs, saved["epoch"],
+            )  # fmt: skip
+            return summarize(run_dir)
     else:  # checked before any image is read; settled and resolved once the images are known
         config = TrainConfig.from_settings(**requested).validate()
         if distributed.is_lead_process():  # the other ranks write nothing
