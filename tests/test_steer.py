@@ -98,6 +98,25 @@ def test_edit_on_an_input_file_and_the_cli(colour_run: Path, shapes_folder: tupl
     assert code == 0 and result["n_images"] == 1 and out.exists()
 
 
+def test_labels_separated_otherwise_or_in_celebas_own_layout_read_alike(
+    shapes_folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, labels = shapes_folder
+    paths = [str(p) for p in sorted(folder.glob("*.png"))]
+    expected = read_labels_csv(labels, paths, folder)
+    rows = [line.split(",") for line in labels.read_text().splitlines()]
+    semicolons, celeba = tmp_path / "labels.csv", tmp_path / "list_attr_celeba.txt"
+    semicolons.write_text("".join(";".join(row) + "\n" for row in rows))
+    celeba.write_text(f"{len(rows) - 1}\n" + " ".join(rows[0][1:]) + " \n" + "".join(
+        f"{row[0]}  " + "  ".join(row[1:]) + "\n" for row in rows[1:]
+    ))  # fmt: skip
+    for other in (semicolons, celeba):
+        table = read_labels_csv(other, paths, folder)
+        assert list(table) == ["big", "size", "rotation", "x"]
+        assert all(np.array_equal(table[name], expected[name]) for name in table)
+    assert set(np.unique(expected["big"])) == {-1.0, 1.0} and not np.isnan(expected["x"]).any()
+
+
 def test_steering_refuses_bad_input_with_one_line(
     colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -112,6 +131,14 @@ def test_steering_refuses_bad_input_with_one_line(
     wrong.write_text("image_id,big\nmissing.png,1\n0001.png,1\n")
     with pytest.raises(VaelabError, match="names 1 files that are not in"):
         vaelab.attribute(colour_run, factor="big", labels=wrong)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("image_id,big\n0001.png,1\n0002.png,1\n0001.png,-1\n")
+    with pytest.raises(VaelabError, match="has two rows for 0001.png; keep one row per image"):
+        vaelab.attribute(colour_run, factor="big", labels=twice)
+    short = tmp_path / "list_attr.txt"
+    short.write_text("3\nbig\n0001.png 1\n0002.png -1\n")
+    with pytest.raises(VaelabError, match="says it lists 3 images but has 2 rows"):
+        vaelab.attribute(colour_run, factor="big", labels=short)
     nameless = tmp_path / "nameless.csv"
     nameless.write_text("big,size\n1,0.2\n-1,0.1\n")
     with pytest.raises(VaelabError, match="the first column must be the image file name"):

@@ -1,5 +1,8 @@
 """Per-image attribute labels from a CSV, laid out as CelebA's attribute list: the image file name
-first, then one column per attribute (numbers; CelebA writes 1 / -1).
+first, then one column per attribute (numbers; CelebA writes 1 / -1). Columns are separated by
+commas, semicolons, tabs or spaces (whichever the header uses), and CelebA's own
+``list_attr_celeba.txt`` reads as it is: a line with the number of images, a line of attribute
+names, then a row per image, separated by spaces.
 
 Names match an image by its path relative to the folder (``faces/0001.jpg``) or, when that is
 unambiguous, by its file name alone (``0001.jpg``). Images the CSV does not list get NaN.
@@ -22,8 +25,7 @@ def read_labels_csv(path: str | Path, image_paths: list[str], folder: str | Path
     path, folder = Path(path), Path(folder).expanduser()
     if not path.is_file():
         raise VaelabError(f"labels file {path} does not exist; give a CSV of file name, then attributes")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if row]
+    rows = _read_rows(path)
     if len(rows) < 2 or len(rows[0]) < 2:
         raise VaelabError(f"{path} needs a header and rows of: file name, then one column per attribute")
     header, rows = [h.strip() for h in rows[0]], rows[1:]
@@ -39,6 +41,8 @@ def read_labels_csv(path: str | Path, image_paths: list[str], folder: str | Path
         if name not in by_name:
             missing.append(name)
             continue
+        if by_name[name] in index:
+            raise VaelabError(f"{path} has two rows for {name}; keep one row per image")
         try:
             index[by_name[name]] = [float(value) for value in row[1:]]
         except ValueError:
@@ -63,3 +67,20 @@ def read_labels_csv(path: str | Path, image_paths: list[str], folder: str | Path
         if values is not None:
             table[i] = values
     return {name: table[:, j] for j, name in enumerate(header[1:])}
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """The header and rows of a labels file, split by the separator its header uses; CelebA's
+    list_attr_celeba.txt (a count line, attribute names without a name column) gets one."""
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if len(lines) >= 2 and lines[0].strip().isdigit():  # CelebA's layout
+        rows = [line.split() for line in lines[2:]]
+        if int(lines[0]) != len(rows):
+            raise VaelabError(
+                f"{path} says it lists {int(lines[0])} images but has {len(rows)} rows; restore the file"
+            )
+        return [["image_id", *lines[1].split()], *rows]
+    separator = next((c for c in ",;\t" if c in lines[0]), None) if lines else ","
+    if separator is None:  # spaces
+        return [line.split() for line in lines]
+    return [[cell.strip() for cell in row] for row in csv.reader(lines, delimiter=separator) if row]
