@@ -20,6 +20,7 @@ from vaelab import training
 from vaelab.checkpoint import read_metrics
 from vaelab.config import PIXELCNN_FREE_BITS, PIXELCNN_LR, TrainConfig
 from vaelab.data.cache import folder_cache_dir
+from vaelab.errors import VaelabError
 from vaelab.models import VAE
 
 FAST = {"arch": "mlp", "latent_dim": 4, "device": "cpu", "progress": False, "batch_size": 256}
@@ -254,6 +255,25 @@ def test_early_stopping_keeps_the_best_weights(
     assert set(best) == set(last) and not all(torch.equal(best[k], last[k]) for k in best)
     loaded = vaelab.load(tmp_path / "r")
     assert all(torch.equal(loaded.state_dict()[k], best[k]) for k in best)
+
+
+def test_a_run_on_a_relative_folder_records_it_absolute_and_works_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_images(tmp_path / "data" / "imgs", 12, (8, 8))
+    monkeypatch.chdir(tmp_path / "data")
+    vaelab.train("run", dataset="folder:imgs", epochs=1, **FAST)
+    recorded = json.loads((tmp_path / "data" / "run" / "config.json").read_text())["train"]["dataset"]
+    assert recorded == f"folder:{tmp_path / 'data' / 'imgs'}"
+    monkeypatch.chdir(tmp_path)  # elsewhere: the run still finds its images
+    assert Path(vaelab.reconstruct("data/run", out="r.png", n=2)["out"]).is_file()
+    result = vaelab.train("data/run", resume=True, epochs=2, dataset=f"folder:{tmp_path / 'data' / 'imgs'}")
+    assert result["epochs"] == 2
+    (tmp_path / "data" / "imgs").rename(tmp_path / "moved")
+    with pytest.raises(
+        VaelabError, match=f"trained on folder:{tmp_path / 'data' / 'imgs'}, which is not there;"
+    ):
+        vaelab.reconstruct("data/run", out="r2.png", n=2)
 
 
 def test_resuming_a_run_that_has_its_epochs_trains_and_writes_nothing(

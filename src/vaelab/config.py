@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,18 @@ def with_image_defaults(settings: dict[str, Any], image_shape: tuple[int, ...]) 
     if small_grey or settings.get("binarize", TrainConfig.binarize) != "none":
         return dict(settings)
     return {**IMAGE_DEFAULTS, **settings}
+
+
+def absolute_data_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with a folder dataset (folder:PATH) and data_dir made absolute, so the config.json
+    of a run names its images wherever the run is used from, not only from where it was trained."""
+    resolved = dict(settings)
+    dataset = resolved.get("dataset")
+    if isinstance(dataset, str) and dataset.startswith("folder:"):
+        resolved["dataset"] = "folder:" + os.path.abspath(os.path.expanduser(dataset.removeprefix("folder:")))
+    if resolved.get("data_dir") is not None:
+        resolved["data_dir"] = os.path.abspath(os.path.expanduser(resolved["data_dir"]))
+    return resolved
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:

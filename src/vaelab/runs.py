@@ -77,6 +77,13 @@ def select_images(
         check_shape(model, images, "input")
         return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
     name = dataset or config.dataset
+    folder = Path(name.removeprefix("folder:")).expanduser()
+    if not dataset and name.startswith("folder:") and not folder.is_dir():
+        relative = "" if folder.is_absolute() else f" (a relative path, read from {Path.cwd()})"
+        raise VaelabError(
+            f"the run was trained on {name}, which is not there{relative}; put the folder back, or set "
+            '"dataset" in the run\'s config.json to where it is now'
+        )
     image_set = load_images(name, split, data_dir if dataset else config.data_dir, config.image_size)
     check_shape(model, image_set.images, name)
     return image_set

@@ -33,6 +33,7 @@ from vaelab.config import (
     IMAGE_PATIENCE_STEPS,
     LARGE_IMAGE_PIXELS,
     TrainConfig,
+    absolute_data_paths,
     with_image_defaults,
 )
 from vaelab.data import load_images
@@ -209,7 +210,7 @@ def train(
     each rank trains its share and rank 0 writes the run folder.
     """
     run_dir = Path(out)
-    requested = {**(config.settings() if config else {}), **settings}
+    requested = absolute_data_paths({**(config.settings() if config else {}), **settings})
     if nproc < 1:
         raise VaelabError(f"nproc must be at least 1, got {nproc}")
     if nproc > 1 and not distributed.in_torchrun():
@@ -686,7 +687,9 @@ def _best(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
     if not checkpoint.can_resume(run_dir):
         raise VaelabError(f"nothing to resume: {run_dir} holds no saved run; drop resume to start one")
-    merged = checkpoint.read_train_config(run_dir).settings()  # older formats upgraded there
+    # older formats upgraded there; a relative data path (recorded before they were made absolute)
+    # taken from here, as the trainer will read it
+    merged = absolute_data_paths(checkpoint.read_train_config(run_dir).settings())
     for key, value in requested.items():
         if key not in merged:
             TrainConfig.from_settings(**{key: value})  # raises the unknown-setting error
