@@ -74,16 +74,16 @@ def select_images(
         if not files:
             raise VaelabError(f"input {' '.join(map(str, inputs))} holds no images")
         images = read_image_files(files, None, model.config.image_channels, model_size(model))
-        check_shape(model, images, "input")
         return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
     name = dataset or config.dataset
-    folder = Path(name.removeprefix("folder:")).expanduser()
-    if not dataset and name.startswith("folder:") and not folder.is_dir():
-        relative = "" if folder.is_absolute() else f" (a relative path, read from {Path.cwd()})"
-        raise VaelabError(
-            f"the run was trained on {name}, which is not there{relative}; put the folder back, or set "
-            '"dataset" in the run\'s config.json to where it is now'
-        )
+    if not dataset and name.startswith("folder:"):  # the run's own folder: say how to point it elsewhere
+        folder = Path(name.removeprefix("folder:")).expanduser()
+        if not folder.is_dir():
+            relative = "" if folder.is_absolute() else f" (a relative path, read from {Path.cwd()})"
+            raise VaelabError(
+                f"the run was trained on {name}, which is not there{relative}; put the folder back, or set "
+                '"dataset" in the run\'s config.json to where it is now'
+            )
     image_set = load_images(name, split, data_dir if dataset else config.data_dir, config.image_size)
     check_shape(model, image_set.images, name)
     return image_set

@@ -20,7 +20,7 @@ from vaelab.errors import VaelabError
 from vaelab.latent_density import DEFAULT_COMPONENTS, DENSITY_FILE, LATENT_SOURCES, latent_density
 from vaelab.models import AE, VAE
 from vaelab.options import Choices, Device, Draws, Flag, Out, Run, Seed
-from vaelab.runs import check_shape, model_size, open_run, run_images
+from vaelab.runs import model_size, open_run, run_images
 
 METHODS = ("linear", "slerp")
 DRAWS = 8  # images drawn per latent to show the mean of a pixelcnn decoder (no closed form)
@@ -142,9 +142,7 @@ def endpoint_images(
     """The two uint8 images [2, C, H, W] to interpolate between."""
     if from_image is not None and to_image is not None:
         channels = model.config.image_channels
-        images = read_image_files([Path(from_image), Path(to_image)], None, channels, model_size(model))
-        check_shape(model, images, "from_image/to_image")
-        return images
+        return read_image_files([Path(from_image), Path(to_image)], None, channels, model_size(model))
     if from_class is None or to_class is None:
         raise VaelabError("give from_class and to_class (two labels), or from_image and to_image (two files)")
     test = run_images(model, config)

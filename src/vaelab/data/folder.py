@@ -51,12 +51,10 @@ def read_image_files(
     """Decode image files into one uint8 tensor [N, C, H, W].
 
     `channels` forces 1 (grayscale, by luminance) or 3 (RGB); None picks 1 when every image has
-    equal R, G and B. `resize_to` (height, width), for images given to a trained model, resizes
-    every image of another size to it and says how many were.
+    equal R, G and B. `resize_to` (height, width), for images given to a trained model with
+    image_size None, resizes every image of another size to it and says how many were.
     """
     mode = "L" if channels == 1 else "RGB"  # decide grayscale after reading when channels is None
-    if resize_to is not None:
-        image_size = None
     arrays, grey, resized = [], 0, 0
     for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 10_000, leave=False):
         try:
