@@ -67,6 +67,44 @@ def test_bad_input_is_one_line_and_exit_code_2(
 
 
 @pytest.mark.parametrize(
+    ("command", "suffix"),
+    [
+        ("sample", ".txt"),
+        ("reconstruct", ".pngx"),
+        ("interpolate", ""),
+        ("latent-plot", ".csv"),
+        ("latent-grid", ".npy"),
+        ("traverse", ".html"),
+        ("edit", ".txt"),
+        ("denoise", ".txt"),
+        ("cluster", ".csv"),
+        ("anomaly score", ".png"),
+    ],
+)
+def test_a_wrong_picture_suffix_is_an_error_before_any_work(
+    command: str, suffix: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped -o is told at once, before a model is loaded (cluster or denoise would otherwise
+    work for seconds first); anomaly score's CSV must end in .csv, its picture goes beside it."""
+    import vaelab.apps.anomaly as anomaly
+    import vaelab.runs as runs
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started its work before checking -o")
+
+    for module in ("visualize", "steer", "denoise", "cluster"):
+        monkeypatch.setattr(f"vaelab.apps.{module}.open_run", no_work)
+    monkeypatch.setattr(runs, "open_run", no_work)
+    monkeypatch.setattr(anomaly, "load_detector", no_work)
+    out = tmp_path / f"picture{suffix}"
+    extra = ["--attribute", "size"] if command == "edit" else []
+    code, _, err = run_cli([*command.split(), str(tmp_path / "run"), *extra, "-o", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"-o {out}: choose a file ending in" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "error",
     [
         RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 3 GB"),

@@ -73,12 +73,33 @@ GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                 ".tif": "TIFF", ".tiff": "TIFF"}  # fmt: skip
 
 
-def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
-    """Save images as one grid, `nrow` images per row, white separators, in the format its suffix
-    names (GRID_FORMATS; PNG is lossless). An unknown suffix is a VaelabError, nothing written."""
+def check_grid_path(path: str | Path) -> str:
+    """The PIL format an image grid saved at `path` is written in, by its suffix; any suffix not in
+    GRID_FORMATS is a VaelabError. Commands call it before their work, so a mistyped -o costs
+    nothing."""
     image_format = GRID_FORMATS.get(Path(path).suffix.lower())
     if image_format is None:
         raise VaelabError(f"-o {path}: choose a file ending in {', '.join(GRID_FORMATS)}")
+    return image_format
+
+
+def check_figure_path(path: str | Path) -> str:
+    """The matplotlib format a figure saved at `path` is written in (png, pdf, svg, jpg and the rest
+    matplotlib writes), by its suffix; any other suffix is a VaelabError. Called before the work, as
+    check_grid_path."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    image_format = Path(path).suffix.lower().lstrip(".")
+    if image_format not in formats:
+        raise VaelabError(f"-o {path}: choose a file ending in .{', .'.join(sorted(formats))}")
+    return image_format
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
+    """Save images as one grid, `nrow` images per row, white separators, in the format its suffix
+    names (GRID_FORMATS; PNG is lossless). An unknown suffix is a VaelabError, nothing written."""
+    image_format = check_grid_path(path)
     grid = _readable_grid(images, nrow)
     with atomic_output(path) as tmp:
         Image.fromarray(to_uint8(grid)).save(tmp, format=image_format)
@@ -236,10 +257,7 @@ def _class_colour(cls: int, n_classes: int) -> tuple[float, float, float, float]
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save a matplotlib figure atomically in the format its suffix names (png, pdf, svg, jpg and
     the rest matplotlib writes); any other suffix is a VaelabError, nothing written."""
-    formats = fig.canvas.get_supported_filetypes()
-    image_format = Path(path).suffix.lower().lstrip(".")
-    if image_format not in formats:
-        raise VaelabError(f"-o {path}: choose a file ending in .{', .'.join(sorted(formats))}")
+    image_format = check_figure_path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format=image_format)
     return Path(path)

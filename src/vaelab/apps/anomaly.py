@@ -125,6 +125,8 @@ def anomaly_score(
 ) -> dict[str, Any]:
     """Score images with a saved detector: a CSV of name, score, flag, and a PNG beside it with the
     most anomalous images (top rows) and the most normal ones (bottom rows)."""
+    if Path(out).suffix.lower() != ".csv":  # the picture goes beside it, under the same name + .png
+        raise VaelabError(f"-o {out}: choose a file ending in .csv (the picture goes beside it as .png)")
     fitted = load_detector(detector, device)
     config = checkpoint.read_train_config(fitted.run)
     images = select_images(fitted.model_, config, dataset, data_dir, split, inputs)

@@ -56,6 +56,7 @@ def cluster(
     device: Device = "auto",
 ) -> dict[str, Any]:
     """Cluster images by their latents; compare with pixels and PCA; write a scatter PNG and a CSV."""
+    plots.check_figure_path(out)
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
     if not 2 <= k <= len(images):

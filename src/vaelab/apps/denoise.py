@@ -85,6 +85,7 @@ def denoise(
     and report PSNR and SSIM of each; rows of noisy / model / best classical / clean images go to a
     PNG. A pixelcnn decoder's clean image is the average of
     `draws` images drawn from p(x|z)."""
+    plots.check_figure_path(out)
     model, config = open_run(run, device)
     spec = noise or config.noise
     if spec is None:

@@ -55,6 +55,7 @@ def traverse(
         raise VaelabError(f"limit must be positive, got {limit}")
     if rows is not None and rows < 1:
         raise VaelabError(f"rows must be at least 1, got {rows}")
+    plots.check_figure_path(out)
     model, config = open_run(run, device)
     _no_drawing(model, "traverse")
     test = select_images(model, config, dataset, data_dir, "test", None)
@@ -198,6 +199,7 @@ def edit(
     continuous factor (e.g. degrees of rotation), in "with minus without" for a yes/no one."""
     if steps < 2:
         raise VaelabError(f"steps must be at least 2, got {steps}")
+    plots.check_figure_path(out)
     model, config = open_run(run, device)
     _no_drawing(model, "edit")
     vectors, meta = load_attributes(run)

@@ -45,6 +45,7 @@ def sample(
     closed form, else (pixelcnn) pixels drawn from p(x|z); `pixels` in the result says which."""
     _positive("n", n)
     _positive("components", components)
+    plots.check_grid_path(out)
     if latents not in LATENT_SOURCES:
         raise VaelabError(f"latents {latents!r} is not one of: {', '.join(LATENT_SOURCES)}")
     model, config = open_run(run, device)
@@ -76,6 +77,7 @@ def reconstruct(
     """Encode n random test images and decode them: inputs above their reconstructions, in a PNG.
     A pixelcnn decoder shows the average of `draws` images drawn per latent (seeded by `seed`)."""
     _positive("n", n)
+    plots.check_grid_path(out)
     model, config = open_run(run, device)
     test = run_images(model, config)
     n = min(n, len(test))
@@ -116,6 +118,7 @@ def interpolate(
         raise VaelabError(f"steps must be at least 2, got {steps}")
     if method not in METHODS:
         raise VaelabError(f"method {method!r} is not one of: {', '.join(METHODS)}")
+    plots.check_grid_path(out)
     model, config = open_run(run, device)
     ends = endpoint_images(model, config, from_class, to_class, from_image, to_image)
     z = latent.embed_images(model, ends)
@@ -162,6 +165,7 @@ def latent_plot(
     run: Run, out: Annotated[Out, "PNG to write"] = "latent.png", device: Device = "auto"
 ) -> dict[str, Any]:
     """Scatter the test set's latent means coloured by class (PCA when latent_dim > 2)."""
+    plots.check_figure_path(out)
     model, config = open_run(run, device)
     test = run_images(model, config)
     name = f"{model.config.model.upper()} latent space ({config.dataset} test set)"
@@ -185,6 +189,7 @@ def latent_grid(
     """Decode an n x n grid over the part of the latent plane that the test set occupies: the
     plane itself for a 2-D latent, else the plane of the test codes' two main principal directions
     through their mean (a pixelcnn decoder: the average of `draws` images drawn per point)."""
+    plots.check_figure_path(out)
     model, config = open_run(run, device)
     if model.config.latent_dim < 2:
         raise VaelabError(
