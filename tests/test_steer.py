@@ -117,6 +117,30 @@ def test_labels_separated_otherwise_or_in_celebas_own_layout_read_alike(
     assert set(np.unique(expected["big"])) == {-1.0, 1.0} and not np.isnan(expected["x"]).any()
 
 
+def test_labels_say_yes_or_no_in_words_and_may_leave_cells_empty(
+    shapes_folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder = shapes_folder[0]
+    paths = [str(p) for p in sorted(folder.glob("*.png"))[:5]]
+    words = tmp_path / "words.csv"
+    words.write_text(
+        "file,smiling,glasses\n0000.png,yes,True\n0001.png,No,false\n0002.png, Y ,\n0003.png,0.5,F\n"
+    )
+    table = read_labels_csv(words, paths, folder)
+    np.testing.assert_array_equal(table["smiling"], [1, 0, 1, 0.5, np.nan])  # 0004.png: not listed
+    np.testing.assert_array_equal(table["glasses"], [1, 0, np.nan, 0, np.nan])
+    hair = tmp_path / "hair.csv"
+    hair.write_text("file,hair\n0000.png,1\n0001.png,blond\n")
+    with pytest.raises(
+        VaelabError, match="hair of 0001.png is 'blond'; attribute values must be numbers, yes / no"
+    ):
+        read_labels_csv(hair, paths, folder)
+    extra = tmp_path / "extra.csv"
+    extra.write_text("file,big\n0000.png,1,2\n")
+    with pytest.raises(VaelabError, match="the row of 0000.png has 3 columns, the header 2"):
+        read_labels_csv(extra, paths, folder)
+
+
 def test_steering_refuses_bad_input_with_one_line(
     colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

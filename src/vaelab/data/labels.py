@@ -1,5 +1,6 @@
 """Per-image attribute labels from a CSV, laid out as CelebA's attribute list: the image file name
-first, then one column per attribute (numbers; CelebA writes 1 / -1). Columns are separated by
+first, then one column per attribute: numbers (CelebA writes 1 / -1), or yes / no, true / false
+(read as 1 / 0); an empty cell is an unknown value (NaN). Columns are separated by
 commas, semicolons, tabs or spaces (whichever the header uses), and CelebA's own
 ``list_attr_celeba.txt`` reads as it is: a line with the number of images, a line of attribute
 names, then a row per image, separated by spaces.
@@ -43,14 +44,9 @@ def read_labels_csv(path: str | Path, image_paths: list[str], folder: str | Path
             continue
         if by_name[name] in index:
             raise VaelabError(f"{path} has two rows for {name}; keep one row per image")
-        try:
-            index[by_name[name]] = [float(value) for value in row[1:]]
-        except ValueError:
-            raise VaelabError(
-                f"{path}: the row of {name} has a value that is not a number; attribute values must be numbers"
-            ) from None
-        if len(index[by_name[name]]) != len(header) - 1:
+        if len(row) != len(header):
             raise VaelabError(f"{path}: the row of {name} has {len(row)} columns, the header {len(header)}")
+        index[by_name[name]] = [_value(cell, path, name, column) for cell, column in zip(row[1:], header[1:])]
     if missing:
         if len(missing) == len(rows):
             raise VaelabError(
@@ -67,6 +63,25 @@ def read_labels_csv(path: str | Path, image_paths: list[str], folder: str | Path
         if values is not None:
             table[i] = values
     return {name: table[:, j] for j, name in enumerate(header[1:])}
+
+
+YES_NO = {"yes": 1.0, "y": 1.0, "true": 1.0, "t": 1.0, "no": 0.0, "n": 0.0, "false": 0.0, "f": 0.0}
+
+
+def _value(cell: str, path: Path, name: str, column: str) -> float:
+    """One attribute value: a number, yes / no or true / false (1 / 0), or empty (NaN: unknown)."""
+    cell = cell.strip()
+    if not cell:
+        return float("nan")
+    if cell.lower() in YES_NO:
+        return YES_NO[cell.lower()]
+    try:
+        return float(cell)
+    except ValueError:
+        raise VaelabError(
+            f"{path}: {column} of {name} is {cell!r}; attribute values must be numbers, yes / no or "
+            "true / false (one column per category for names)"
+        ) from None
 
 
 def _read_rows(path: Path) -> list[list[str]]:
