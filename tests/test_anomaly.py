@@ -70,10 +70,23 @@ def test_cli_fit_then_score(vae_run: Path, tmp_path: Path, capsys) -> None:
     shutil.copytree(vae_run, run)
     detector = tmp_path / "det.json"
     assert main(["anomaly", "fit", str(run), "--contamination", "0.05", "-o", str(detector), "--quiet"]) == 0
-    assert json.loads(detector.read_text())["score"] == "recon"
-    capsys.readouterr()
+    saved = json.loads(detector.read_text())
+    assert saved["score"] == "recon"
+    said = capsys.readouterr().out
+    assert said.startswith(
+        f"fitted a recon detector on {saved['n_fit_images']:,} normal images into {detector}"
+    )
+    assert (
+        f"the 5% of them that score lowest (higher = more normal) fall below its threshold {saved['offset']:.4g}"
+        in said
+    )
     assert main(["anomaly", "score", str(detector), "-o", str(tmp_path / "s.csv"), "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["anomaly", "score", str(detector), "-o", str(tmp_path / "s2.csv"), "--quiet"]) == 0
+    share = result["n_anomalies"] / 2000
+    assert capsys.readouterr().out.startswith(
+        f"{result['n_anomalies']:,} of 2,000 images ({share:.1%}) are anomalies, scoring below the threshold"
+    )
     rows = list(csv.reader((tmp_path / "s.csv").read_text().splitlines()))
     assert rows[0] == ["name", "score", "flag"] and len(rows) == 2001
     assert {row[2] for row in rows[1:]} == {"1", "-1"} and 0 < result["n_anomalies"] < 400

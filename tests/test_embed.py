@@ -12,6 +12,7 @@ from PIL import Image
 
 import vaelab
 from conftest import run_cli, write_images
+from vaelab.cli import main
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
@@ -43,6 +44,9 @@ def test_embed_image_files_keeps_their_names(vae_run: Path, tmp_path: Path, caps
         ["embed", str(vae_run), "--input", str(tmp_path / "imgs"), "-o", str(out)], capsys
     )
     assert code == 0 and result["n_images"] == 3 and not result["labels"]
+    assert main(["embed", str(vae_run), "--input", str(tmp_path / "imgs"), "-o", str(out), "--quiet"]) == 0
+    latent_dim = result["latent_dim"]
+    assert capsys.readouterr().out == f"wrote the {latent_dim}-D latents of 3 images to {out}\n"
     assert [row[0] for row in list(csv.reader(out.read_text().splitlines()))[1:]] == [str(f) for f in files]
 
 

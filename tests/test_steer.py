@@ -3,6 +3,7 @@ generated shapes (with a CelebA-style labels CSV), and the disentanglement score
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import vaelab
 from conftest import png, run_cli, write_shapes_folder
 from vaelab.apps.steer import load_attributes
+from vaelab.cli import main
 from vaelab.config import PLAIN_TRAINING
 from vaelab.data import shapes
 from vaelab.data.labels import read_labels_csv
@@ -92,6 +94,23 @@ def test_edit_on_an_input_file_and_the_cli(colour_run: Path, shapes_folder: tupl
     code, result, _ = run_cli(["attribute", str(colour_run), "--factor", "rotation", "--labels", str(labels),
                                "--name", "turn"], capsys)  # fmt: skip
     assert code == 0 and result["name"] == "turn"
+    # Without --json it says what it found and an edit to try: 2 standard deviations of a
+    # continuous factor, in its units; amount 1 of a yes/no one.
+    assert main(["attribute", str(colour_run), "--factor", "rotation", "--labels", str(labels), "--name", "turn",
+                 "--quiet"]) == 0  # fmt: skip
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(
+        f"saved attribute 'turn' in {colour_run / 'attributes.safetensors'} (continuous: "
+    )
+    assert f"predicts rotation linearly with R² = {result['r2']:.2f})" in said[0]
+    amount = float(said[1].split("--amount ")[1].split()[0])
+    assert amount == pytest.approx(2 * result["factor_std"], rel=0.01) and 10 < amount < 200  # degrees
+    assert main(["attribute", str(colour_run), "--factor", "big", "--labels", str(labels), "--quiet"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(
+        r"saved attribute 'big' in .* \(binary: [\d,]+ images with it, [\d,]+ without\)", said[0]
+    )
+    assert said[1].startswith(f"try: vaelab edit {colour_run} --attribute big --amount 1  (")
     out = tmp_path / "edit.png"
     code, result, _ = run_cli(["edit", str(colour_run), "--input", str(folder / "0003.png"), "--attribute", "turn",
                                "--amount", "30", "-o", str(out)], capsys)  # fmt: skip

@@ -107,6 +107,7 @@ def commands() -> dict[str, Command]:
         "attribute": Command(
             "vaelab.apps.steer:attribute",
             "find and save the latent direction of a known factor or CSV attribute",
+            "vaelab.apps.steer:format_summary",
         ),
         "edit": Command(
             "vaelab.apps.steer:edit", "move images along a saved attribute vector: a strip of amounts (PNG)"
@@ -132,10 +133,12 @@ def commands() -> dict[str, Command]:
         "anomaly fit": Command(
             "vaelab.apps.anomaly:anomaly_fit",
             "fit a detector on normal images (default: the run's training split)",
+            "vaelab.apps.anomaly:format_summary",
         ),
         "anomaly score": Command(
             "vaelab.apps.anomaly:anomaly_score",
             "score images: CSV of name, score, flag, and a PNG of extremes",
+            "vaelab.apps.anomaly:format_summary",
         ),
         "anomaly benchmark": Command(
             "vaelab.apps.anomaly_benchmark:anomaly_benchmark",
@@ -143,7 +146,9 @@ def commands() -> dict[str, Command]:
             "vaelab.apps.anomaly_benchmark:format_table",
         ),
         "embed": Command(
-            "vaelab.apps.embed:embed", "write latent means of a dataset or of image files to .npy/.npz/.csv"
+            "vaelab.apps.embed:embed",
+            "write latent means of a dataset or of image files to .npy/.npz/.csv",
+            "vaelab.apps.embed:format_summary",
         ),
         "cluster": Command(
             "vaelab.apps.cluster:cluster",

@@ -74,9 +74,26 @@ def anomaly_fit(
         "output": str(out),
         "offset": detector.offset_,
         "score": score,
+        "contamination": contamination,
         "n_images": len(images),
         "classes": classes,
     }
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """One line each for `anomaly fit` and `anomaly score`: what was fitted or found."""
+    if "n_anomalies" in result:  # score
+        share = result["n_anomalies"] / max(1, result["n_images"])
+        return (
+            f"{result['n_anomalies']:,} of {result['n_images']:,} images ({share:.1%}) are anomalies, scoring "
+            f"below the threshold {result['threshold']:.4g} (higher = more normal): flag -1 in {result['out']}; "
+            f"the extremes in {result['grid']}"
+        )
+    return (
+        f"fitted a {result['score']} detector on {result['n_images']:,} normal images into {result['out']}: "
+        f"the {result['contamination']:.0%} of them that score lowest (higher = more normal) fall below its "
+        f"threshold {result['offset']:.4g}"
+    )
 
 
 def _learned_state(detector: AnomalyDetector) -> dict[str, Any]:

@@ -61,3 +61,8 @@ def embed(
         "latent_dim": int(codes.shape[1]),
         "labels": labels is not None,
     }
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    labelled = " with their labels" if result["labels"] else ""
+    return f"wrote the {result['latent_dim']}-D latents of {result['n_images']:,} images{labelled} to {result['out']}"

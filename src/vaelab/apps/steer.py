@@ -182,6 +182,25 @@ def attribute(
     return {"out": str(path), "name": name, **info}
 
 
+def format_summary(result: dict[str, Any]) -> str:
+    """What `attribute` found, and an edit to try with it."""
+    run, name = Path(result["out"]).parent, result["name"]
+    if result["kind"] == "binary":
+        found = f"{result['n_with']:,} images with it, {result['n_without']:,} without"
+        amount, why = "1", "amount 1 moves an average image without it to one with it"
+    else:
+        found = (
+            f"{result['n_images']:,} images; the latent predicts {result['factor']} linearly with "
+            f"R² = {result['r2']:.2f}"
+        )
+        amount = f"{2 * result['factor_std']:.2g}"
+        why = f"two standard deviations of {result['factor']}, in its units"
+    return (
+        f"saved attribute {name!r} in {result['out']} ({result['kind']}: {found})\n"
+        f"try: vaelab edit {run} --attribute {name} --amount {amount}  ({why})"
+    )
+
+
 def edit(
     run: Run,
     attribute: Annotated[str, Required(), "name of an attribute vector saved by vaelab attribute"],
