@@ -104,6 +104,24 @@ def test_a_wrong_picture_suffix_is_an_error_before_any_work(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sampling_from_the_prior_says_when_the_latents_sit_elsewhere(
+    ae_run: Path, tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An AE's codes are not fitted to N(0, I): `sample` says so and points to --latents fitted;
+    the figure comes with the JSON result."""
+    code, result, _ = run_cli(["sample", str(ae_run), "-n", "4", "-o", str(tmp_path / "s.png")], capsys)
+    assert code == 0 and result["prior_mismatch_nats"] > 2
+    warned = [r.getMessage() for r in caplog.records if "far from N(0, I)" in r.getMessage()]
+    assert len(warned) == 1 and f"{result['prior_mismatch_nats']:.1f} nats apart" in warned[0]
+    assert warned[0].endswith("--latents fitted draws where the images sit")
+    caplog.clear()
+    code, result, _ = run_cli(
+        ["sample", str(ae_run), "-n", "4", "--latents", "fitted", "-o", str(tmp_path / "f.png")], capsys
+    )
+    assert code == 0 and "prior_mismatch_nats" not in result
+    assert not [r for r in caplog.records if "far from N(0, I)" in r.getMessage()]
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -52,3 +52,36 @@ def test_pca_finds_the_axis_of_largest_variance() -> None:
     coords, share = latent.pca_2d(data)
     assert share[0] == pytest.approx(9 / 10.01, abs=0.02) and share[1] == pytest.approx(1 / 10.01, abs=0.02)
     torch.testing.assert_close(coords[:, 0].abs(), (data[:, 1] - data[:, 1].mean()).abs(), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize(("mean", "std", "posterior_var", "expected"), [
+    (0.0, 0.5, 0.75, 0.0),  # aggregate variance 0.25 + 0.75 = 1, centred: the prior itself
+    (0.0, 2.0, 0.01, 0.5 * (4.01 - 1 - math.log(4.01))),  # spread 2x wider than the prior
+    (1.5, 1.0, 1e-8, 0.5 * 1.5**2),  # shifted by 1.5
+])  # fmt: skip
+def test_prior_mismatch_is_the_kl_of_the_aggregate_posterior_to_the_prior(
+    vae_run, mean: float, std: float, posterior_var: float, expected: float
+) -> None:
+    """Posterior means drawn from N(mean, std^2) per coordinate with posterior variance
+    `posterior_var`: the aggregate posterior is N(mean, std^2 + posterior_var), whose KL to N(0, 1)
+    is 0.5 (v + m^2 - 1 - ln v) per coordinate."""
+    import vaelab
+
+    model = vaelab.load(vae_run)
+    dims = model.config.latent_dim
+    generator = torch.Generator().manual_seed(0)
+
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = mean + std * torch.randn(len(x), dims, generator=generator, dtype=torch.float64)
+        return mu, torch.full_like(mu, math.log(posterior_var))
+
+    model.encode = encode
+    n = 20000
+    nats, variance = latent.prior_mismatch(model, torch.zeros(n, 1, 28, 28, dtype=torch.uint8))
+    v = std**2 + posterior_var
+    # A sample variance of n draws has a relative standard error of sqrt(2 / n) (1%); the KL moves
+    # by 0.5 (1 - 1/v) per unit of v and by m per unit of the mean (standard error std / sqrt(n)).
+    torch.testing.assert_close(variance, torch.full((dims,), v, dtype=torch.float64), rtol=4 * math.sqrt(2 / n),
+                               atol=0)  # fmt: skip
+    per_dim = 0.5 * abs(1 - 1 / v) * std**2 * math.sqrt(2 / n) + abs(mean) * std / math.sqrt(n)
+    assert nats == pytest.approx(dims * expected, abs=4 * math.sqrt(dims) * per_dim + 1e-3 * dims)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 import vaelab
 from conftest import write_shapes_folder
+from vaelab import latent
 from vaelab.apps import serve as serve_module
 from vaelab.config import PLAIN_TRAINING
 from vaelab.estimators import AnomalyDetector
@@ -104,6 +105,10 @@ def test_info_describes_the_model_and_its_latent_axes(client: TestClient, vae_ru
     codes = embed_images(vaelab.load(vae_run), vaelab.load_images("mnist-mini", "test").images[:5])
     assert np.allclose(points["x"][:5], codes[:, 0].numpy(), atol=1e-4)  # rounded to 4 decimals
     assert np.allclose(client.get("/api/latent/3").json()["z"], codes[3].numpy(), atol=1e-6)
+    # how far the test latents sit from the prior, for the note beside samples drawn from it
+    test = vaelab.load_images("mnist-mini", "test").images[: latent.PRIOR_CHECK_IMAGES]
+    assert info["prior_mismatch_nats"] == pytest.approx(latent.prior_mismatch(vaelab.load(vae_run), test)[0])
+    assert info["prior_mismatch_limit"] == latent.PRIOR_MISMATCH_NATS
     assert set(client.get("/openapi.json").json()["paths"]) >= {
         "/api/info", "/api/decode", "/api/sample", "/api/reconstruct", "/api/traverse",
     }  # fmt: skip
@@ -156,6 +161,7 @@ def test_fitting_the_mixture_does_not_hold_up_decoding(
 
 def test_an_aes_samples_follow_the_correlations_of_its_codes(ae_run: Path) -> None:
     explorer = serve_module.Explorer(ae_run, "cpu")
+    assert explorer.info()["prior_mismatch_nats"] is None  # its samples do not come from N(0, I)
     codes = explorer.codes.T
     drawn = torch.tensor([z for seed in range(20) for z in explorer.sample(64, 1.0, seed)["z"]]).T.double()
     expected, got = torch.corrcoef(codes)[0, 1].item(), torch.corrcoef(drawn)[0, 1].item()

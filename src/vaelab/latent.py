@@ -176,6 +176,34 @@ def kl_per_dimension(model: VAE, images: torch.Tensor) -> torch.Tensor:
     return map_batches(kl, images, model_device(model)).double().mean(0)
 
 
+PRIOR_MISMATCH_NATS = 2.0  # above this, draws from N(0, I) often land where no image was encoded
+PRIOR_CHECK_IMAGES = 500  # test images whose latents sample and serve compare with the prior
+
+
+@torch.no_grad()
+def prior_mismatch(model: AE | VAE, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """How far the latents of uint8 images sit from the prior N(0, I): the KL, in nats, from the
+    Gaussian with their mean and per-coordinate variance to N(0, I), and that variance [D].
+
+    For a VAE the latents are its aggregate posterior (variance: of the posterior means, plus the
+    mean posterior variance); for an AE, its codes. Near 0 when they fill the prior as the VAE
+    objective asks (the demo's VAEs: under 0.5); large when they spread wider or off-centre, and
+    then many draws from the prior decode to images unlike the data."""
+    if isinstance(model, VAE):
+
+        def moments(x: torch.Tensor) -> torch.Tensor:
+            mu, log_var = model.encode(x)
+            return torch.cat([mu, log_var.exp()], dim=1)
+
+        mu, spread = map_batches(moments, images, model_device(model)).double().chunk(2, dim=1)
+        variance = mu.var(0) + spread.mean(0)
+    else:
+        mu = embed_images(model, images).double()
+        variance = mu.var(0)
+    kl = 0.5 * (variance + mu.mean(0) ** 2 - 1 - variance.log())
+    return float(kl.sum()), variance
+
+
 def traversal_latents(z: torch.Tensor, dims: list[int], values: torch.Tensor) -> torch.Tensor:
     """Copies of one latent z [D] with coordinate dims[i] set to each of `values` in turn: row i of
     the traversal figure, [len(dims) * len(values), D]."""

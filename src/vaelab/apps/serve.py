@@ -85,6 +85,11 @@ class Explorer:
         self.labels = test.labels[:POINTS] if test.labels is not None else None
         self.class_names = test.class_names
         self.codes = latent.embed_images(self.model, self.images).double()
+        self.prior_mismatch = (  # how far the test latents sit from N(0, I), for the samples' note
+            latent.prior_mismatch(self.model, self.images[: latent.PRIOR_CHECK_IMAGES])[0]
+            if isinstance(self.model, VAE) and len(self.images) > 1
+            else None
+        )
         # every principal axis of the codes: the Gaussian with their mean and full covariance (an
         # AE's codes are often strongly correlated; independent coordinates would miss the data),
         # and the page's axes
@@ -134,6 +139,8 @@ class Explorer:
             "axes": self.axes,
             "z_limit": self.z_limit,
             "traversal": {"dims": self.traversal_dims, "steps": TRAVERSAL_STEPS, "limit": 3.0},
+            "prior_mismatch_nats": self.prior_mismatch,
+            "prior_mismatch_limit": latent.PRIOR_MISMATCH_NATS,
             "attributes": {
                 name: {**self.attribute_info.get(name, {}), "vector": vector.tolist()}
                 for name, vector in self.attributes.items()

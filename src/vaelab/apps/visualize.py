@@ -6,6 +6,7 @@ the matching CLI command prints with --json).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,8 @@ from vaelab.runs import model_size, open_run, run_images
 
 METHODS = ("linear", "slerp")
 DRAWS = 8  # images drawn per latent to show the mean of a pixelcnn decoder (no closed form)
+
+logger = logging.getLogger(__name__)
 
 
 def sample(
@@ -59,11 +62,36 @@ def sample(
         else:
             images = model.sample(n, generator).cpu()
     plots.save_image_grid(images, out, nrow=latent.grid_size(n))
+    mismatch = _prior_mismatch(model, config) if latents == "prior" else None  # said once the grid is saved
     result = {"out": str(out), "output": str(out), "n": n, "seed": seed, "latents": latents,
               "pixels": "drawn" if drawn else "mean"}  # fmt: skip
     if latents == "fitted":
         result["density"] = str(Path(run) / DENSITY_FILE)
+    if mismatch is not None:
+        result["prior_mismatch_nats"] = mismatch
     return result
+
+
+def _prior_mismatch(model: AE | VAE, config: TrainConfig) -> float | None:
+    """How far the run's test latents sit from N(0, I) (latent.prior_mismatch, on up to
+    latent.PRIOR_CHECK_IMAGES test images), said in a warning when draws from it will often miss them;
+    None when the test images cannot be read (a moved folder: sampling needs none)."""
+    try:
+        images = run_images(model, config).images[: latent.PRIOR_CHECK_IMAGES]
+    except VaelabError:
+        return None
+    if len(images) < 2:
+        return None
+    nats, variance = latent.prior_mismatch(model, images)
+    if nats > latent.PRIOR_MISMATCH_NATS:
+        kind = "codes" if isinstance(model, AE) else "latents"
+        logger.warning(
+            "this run's test images have %s far from N(0, I), which these samples are drawn from (%.1f nats "
+            "apart; variance %.2f to %.2f per coordinate, the prior's 1), so many samples may not look like "
+            "the images; --latents fitted draws where the images sit",
+            kind, nats, float(variance.min()), float(variance.max()),
+        )  # fmt: skip
+    return nats
 
 
 def reconstruct(
