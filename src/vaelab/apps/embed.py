@@ -64,5 +64,6 @@ def embed(
 
 
 def format_summary(result: dict[str, Any]) -> str:
+    """What `embed` wrote, in one line."""
     labelled = " with their labels" if result["labels"] else ""
     return f"wrote the {result['latent_dim']}-D latents of {result['n_images']:,} images{labelled} to {result['out']}"

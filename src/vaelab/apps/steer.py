@@ -9,6 +9,7 @@ characteristic alone is "disentangled". Attribute vectors are saved in the run f
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -184,7 +185,7 @@ def attribute(
 
 def format_summary(result: dict[str, Any]) -> str:
     """What `attribute` found, and an edit to try with it."""
-    run, name = Path(result["out"]).parent, result["name"]
+    run, name = shlex.quote(str(Path(result["out"]).parent)), result["name"]
     if result["kind"] == "binary":
         found = f"{result['n_with']:,} images with it, {result['n_without']:,} without"
         amount, why = "1", "amount 1 moves an average image without it to one with it"
@@ -197,7 +198,7 @@ def format_summary(result: dict[str, Any]) -> str:
         why = f"two standard deviations of {result['factor']}, in its units"
     return (
         f"saved attribute {name!r} in {result['out']} ({result['kind']}: {found})\n"
-        f"try: vaelab edit {run} --attribute {name} --amount {amount}  ({why})"
+        f"try: vaelab edit {run} --attribute {shlex.quote(name)} --amount {amount}  ({why})"
     )
 
 
