@@ -181,27 +181,40 @@ PRIOR_CHECK_IMAGES = 500  # test images whose latents sample and serve compare w
 
 
 @torch.no_grad()
-def prior_mismatch(model: AE | VAE, images: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """How far the latents of uint8 images sit from the prior N(0, I): the KL, in nats, from the
-    Gaussian with their mean and per-coordinate variance to N(0, I), and that variance [D].
+def posterior_moments(model: AE | VAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """In one encoder pass over uint8 or [0, 1] images: the deterministic latents [N, D] (as
+    embed_images gives them) and, for a VAE, the posterior variances [N, D] (None for an AE); CPU."""
+    if not isinstance(model, VAE):
+        return embed_images(model, images), None
 
-    For a VAE the latents are its aggregate posterior (variance: of the posterior means, plus the
-    mean posterior variance); for an AE, its codes. Near 0 when they fill the prior as the VAE
-    objective asks (the demo's VAEs: under 0.5); large when they spread wider or off-centre, and
-    then many draws from the prior decode to images unlike the data."""
-    if isinstance(model, VAE):
+    def moments(x: torch.Tensor) -> torch.Tensor:
+        mu, log_var = model.encode(x)
+        return torch.cat([mu, log_var.exp()], dim=1)
 
-        def moments(x: torch.Tensor) -> torch.Tensor:
-            mu, log_var = model.encode(x)
-            return torch.cat([mu, log_var.exp()], dim=1)
+    both = map_batches(moments, images, model_device(model))
+    if not len(both):
+        empty = torch.empty(0, model.config.latent_dim)
+        return empty, empty.clone()
+    means, variances = both.chunk(2, dim=1)
+    return means.contiguous(), variances.contiguous()
 
-        mu, spread = map_batches(moments, images, model_device(model)).double().chunk(2, dim=1)
-        variance = mu.var(0) + spread.mean(0)
-    else:
-        mu = embed_images(model, images).double()
-        variance = mu.var(0)
+
+def prior_gap(means: torch.Tensor, variances: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """The KL, in nats, from the Gaussian with the mean and per-coordinate variance of latents
+    (posterior means [N, D] and, for a VAE, posterior variances [N, D]: its aggregate posterior) to
+    N(0, I), and that variance [D]."""
+    mu = means.double()
+    variance = mu.var(0) + (variances.double().mean(0) if variances is not None else 0)
     kl = 0.5 * (variance + mu.mean(0) ** 2 - 1 - variance.log())
     return float(kl.sum()), variance
+
+
+def prior_mismatch(model: AE | VAE, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """How far the latents of uint8 images sit from the prior N(0, I) (prior_gap of their
+    posterior_moments): a VAE's aggregate posterior, an AE's codes. Near 0 when they fill the prior
+    as the VAE objective asks (the demo's VAEs: under 0.5); large when they spread wider or
+    off-centre, and then many draws from the prior decode to images unlike the data."""
+    return prior_gap(*posterior_moments(model, images))
 
 
 def traversal_latents(z: torch.Tensor, dims: list[int], values: torch.Tensor) -> torch.Tensor:

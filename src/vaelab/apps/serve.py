@@ -84,10 +84,11 @@ class Explorer:
         self.images = test.images[:POINTS]
         self.labels = test.labels[:POINTS] if test.labels is not None else None
         self.class_names = test.class_names
-        self.codes = latent.embed_images(self.model, self.images).double()
+        means, variances = latent.posterior_moments(self.model, self.images)  # one encoder pass for both
+        self.codes = means.double()
         self.prior_mismatch = (  # how far the test latents sit from N(0, I), for the samples' note
-            latent.prior_mismatch(self.model, self.images[: latent.PRIOR_CHECK_IMAGES])[0]
-            if isinstance(self.model, VAE) and len(self.images) > 1
+            latent.prior_gap(means[: latent.PRIOR_CHECK_IMAGES], variances[: latent.PRIOR_CHECK_IMAGES])[0]
+            if variances is not None and len(self.images) > 1
             else None
         )
         # every principal axis of the codes: the Gaussian with their mean and full covariance (an
