@@ -21,7 +21,11 @@ from vaelab.cli import main
         (["train", "--latent-dim", "0", "--out", "{tmp}/r"], "latent_dim must be at least 1"),
         (["train", "--dataset", "folder:{tmp}/missing", "--out", "{tmp}/r"], "is not a directory"),
         (["sample", "{tmp}", "-o", "{tmp}/s.png"], "is not a vaelab run"),
-        (["interpolate", "{run}", "-o", "{tmp}/i.png"], "give from_class and to_class"),
+        (["interpolate", "{run}", "--from-class", "1", "-o", "{tmp}/i.png"], "give both ends as classes"),
+        (
+            ["interpolate", "{run}", "--to-image", "{tmp}/b.png", "-o", "{tmp}/i.png"],
+            "give both ends as files",
+        ),
         (
             ["interpolate", "{run}", "--from-class", "1", "--to-class", "12", "-o", "{tmp}/i.png"],
             "class 12 has no",

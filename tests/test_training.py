@@ -298,21 +298,43 @@ def test_the_log_says_what_the_kl_weighs_while_it_warms_up(
     with caplog.at_level("INFO", logger="vaelab.training"):
         vaelab.train(tmp_path / "r", epochs=2, kl_warmup_epochs=warmup, beta=2.0, **FAST)
     messages = [r.getMessage() for r in caplog.records]
-    steps = math.ceil(7200 / FAST["batch_size"])  # the weight of an epoch's last step, then 2 = beta
-    weights = [2.0 * min(1.0, (epoch * steps - 1) / (warmup * steps)) for epoch in (1, 2)]
+    steps = math.ceil(7200 / FAST["batch_size"])
+    # The weight of step d (from 0) is beta * min(1, d / (warmup * steps)); an epoch's training loss
+    # weighs the KL by its mean over the epoch's steps: for an epoch inside the warm-up, the mean of
+    # an arithmetic series, beta * (first + last) / 2 / (warmup * steps).
+    weights = [
+        2.0 * ((e - 1) * steps + e * steps - 1) / 2 / (warmup * steps) if e <= warmup else 2.0 for e in (1, 2)
+    ]
     lines = [m for m in messages if m.startswith(("epoch 1/2", "epoch 2/2"))]
-    assert len(lines) == 2 and weights[0] < 2.0
+    assert len(lines) == 2 and weights[0] < 1.0
     for line, weight in zip(lines, weights, strict=True):
-        assert (f"kl {line.split('kl ')[1].split()[0]} weighted {weight:.2f} in warm-up)" in line) == (
-            weight < 2
-        )
+        said = f"kl {line.split('kl ')[1].split()[0]} weighted {weight:.2f} on average in warm-up)"
+        assert (said in line) == (weight < 2)
     notes = [m for m in messages if m.startswith("the KL warm-up")]
-    if warmup == 4:  # 2 of 4 epochs: the last step weighs the KL 2 * (2 * steps - 1) / (4 * steps)
+    if warmup == 4:  # 2 of 4 epochs: the second weighs the KL 2 * (3 * steps - 1) / 2 / (4 * steps) ~ 0.75
         assert len(notes) == 1 and notes[0].startswith(
-            f"the KL warm-up (4 epochs) outlasts the run, so the KL weight ends at {weights[1]:.2f}, short of beta = 2,"
+            f"the KL warm-up (4 epochs) lasts the whole run, so the last epoch weighs the KL by {weights[1]:.2f} "
+            "on average, short of beta = 2,"
+        )
+        assert notes[0].endswith(
+            "--kl-warmup-epochs 1 or fewer trains the last epoch with the whole objective"
         )
     else:
         assert notes == [] and weights[1] == 2.0
+
+
+def test_a_one_epoch_run_with_a_one_epoch_warmup_is_told_its_mean_kl_weight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="vaelab.training"):
+        vaelab.train(tmp_path / "r", epochs=1, kl_warmup_epochs=1, **FAST)
+    steps = math.ceil(7200 / FAST["batch_size"])
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the KL warm-up")]
+    assert notes == [
+        f"the KL warm-up (1 epoch) lasts the whole run, so the last epoch weighs the KL by "
+        f"{(steps - 1) / 2 / steps:.2f} on average, short of beta = 1, and its training loss counts less KL than "
+        "the validation loss; --kl-warmup-epochs 0 trains the last epoch with the whole objective"
+    ]
 
 
 @pytest.mark.parametrize("model", ["vae", "ae"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import png, run_cli
+import vaelab
+from conftest import png, run_cli, write_images
 from vaelab.cli import main
 
 
@@ -49,6 +50,34 @@ def test_train_then_every_viewing_command(tmp_path: Path, capsys: pytest.Capture
 
     code, result, _ = run_cli(["latent-grid", str(run), "-n", "5", "-o", str(tmp_path / "g.png")], capsys)
     assert code == 0 and result["x_range"][0] < result["x_range"][1]
+
+
+def test_interpolate_without_ends_walks_from_a_1_to_a_7(vae_run: Path, tmp_path: Path, capsys) -> None:
+    code, default, _ = run_cli(["interpolate", str(vae_run), "-o", str(tmp_path / "d.png")], capsys)
+    assert code == 0 and (default["from_class"], default["to_class"]) == (1, 7)
+    code, _, _ = run_cli(
+        ["interpolate", str(vae_run), "--from-class", "1", "--to-class", "7", "-o", str(tmp_path / "g.png")],
+        capsys,
+    )
+    assert code == 0 and np.array_equal(png(tmp_path / "d.png"), png(tmp_path / "g.png"))
+
+
+def test_interpolate_on_named_classes_names_them(tmp_path: Path, capsys) -> None:
+    write_images(tmp_path / "data" / "cat", 6, (12, 12))
+    write_images(tmp_path / "data" / "dog", 6, (12, 12), seed=1)
+    run = tmp_path / "run"
+    vaelab.train(
+        run, dataset=f"folder:{tmp_path / 'data'}", arch="mlp", latent_dim=2, epochs=1, progress=False
+    )
+    code, result, _ = run_cli(["interpolate", str(run), "-o", str(tmp_path / "i.png")], capsys)
+    assert code == 0 and (result["from_class"], result["to_class"]) == (0, 1)
+    code = main(
+        ["interpolate", str(run), "--from-class", "0", "--to-class", "5", "-o", str(tmp_path / "j.png")]
+    )
+    assert code == 2 and capsys.readouterr().err.strip().endswith(
+        "class 5 has no test images; known classes: 0 (cat), 1 (dog)"
+    )
+    assert not (tmp_path / "j.png").exists()
 
 
 def test_interpolate_between_two_image_files(vae_run: Path, tmp_path: Path, capsys) -> None:

@@ -306,18 +306,20 @@ def train(
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     logger.info(
-        "training %s/%s (latent %d, %s loss) on %s: %d train / %d val images %s, %d epochs",
+        "training %s/%s (latent %d, %s loss) on %s: %d train / %d val images %s, %s",
         model_config.model, model_config.arch, model_config.latent_dim, model_config.loss, device, n_train, len(val_images),
-        "x".join(map(str, image_shape)), config.epochs,
+        "x".join(map(str, image_shape)), _epochs(config.epochs),
     )  # fmt: skip
     kl_warmup_steps = config.kl_warmup_epochs * steps_per_epoch
     if model_config.model == "vae" and model_config.beta > 0 and config.kl_warmup_epochs >= config.epochs:
+        shorter = config.epochs - 1
         logger.info(
-            "the KL warm-up (%d epochs) outlasts the run, so the KL weight ends at %.2f, short of beta = %g, and "
-            "the training loss counts less KL than the validation loss; --kl-warmup-epochs %d or fewer trains "
-            "the last epoch with the whole objective",
-            config.kl_warmup_epochs, model_config.beta * warmup_factor(total_steps - 1, kl_warmup_steps),
-            model_config.beta, config.epochs - 1,
+            "the KL warm-up (%s) lasts the whole run, so the last epoch weighs the KL by %.2f on average, short "
+            "of beta = %g, and its training loss counts less KL than the validation loss; --kl-warmup-epochs %s "
+            "trains the last epoch with the whole objective",
+            _epochs(config.kl_warmup_epochs),
+            model_config.beta * mean_warmup_factor(config.epochs, steps_per_epoch, kl_warmup_steps),
+            model_config.beta, f"{shorter} or fewer" if shorter else "0",
         )  # fmt: skip
     tracker = tracking.open_logger(config.log, run_dir, config.settings(), resume) if lead else None
     grid_latents = torch.randn(  # the same 64 latents decoded in every logged sample grid
@@ -488,8 +490,10 @@ def train(
                     " (best)" if state["best_epoch"] == epoch
                     else f" (best {state['best_val_loss']:.2f}, epoch {state['best_epoch']})"
                 )  # fmt: skip
-                warming = (  # the training loss weighs the KL less than beta: say how much
-                    f" weighted {kl_weight:.2f} in warm-up"
+                # the training loss weighs the KL less than beta: say how much, averaged over the epoch
+                mean_weight = model_config.beta * mean_warmup_factor(epoch, steps_per_epoch, kl_warmup_steps)
+                warming = (
+                    f" weighted {mean_weight:.2f} on average in warm-up"
                     if model_config.model == "vae" and kl_weight < model_config.beta
                     else ""
                 )
@@ -646,6 +650,21 @@ def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: floa
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """KL weight multiplier: rises linearly from 0 at step 0 to 1 at `warmup_steps` (1 if no warm-up)."""
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def mean_warmup_factor(epoch: int, steps_per_epoch: int, warmup_steps: int) -> float:
+    """`warmup_factor` averaged over the steps of `epoch` (from 1): what its training loss weighs
+    the KL by, relative to beta."""
+    if warmup_steps <= 0:
+        return 1.0
+    first = (epoch - 1) * steps_per_epoch
+    ramp = min(max(warmup_steps - first, 0), steps_per_epoch)  # steps still below the full weight
+    ramp_sum = (ramp * first + ramp * (ramp - 1) / 2) / warmup_steps  # sum of d / warmup_steps over them
+    return (ramp_sum + steps_per_epoch - ramp) / steps_per_epoch
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:

@@ -10,7 +10,6 @@ so the file can be mailed or attached as it is.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import tempfile
@@ -168,9 +167,7 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
         classes = sorted(set(test.labels.tolist()))
         if len(classes) < 2:
             return None
-        pairs = (
-            [(1, 7), (3, 8), (4, 9)] if set(classes) >= set(range(10)) else list(itertools.pairwise(classes))
-        )
+        pairs = visualize.class_pairs(classes)
         names = test.class_names or [str(c) for c in range(max(classes) + 1)]
         images = []
         for i, (a, b) in enumerate(pairs[:PAIRS]):

@@ -6,6 +6,7 @@ the matching CLI command prints with --json).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -129,7 +130,10 @@ def reconstruct(
 def interpolate(
     run: Run,
     out: Annotated[Out, "PNG to write"] = "interpolation.png",
-    from_class: Annotated[int | None, "start at a typical test image of this class"] = None,
+    from_class: Annotated[
+        int | None,
+        "start at a typical test image of this class (no ends given: 1 to 7 for digits, else the first two classes)",
+    ] = None,
     to_class: Annotated[int | None, "end at a typical test image of this class"] = None,
     from_image: Annotated[str | Path | None, "start at this image file"] = None,
     to_image: Annotated[str | Path | None, "end at this image file"] = None,
@@ -140,15 +144,25 @@ def interpolate(
     draws: Draws = DRAWS,
     device: Device = "auto",
 ) -> dict[str, Any]:
-    """Decode `steps` latents between two images (given files, or typical test images of two
-    classes). A pixelcnn decoder shows the average of `draws` images drawn per latent."""
+    """Decode `steps` latents between two images: given files, or typical test images of two
+    classes (without either, of a 1 and a 7 for digits, else of the first two classes). A pixelcnn
+    decoder shows the average of `draws` images drawn per latent."""
     if steps < 2:
         raise VaelabError(f"steps must be at least 2, got {steps}")
     if method not in METHODS:
         raise VaelabError(f"method {method!r} is not one of: {', '.join(METHODS)}")
     plots.check_grid_path(out)
+    if (from_image is None) != (to_image is None):
+        raise VaelabError("give both ends as files: from_image and to_image (--from-image A --to-image B)")
+    if (from_class is None) != (to_class is None):
+        raise VaelabError("give both ends as classes: from_class and to_class (--from-class A --to-class B)")
     model, config = open_run(run, device)
-    ends = endpoint_images(model, config, from_class, to_class, from_image, to_image)
+    if from_image is not None and to_image is not None:
+        paths = [Path(from_image), Path(to_image)]
+        ends = read_image_files(paths, None, model.config.image_channels, model_size(model))
+        classes = None
+    else:
+        ends, classes = class_endpoints(model, config, from_class, to_class)
     z = latent.embed_images(model, ends)
     path = (latent.slerp if method == "slerp" else latent.lerp)(z[0], z[1], steps)
     images = latent.decode_latents(model, path, draws)
@@ -158,35 +172,48 @@ def interpolate(
         "output": str(out),
         "steps": steps,
         "method": method,
+        "from_class": None if classes is None else classes[0],
+        "to_class": None if classes is None else classes[1],
         "latent_distance": float((z[1] - z[0]).norm()),
     }
 
 
-def endpoint_images(
-    model: AE | VAE,
-    config: TrainConfig,
-    from_class: int | None,
-    to_class: int | None,
-    from_image: str | Path | None,
-    to_image: str | Path | None,
-) -> torch.Tensor:
-    """The two uint8 images [2, C, H, W] to interpolate between."""
-    if from_image is not None and to_image is not None:
-        channels = model.config.image_channels
-        return read_image_files([Path(from_image), Path(to_image)], None, channels, model_size(model))
-    if from_class is None or to_class is None:
-        raise VaelabError("give from_class and to_class (two labels), or from_image and to_image (two files)")
+def class_pairs(classes: list[int]) -> list[tuple[int, int]]:
+    """Pairs of classes worth walking between: 1 to 7, 3 to 8 and 4 to 9 (digits that look alike
+    in places) when the classes include the ten digits, else each class to the next."""
+    if set(classes) >= set(range(10)):
+        return [(1, 7), (3, 8), (4, 9)]
+    return list(itertools.pairwise(sorted(classes)))
+
+
+def class_endpoints(
+    model: AE | VAE, config: TrainConfig, from_class: int | None, to_class: int | None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Typical test images [2, C, H, W] (uint8) of two classes (None: the first of `class_pairs`),
+    and the two classes."""
     test = run_images(model, config)
     if test.labels is None:
-        raise VaelabError(f"{config.dataset} has no class labels; give from_image and to_image instead")
+        raise VaelabError(
+            f"{config.dataset} has no class labels; give two image files (--from-image A --to-image B)"
+        )
+    present = sorted(set(test.labels.tolist()))
+    names = test.class_names or [str(c) for c in range(max(present) + 1)]
+    known = ", ".join(str(c) if names[c] == str(c) else f"{c} ({names[c]})" for c in present)
+    if from_class is None or to_class is None:
+        if len(present) < 2:
+            raise VaelabError(
+                f"the test images have one class ({known}); give two image files (--from-image A --to-image B)"
+            )
+        from_class, to_class = class_pairs(present)[0]
     latents = latent.embed_images(model, test.images)
     indices = []
     for cls in (from_class, to_class):
-        if not (test.labels == cls).any():
-            known = sorted(set(test.labels.tolist()))
+        if cls not in present:
             raise VaelabError(f"class {cls} has no test images; known classes: {known}")
         indices.append(latent.class_prototype(latents, test.labels, cls))
-    return test.images[indices]
+    logger.info("from a typical %s to a typical %s (test images %d and %d)",
+                names[from_class], names[to_class], *indices)  # fmt: skip
+    return test.images[indices], (from_class, to_class)
 
 
 def latent_plot(
