@@ -108,6 +108,60 @@ def test_folder_bad_input_is_one_clear_error(tmp_path: Path, setup, message: str
         vaelab.load_images(f"folder:{tmp_path}")
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_every_unreadable_image_is_named_in_one_error(tmp_path: Path, streamed: bool) -> None:
+    folder, cache = tmp_path / "photos", tmp_path / "cache"
+    paths = write_images(folder, 8, (6, 6))
+    (folder / "a_text.png").write_text("not a picture")
+    (folder / "b_empty.jpg").write_bytes(b"")
+    (folder / "c_cut.png").write_bytes(paths[0].read_bytes()[:60])  # a whole header, half the pixels
+    memory = "1KB" if streamed else None
+    with pytest.raises(vaelab.VaelabError) as error:
+        load_folder(str(folder), "train", None, max_memory=memory, cache_dir=cache)
+    message = str(error.value)
+    assert message.startswith("3 of 11 images cannot be read: ") and message.endswith(
+        "; remove or replace them"
+    )
+    for name in ("a_text.png (not an image file", "b_empty.jpg (not an image file", "c_cut.png ("):
+        assert f"{folder / name}" in message
+    assert not any(cache.glob("*.u8*"))  # nothing half-decoded left behind
+    for i in range(3):
+        (folder / f"d{i}.png").write_text("x")
+    with pytest.raises(vaelab.VaelabError, match=r"^6 of 14 images cannot be read: .* and 3 more; remove"):
+        load_folder(str(folder), "train", None, max_memory=memory, cache_dir=cache)
+
+
+def test_files_cut_short_are_all_named_after_decoding_a_streamed_folder(tmp_path: Path) -> None:
+    # a JPEG cut in its pixel data passes the header pass and fails only when decoded
+    folder, cache = tmp_path / "photos", tmp_path / "cache"
+    write_images(folder, 6, (32, 32), mode="RGB")
+    noise = np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.jpg")
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    for name in ("cut1.jpg", "cut2.jpg"):
+        (folder / name).write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(
+        vaelab.VaelabError, match=r"^2 of 8 images cannot be read: .*cut1\.jpg \(image file is trunc"
+    ):
+        load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
+    assert not any(cache.glob("folder-*"))  # the partly decoded file is removed, no header written
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_mixed_sizes_are_counted_and_the_odd_ones_named(tmp_path: Path, streamed: bool) -> None:
+    folder = tmp_path / "photos"
+    write_images(folder / "most", 7, (8, 8))
+    odd = write_images(folder / "wide", 2, (9, 8), seed=1)
+    single = write_images(folder / "small", 1, (5, 5), seed=2)
+    memory = "1KB" if streamed else None
+    with pytest.raises(vaelab.VaelabError) as error:
+        load_folder(str(folder), "train", None, max_memory=memory, cache_dir=tmp_path / "cache")
+    assert str(error.value) == (
+        f"images have different sizes (width x height): 7 are 8x8; 2 are 9x8 ({odd[0]}, {odd[1]}); "
+        f"1 is 5x5 ({single[0]}); pass image_size N (--image-size) to resize them all to N x N"
+    )
+
+
 def test_missing_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(vaelab.VaelabError, match="not a directory"):
         vaelab.load_images(f"folder:{tmp_path / 'nope'}")

@@ -51,12 +51,47 @@ def cache_key(root: Path, files: list[Path], image_size: int | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def open_image(path: Path) -> Image.Image:
-    """PIL's lazy open (the header only); an unreadable file is one line naming it."""
-    try:
-        return Image.open(path)
-    except (UnidentifiedImageError, OSError) as error:
-        raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+SHOWN = 3  # files named in an error about several
+
+
+def why(error: Exception) -> str:
+    """What was wrong with a file, without the path Pillow repeats."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    return str(getattr(error, "strerror", None) or error)
+
+
+def unreadable_error(failures: list[tuple[Path, Exception]], total: int) -> VaelabError:
+    """One line naming the first few of the files that could not be read, and how many there are,
+    so that all of them can be fixed at once."""
+    if len(failures) == 1:
+        path, error = failures[0]
+        return VaelabError(f"cannot read image {path} ({why(error)}); remove or replace it")
+    shown = ", ".join(f"{path} ({why(error)})" for path, error in failures[:SHOWN])
+    more = f" and {len(failures) - SHOWN:,} more" if len(failures) > SHOWN else ""
+    return VaelabError(
+        f"{len(failures):,} of {total:,} images cannot be read: {shown}{more}; remove or replace them"
+    )
+
+
+def sizes_error(sizes: dict[tuple[int, int], list[Path]]) -> VaelabError:
+    """One line saying how many images have each size (width, height), naming a few of those not
+    of the most common one, and the fix."""
+    ranked = sorted(sizes.items(), key=lambda item: -len(item[1]))
+
+    def are(count: int) -> str:
+        return "1 is" if count == 1 else f"{count:,} are"
+
+    parts = [f"{are(len(ranked[0][1]))} {ranked[0][0][0]}x{ranked[0][0][1]}"]
+    for (width, height), paths in ranked[1:SHOWN]:
+        names = ", ".join(str(p) for p in paths[:SHOWN]) + (", ..." if len(paths) > SHOWN else "")
+        parts.append(f"{are(len(paths))} {width}x{height} ({names})")
+    if len(ranked) > SHOWN:
+        parts.append(f"{sum(len(p) for _, p in ranked[SHOWN:]):,} have {len(ranked) - SHOWN:,} other sizes")
+    return VaelabError(
+        f"images have different sizes (width x height): {'; '.join(parts)}; "
+        "pass image_size N (--image-size) to resize them all to N x N"
+    )
 
 
 def to_8bit(image: Image.Image, mode: str, name: str | Path) -> Image.Image:
@@ -93,21 +128,25 @@ def to_8bit(image: Image.Image, mode: str, name: str | Path) -> Image.Image:
 def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
     """(channels, height, width) of the cache, from the file headers alone."""
     grey = True
-    first_size = None
-    for path in files:
-        with open_image(path) as image:
-            grey = grey and image.mode in GREY_MODES
-            turned = image.getexif().get(ExifTags.Base.Orientation) in TURNED
-            size = image.size[::-1] if turned else image.size
-        if first_size is None:
-            first_size = size
-        elif image_size is None and size != first_size:
-            raise VaelabError(
-                f"images have different sizes ({first_size[0]}x{first_size[1]}, {size[0]}x{size[1]}, ...); "
-                "pass image_size N (--image-size) to resize them all to N x N"
-            )
-    assert first_size is not None
-    width, height = (image_size, image_size) if image_size is not None else first_size
+    sizes: dict[tuple[int, int], list[Path]] = {}
+    failures: list[tuple[Path, Exception]] = []
+    for path in tqdm(
+        files, desc="reading image headers", unit="img", disable=len(files) < 10_000, leave=False
+    ):
+        try:
+            with Image.open(path) as image:
+                grey = grey and image.mode in GREY_MODES
+                turned = image.getexif().get(ExifTags.Base.Orientation) in TURNED
+                size = image.size[::-1] if turned else image.size
+        except (UnidentifiedImageError, OSError) as error:
+            failures.append((path, error))
+            continue
+        sizes.setdefault(size, []).append(path)
+    if failures:
+        raise unreadable_error(failures, len(files))
+    if image_size is None and len(sizes) > 1:
+        raise sizes_error(sizes)
+    width, height = (image_size, image_size) if image_size is not None else next(iter(sizes))
     return (1 if grey else 3), height, width
 
 
@@ -144,15 +183,17 @@ def decoded_folder(
     logger.info(
         "decoding %d images of %s once into %s (%.2f GB)", len(files), root, data, np.prod(full) / 1e9
     )
+    failures: list[tuple[Path, Exception]] = []  # past the headers: files cut short, say
     with atomic_output(data) as tmp:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=full)
         for position, index in enumerate(tqdm(rows, desc=f"decoding {root.name}", unit="img")):
             path = files[index]
             try:
-                with open_image(path) as image:
+                with Image.open(path) as image:
                     converted = to_8bit(image, mode, path)
-            except (OSError, ValueError) as error:
-                raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+            except (UnidentifiedImageError, OSError, ValueError) as error:
+                failures.append((path, error))
+                continue
             if image_size is not None:
                 converted = converted.resize((image_size, image_size), Image.Resampling.BICUBIC)
             pixels = np.asarray(converted)
@@ -164,6 +205,8 @@ def decoded_folder(
             array[position] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
         array.flush()
         del array
+        if failures:  # every unreadable file named at once; the partial file is removed
+            raise unreadable_error(failures, len(files))
     write_json(header, {"format": CACHE_FORMAT, "folder": str(root), "shape": list(full),
                         "test_rows": len(test_rows)})  # fmt: skip
     return data, full

@@ -19,7 +19,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from vaelab.data.cache import GREY_MODES, decoded_folder, folder_cache_dir, layout, open_image, to_8bit
+from vaelab.data.cache import (
+    GREY_MODES,
+    decoded_folder,
+    folder_cache_dir,
+    layout,
+    sizes_error,
+    to_8bit,
+    unreadable_error,
+)
 from vaelab.data.imageset import ImageSet, ensure_fits_in_memory, memory_budget
 from vaelab.data.stream import ImageFile
 from vaelab.errors import VaelabError
@@ -56,6 +64,8 @@ def read_image_files(
     """
     mode = "L" if channels == 1 else "RGB"  # decide grayscale after reading when channels is None
     arrays, grey, resized = [], 0, 0
+    failures: list[tuple[Path, Exception]] = []
+    sizes: dict[tuple[int, int], list[Path]] = {}
     for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 10_000, leave=False):
         try:
             with Image.open(path) as image:
@@ -63,25 +73,24 @@ def read_image_files(
                 grey += image.mode in GREY_MODES
                 converted = to_8bit(image, mode, path)
         except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise VaelabError(f"cannot read image {path} ({error}); remove or replace it") from None
+            failures.append((path, error))  # read on, to name every unreadable file at once
+            continue
         if image_size is not None:
             converted = converted.resize((image_size, image_size), Image.Resampling.BICUBIC)
         elif resize_to is not None and converted.size != resize_to[::-1]:
             converted = converted.resize(resize_to[::-1], Image.Resampling.BICUBIC)
             resized += 1
         arrays.append(np.asarray(converted))
+        sizes.setdefault(converted.size, []).append(path)
+    if failures:
+        raise unreadable_error(failures, len(paths))
     if resized:
         logger.info(
             "resized %d of %d images to %dx%d (width x height), the size the model takes",
             resized, len(paths), resize_to[1], resize_to[0],
         )  # fmt: skip
-    sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
-        first, second = sorted(sizes)[:2]
-        raise VaelabError(
-            f"images have different sizes ({first[1]}x{first[0]}, {second[1]}x{second[0]}, ...); "
-            "pass image_size N (--image-size) to resize them all to N x N"
-        )
+        raise sizes_error(sizes)
     if channels is None and 0 < grey < len(paths):
         logger.warning(
             "%d of %d images are grayscale and the rest colour: all are read as RGB (grey as equal R, G, B)",
@@ -95,11 +104,18 @@ def read_image_files(
     return stacked[:, :1].contiguous() if grayscale else stacked
 
 
-def _size(path: Path, image_size: int | None) -> tuple[int, int]:
+def _size(files: list[Path], image_size: int | None) -> tuple[int, int]:
+    """The size images will have: image_size, else the first readable file's (the unreadable
+    ones are all named later, when the folder is read)."""
     if image_size is not None:
         return image_size, image_size
-    with open_image(path) as image:
-        return image.size
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                return image.size
+        except (UnidentifiedImageError, OSError):
+            continue
+    return 0, 0
 
 
 def load_folder(
@@ -136,7 +152,7 @@ def load_folder(
         labels = torch.tensor([index[relative[i].parts[0]] for i in chosen], dtype=torch.int64)
     chosen_files = [str(files[i]) for i in chosen]
     budget = memory_budget(max_memory)
-    if budget is not None and len(files) * 3 * math.prod(_size(files[0], image_size)) > budget:
+    if budget is not None and len(files) * 3 * math.prod(_size(files, image_size)) > budget:
         # at most this much in memory (RGB at the first image's size): only now read every header
         shape = layout(files, image_size)
         if len(files) * math.prod(shape) > budget:
