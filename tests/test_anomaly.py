@@ -59,8 +59,9 @@ def test_offset_is_the_contamination_quantile_and_noise_is_anomalous(
 
 
 def test_scores_need_the_right_model(ae_run: Path, digits: torch.Tensor) -> None:
-    with pytest.raises(vaelab.VaelabError, match="needs a VAE"):
-        AnomalyDetector(ae_run, score="nll").fit(digits[:10])
+    for score in ("nll", "elbo"):
+        with pytest.raises(vaelab.VaelabError, match=f"score '{score}' needs a VAE"):
+            AnomalyDetector(ae_run, score=score).fit(digits[:10])
     with pytest.raises(vaelab.VaelabError, match="expects"):
         AnomalyDetector(ae_run).fit(torch.zeros(4, 1, 10, 10, dtype=torch.uint8))
 
@@ -94,6 +95,17 @@ def test_cli_fit_then_score(vae_run: Path, tmp_path: Path, capsys) -> None:
     (run / "model.safetensors").write_bytes((vae_run / "model.safetensors").read_bytes()[:-4] + b"\x00" * 4)
     assert main(["anomaly", "score", str(detector), "-o", str(tmp_path / "t.csv"), "--quiet"]) == 2
     assert "changed since" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
+
+
+def test_an_autoencoder_scores_by_its_codes_neighbours_too(ae_run: Path, digits: torch.Tensor) -> None:
+    normal = digits[:600]
+    detector = AnomalyDetector(ae_run, score="knn", contamination=0.1, device="cpu").fit(normal)
+    codes = vaelab.LatentEncoder(ae_run, device="cpu").fit().transform(normal).astype(np.float64)
+    scaled = codes / codes.std(0)  # the same brute-force distance as for a VAE's latent means
+    gaps = np.sort(np.linalg.norm(scaled[:, None] - scaled[None], axis=2), axis=1)[:, 1:6].mean(1)
+    assert detector.offset_ == pytest.approx(np.quantile(-gaps, 0.1), rel=1e-4)
+    noise = (torch.rand(50, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    assert detector.score_samples(noise).mean() < np.quantile(detector.score_samples(digits[600:1200]), 0.05)
 
 
 @pytest.mark.parametrize("score", ["knn", "recon+knn", "ssim+knn"])

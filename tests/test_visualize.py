@@ -52,7 +52,9 @@ def test_train_then_every_viewing_command(tmp_path: Path, capsys: pytest.Capture
     assert code == 0 and result["x_range"][0] < result["x_range"][1]
 
 
-def test_interpolate_without_ends_walks_from_a_1_to_a_7(vae_run: Path, tmp_path: Path, capsys) -> None:
+def test_interpolate_without_ends_walks_from_a_1_to_a_7(
+    vae_run: Path, tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
     code, default, _ = run_cli(["interpolate", str(vae_run), "-o", str(tmp_path / "d.png")], capsys)
     assert code == 0 and (default["from_class"], default["to_class"]) == (1, 7)
     code, _, _ = run_cli(
@@ -60,6 +62,11 @@ def test_interpolate_without_ends_walks_from_a_1_to_a_7(vae_run: Path, tmp_path:
         capsys,
     )
     assert code == 0 and np.array_equal(png(tmp_path / "d.png"), png(tmp_path / "g.png"))
+    with caplog.at_level("INFO", logger="vaelab.apps.visualize"):  # said when picked, not when given
+        vaelab.interpolate(vae_run, out=tmp_path / "e.png")
+        vaelab.interpolate(vae_run, out=tmp_path / "f.png", from_class=3, to_class=8)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("from a typical")]
+    assert len(said) == 1 and said[0].startswith("from a typical 1 to a typical 7 (test images ")
 
 
 def test_interpolate_on_named_classes_names_them(tmp_path: Path, capsys) -> None:

@@ -83,7 +83,8 @@ def commands() -> dict[str, Command]:
             "training_state.safetensors and a line in metrics.jsonl.",
         ),
         "sample": Command(
-            "vaelab.apps.visualize:sample", "decode random latents z ~ N(0, I) into a PNG grid"
+            "vaelab.apps.visualize:sample",
+            "decode random latents (z ~ N(0, I), or where the images sit) into a PNG grid",
         ),
         "reconstruct": Command(
             "vaelab.apps.visualize:reconstruct", "test images above their reconstructions, as a PNG"

@@ -80,9 +80,9 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
     score : "recon" (reconstruction loss at the latent mean), "ssim" (1 - SSIM of the mean
         reconstruction: structure, not pixel sums, as in Bergmann et al., 2019), "elbo" (negative
         ELBO, VAE), "nll" (importance-sampled negative log-likelihood, a VAE with the bernoulli
-        loss), "knn" (mean distance of the latent mean to its KNN_NEIGHBORS nearest latents of the
-        fit images, each dimension scaled by its spread there, VAE), or "recon+knn" / "ssim+knn"
-        (the sum of the two, each standardized by its mean and spread on the fit images, VAE).
+        loss), "knn" (mean distance of the latent mean, an AE's code, to its KNN_NEIGHBORS nearest
+        latents of the fit images, each dimension scaled by its spread there), or "recon+knn" /
+        "ssim+knn" (the sum of the two, each standardized by its mean and spread on the fit images).
     contamination : expected share of anomalies in the data given to `fit`; sets `offset_`.
     k : importance samples per image for score="nll".
     device : "auto", "cpu", "cuda" or "mps".
@@ -107,9 +107,10 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         if not 0 < self.contamination < 0.5:
             raise VaelabError(f"contamination must be in (0, 0.5), got {self.contamination}")
         model = checkpoint.load(self.run, resolve_device(self.device))
-        if self.score not in ("recon", "ssim") and not isinstance(model, VAE):
+        if self.score in ("elbo", "nll") and not isinstance(model, VAE):
             raise VaelabError(
-                f"score {self.score!r} needs a VAE; {self.run} holds a plain autoencoder (use recon or ssim)"
+                f"score {self.score!r} needs a VAE; {self.run} holds a plain autoencoder "
+                "(use recon, ssim, knn, recon+knn or ssim+knn)"
             )
         if "ssim" in self.score and isinstance(model, VAE) and not model.pixels.closed_form_mean:
             raise VaelabError(

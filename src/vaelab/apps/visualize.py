@@ -199,7 +199,8 @@ def class_endpoints(
     present = sorted(set(test.labels.tolist()))
     names = test.class_names or [str(c) for c in range(max(present) + 1)]
     known = ", ".join(str(c) if names[c] == str(c) else f"{c} ({names[c]})" for c in present)
-    if from_class is None or to_class is None:
+    chosen = from_class is None or to_class is None
+    if chosen:
         if len(present) < 2:
             raise VaelabError(
                 f"the test images have one class ({known}); give two image files (--from-image A --to-image B)"
@@ -211,8 +212,9 @@ def class_endpoints(
         if cls not in present:
             raise VaelabError(f"class {cls} has no test images; known classes: {known}")
         indices.append(latent.class_prototype(latents, test.labels, cls))
-    logger.info("from a typical %s to a typical %s (test images %d and %d)",
-                names[from_class], names[to_class], *indices)  # fmt: skip
+    if chosen:  # say what was picked for the user
+        logger.info("from a typical %s to a typical %s (test images %d and %d); from_class and "
+                    "to_class (--from-class, --to-class) choose others", names[from_class], names[to_class], *indices)  # fmt: skip
     return test.images[indices], (from_class, to_class)
 
 
