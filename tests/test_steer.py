@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import vaelab
 from conftest import png, run_cli, write_shapes_folder
@@ -158,6 +159,27 @@ def test_labels_say_yes_or_no_in_words_and_may_leave_cells_empty(
     extra.write_text("file,big\n0000.png,1,2\n")
     with pytest.raises(VaelabError, match="the row of 0000.png has 3 columns, the header 2"):
         read_labels_csv(extra, paths, folder)
+
+
+def test_labels_saved_by_a_spreadsheet_read_in_either_encoding_with_decimal_commas(tmp_path: Path) -> None:
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for name in ("café.png", "b.png", "c.png"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / name)
+    paths = [str(folder / name) for name in ("b.png", "c.png", "café.png")]
+    text = "image;âge;smiling\ncafé.png;0,5;yes\nb.png;1,25;0\n"
+    for name, data in (("win.csv", text.encode("cp1252")), ("utf8.csv", b"\xef\xbb\xbf" + text.encode())):
+        (tmp_path / name).write_bytes(data)
+        table = read_labels_csv(tmp_path / name, paths, folder)
+        assert list(table) == ["âge", "smiling"]
+        np.testing.assert_array_equal(table["âge"], [1.25, np.nan, 0.5])
+    # where commas separate the columns, a quoted "1,5" may be a thousands separator: not a number
+    (tmp_path / "commas.csv").write_text('image,size\nb.png,"1,5"\n')
+    with pytest.raises(VaelabError, match="size of b.png is '1,5'"):
+        read_labels_csv(tmp_path / "commas.csv", paths, folder)
+    (tmp_path / "binary.csv").write_bytes(b"image,size\n\x81\x8d.png,1\n")
+    with pytest.raises(VaelabError, match="is neither UTF-8 nor Windows-1252 text; save it as UTF-8 CSV"):
+        read_labels_csv(tmp_path / "binary.csv", paths, folder)
 
 
 def test_steering_refuses_bad_input_with_one_line(
