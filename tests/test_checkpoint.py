@@ -14,6 +14,8 @@ import torch
 
 import vaelab
 from vaelab import checkpoint
+from vaelab.apps.run_report import evaluation_section
+from vaelab.cli import main
 from vaelab.distributions import Bernoulli
 
 
@@ -56,6 +58,31 @@ def test_corrupt_weights(vae_run: Path, tmp_path: Path) -> None:
     (run / "model.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(vaelab.VaelabError, match="not a readable safetensors file"):
         vaelab.load(run)
+
+
+def test_a_damaged_metrics_file_is_one_line_and_the_report_notes_a_damaged_eval(
+    vae_run: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "r"
+    shutil.copytree(vae_run, run)
+    good = (run / "metrics.jsonl").read_text().splitlines()
+    for damage, problem in (
+        ("garbage\n", "line 1: Expecting value"),
+        (good[0] + "\n[3]\n", "line 2: not an epoch's figures"),
+        (good[0] + "\n\x81\n", "line 2: 'utf-8' codec can't decode"),
+    ):
+        (run / "metrics.jsonl").write_bytes(damage.encode("latin-1"))
+        with pytest.raises(vaelab.VaelabError, match=f"metrics.jsonl is damaged \\({problem}"):
+            checkpoint.read_metrics(run)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "9", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("restore it from a copy, or train the run again")
+    assert "(line 2: 'utf-8' codec" in err  # the last damage
+    for damage in ("[1, 2", "[1, 2]"):
+        (run / "eval.json").write_text(damage)
+        section = evaluation_section(run)
+        assert section.explanation.startswith("eval.json is unreadable (") and section.table is None
+        assert section.explanation.endswith(f"run `vaelab evaluate {run}` again and write the report again.")
 
 
 def test_run_files_can_be_shared(vae_run: Path) -> None:

@@ -383,6 +383,10 @@ def test_a_folder_over_the_memory_budget_is_decoded_once_into_a_memory_mapped_fi
     decoded_at = data.stat().st_mtime_ns
     load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
     assert data.stat().st_mtime_ns == decoded_at and len(list(cache.glob("folder-*.u8"))) == 1  # reused
+    data.with_suffix(".json").write_text('{"shape": [1')  # a damaged header: decoded again, not a crash
+    again = load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
+    assert data.stat().st_mtime_ns != decoded_at
+    assert torch.equal(again.images, vaelab.load_images(f"folder:{folder}", "train").images)
     write_images(folder / "b", 1, (10, 8), mode="RGB", seed=5)  # one file changes: decoded again
     changed = load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
     assert len(list(cache.glob("folder-*.u8"))) == 2

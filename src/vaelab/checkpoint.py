@@ -313,11 +313,26 @@ def load_training_state(
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch metrics of a run, oldest first."""
+    """The per-epoch metrics of a run, oldest first; a damaged file is one line naming it."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            row, problem = None, str(error)
+        else:
+            problem = "not an epoch's figures"
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise VaelabError(
+                f"{path} is damaged (line {number}: {problem}); restore it from a copy, or train the run again"
+            )
+        rows.append(row)
+    return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

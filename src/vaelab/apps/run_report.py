@@ -118,17 +118,6 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
             table=_metrics_table(metrics),
         )
 
-    def evaluation() -> Section | None:
-        path = run / EVAL_FILE
-        if not path.exists():
-            return Section(
-                "Evaluation", f"Not yet measured: run `vaelab evaluate {run}` and write the report again."
-            )
-        data = json.loads(path.read_text())
-        rows = [[key, _number(value)] for key, value in sorted(data.items()) if _is_scalar(value)]
-        return Section("Evaluation", f"What `vaelab evaluate` measured on the test images ({EVAL_FILE}).",
-                       table=Table(["figure", "value"], rows))  # fmt: skip
-
     def samples() -> Section:
         visualize.sample(run, n=64, out=tmp / "samples.png", seed=seed, device=device)
         visualize.sample(
@@ -201,7 +190,7 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
                        f"({', '.join(vectors)}); the input first, then amounts from minus to plus.", images[0],
                        extra_images=images[1:])  # fmt: skip
 
-    steps = [("Training curves", curves), ("Evaluation", evaluation), ("Samples", samples),
+    steps = [("Training curves", curves), ("Evaluation", lambda: evaluation_section(run)), ("Samples", samples),
              ("Reconstructions", reconstructions), ("Latent space", scatter)]  # fmt: skip
     if mc.latent_dim >= 2:
         steps.append(("Decoded latent plane", grid))
@@ -209,6 +198,26 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
     if model.pixels.closed_form_mean:  # traversals and edits show mean images
         steps += [("Traversal", traversal), ("Attribute vectors", attributes)]
     return steps
+
+
+def evaluation_section(run: Path) -> Section:
+    """The figures of RUN/eval.json as a table; a note where it is missing or unreadable."""
+    path = run / EVAL_FILE
+    if not path.exists():
+        return Section(
+            "Evaluation", f"Not yet measured: run `vaelab evaluate {run}` and write the report again."
+        )
+    try:
+        data = json.loads(path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError("not a table of figures")
+    except (OSError, ValueError) as error:
+        logger.warning("%s is unreadable (%s); the report leaves the evaluation out", path, error)
+        return Section("Evaluation", f"{EVAL_FILE} is unreadable ({error}): run `vaelab evaluate {run}` "
+                       "again and write the report again.")  # fmt: skip
+    rows = [[key, _number(value)] for key, value in sorted(data.items()) if _is_scalar(value)]
+    return Section("Evaluation", f"What `vaelab evaluate` measured on the test images ({EVAL_FILE}).",
+                   table=Table(["figure", "value"], rows))  # fmt: skip
 
 
 def _saved_results(run: Path, tmp: Path) -> list[Section]:

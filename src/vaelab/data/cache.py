@@ -164,9 +164,12 @@ def decoded_folder(
     key = cache_key(root, files, image_size)
     data, header = cache_dir / f"folder-{key}.u8", cache_dir / f"folder-{key}.json"
     if header.is_file() and data.is_file():
-        meta = json.loads(header.read_text())
+        try:
+            saved = tuple(json.loads(header.read_bytes())["shape"])
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged header: decode again
+            saved = None
         full = (len(files), *shape)
-        if tuple(meta["shape"]) == full and data.stat().st_size == int(np.prod(full)):
+        if saved == full and data.stat().st_size == int(np.prod(full)):
             logger.info("reusing the decoded images of %s in %s", root, data)
             return data, full  # type: ignore[return-value]
     train_rows = np.setdiff1d(np.arange(len(files)), test_rows)
