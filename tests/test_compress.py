@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -120,6 +121,18 @@ def test_entropy_coded_files_round_trip_and_shrink_with_the_step(
     expected = model.decode(mu).squeeze().detach().numpy()
     restored = np.asarray(Image.open(out / files[5].name), np.float32) / 255
     assert np.abs(restored - expected).mean() < 0.05
+
+
+def test_a_damaged_entropy_prior_in_the_run_is_fitted_again(vae_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run)
+    (run / "entropy_prior.safetensors").unlink(missing_ok=True)
+    assert run_cli(["compress", str(run), "-o", str(tmp_path / "a.vlz"), "--no-report"], capsys)[0] == 0
+    fitted = (run / "entropy_prior.safetensors").read_bytes()
+    (run / "entropy_prior.safetensors").write_bytes(b"junk" * 3)
+    assert run_cli(["compress", str(run), "-o", str(tmp_path / "b.vlz"), "--no-report"], capsys)[0] == 0
+    assert (run / "entropy_prior.safetensors").read_bytes() == fitted  # the same fit again, in place
+    assert (tmp_path / "b.vlz").read_bytes() == (tmp_path / "a.vlz").read_bytes()
 
 
 def test_a_damaged_entropy_file_is_refused_and_version_1_files_still_open(

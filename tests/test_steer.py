@@ -182,6 +182,17 @@ def test_labels_saved_by_a_spreadsheet_read_in_either_encoding_with_decimal_comm
         read_labels_csv(tmp_path / "binary.csv", paths, folder)
 
 
+def test_a_damaged_attributes_file_is_one_line(colour_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(colour_run, run)
+    (run / "attributes.safetensors").write_bytes(b"junk" * 3)
+    assert main(["edit", str(run), "--attribute", "big", "--amount", "1", "-o", str(tmp_path / "e.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run / 'attributes.safetensors'} is damaged (" in err  # then safetensors' own words
+    assert err.endswith("; delete it and save the attributes again with `vaelab attribute`")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "e.png").exists()
+
+
 def test_steering_refuses_bad_input_with_one_line(
     colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from vaelab import codec, latent
 from vaelab.errors import VaelabError
@@ -250,8 +250,11 @@ def run_prior(run: Run, model: Any, config: Any) -> codec.LatentPrior:
     the run folder (fitted again when the weights change)."""
     path, digest = Path(run) / codec.PRIOR_FILE, weights_hash(run)
     if path.is_file():
-        with safe_open(str(path), "numpy") as saved:
-            fitted_for = (saved.metadata() or {}).get("model_sha256")
+        try:
+            with safe_open(str(path), "numpy") as saved:
+                fitted_for = (saved.metadata() or {}).get("model_sha256")
+        except (SafetensorError, OSError):
+            fitted_for = None  # a damaged file is fitted again and replaced
         if fitted_for == digest:
             return codec.load_prior(path)
     training = select_images(model, config, None, None, "train", None)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from vaelab import latent, plots
@@ -253,9 +253,14 @@ def load_attributes(run: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     path = Path(run) / ATTRIBUTES_FILE
     if not path.exists():
         return {}, {}
-    with safe_open(path, framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("attributes", "{}"))
-        return {key: f.get_tensor(key) for key in f.keys()}, meta  # noqa: SIM118 (safe_open is not iterable)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("attributes", "{}"))
+            return {key: f.get_tensor(key) for key in f.keys()}, meta  # noqa: SIM118 (safe_open is not iterable)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise VaelabError(
+            f"{path} is damaged ({error}); delete it and save the attributes again with `vaelab attribute`"
+        ) from None
 
 
 def _condition_mask(
