@@ -61,3 +61,29 @@ def test_two_processes_stream_a_large_folder_from_one_decoded_file(tmp_path: Pat
         29,
         58,
     ]  # 32 training files, 3 held out
+
+
+def test_the_processes_torchrun_starts_get_every_setting_as_given(monkeypatch, tmp_path: Path) -> None:
+    import subprocess
+    from types import SimpleNamespace
+
+    from vaelab import distributed
+    from vaelab.cli import build_parser
+
+    settings = {"film": False, "amp": True, "compile": False, "lr": 3e-4, "mean_scale": 1 / 3, "classes": "1,7",
+                "noise": "gaussian:0.3", "dataset": f"folder:{tmp_path / 'my photos'}", "latent_dim": 8,
+                "decoder": "factorized", "max_memory": "2GB"}  # fmt: skip
+    commands = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, **_: commands.append(command) or SimpleNamespace(returncode=0)
+    )
+    distributed.launch(tmp_path / "run", settings, 2, resume=True, progress=False)
+    (command,) = commands
+    assert command[command.index("--nproc-per-node=2") + 1 : command.index("train") + 1] == [
+        "-m",
+        "vaelab",
+        "train",
+    ]
+    args = vars(build_parser("train").parse_args(command[command.index("train") :]))
+    assert {name: args.get(name) for name in settings} == settings | {"compile": None}  # off: no flag
+    assert args["out"] == str(tmp_path / "run") and args["resume"] and args["quiet"]

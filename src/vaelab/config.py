@@ -428,6 +428,23 @@ def _recorded_names() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_config"}
 
 
+def train_flags(settings: dict[str, Any]) -> list[str]:
+    """The `vaelab train` flags that give these settings (flat names), the inverse of its parser:
+    None and a switch at its default need no flag; off is `--no-NAME` where the default is not off
+    (film: on, off, or decided by the data)."""
+    defaults = {f.name: f.default for cls in (ModelConfig, TrainConfig) for f in setting_fields(cls)}
+    flags = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or (isinstance(value, bool) and value == defaults[name]):
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags.append(f"{flag}={value}")
+    return flags
+
+
 def setting_names(cls: type) -> set[str]:
     """Names of the user settings of a config dataclass (fields that are CLI flags)."""
     return {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}

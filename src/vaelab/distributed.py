@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vaelab.config import train_flags
 from vaelab.errors import VaelabError
 
 logger = logging.getLogger(__name__)
@@ -111,11 +112,7 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
     its own rendezvous on a free port), with the same settings; raise if it fails."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "vaelab", "train", "--out", str(out)]  # fmt: skip
-    for name, value in settings.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:
-            continue
-        command.append(flag if value is True else f"{flag}={value}")
+    command += train_flags(settings)
     if resume:
         command.append("--resume")
     if not progress:
@@ -123,6 +120,7 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
     logger.info(
         "launching %d training processes: torchrun --standalone --nproc-per-node %d ...", nproc, nproc
     )
-    code = subprocess.run(command).returncode
+    # Rank 0's summary on stdout would repeat the one the caller prints; log lines go to stderr.
+    code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
     if code != 0:
         raise VaelabError(f"training in {nproc} processes failed (exit status {code}); see the lines above")
