@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -201,3 +203,51 @@ def test_short_epochs_write_the_run_once_but_an_interrupt_still_saves_the_last_e
     assert [row["epoch"] for row in checkpoint.read_metrics(tmp_path / "stopped")] == [1, 2]
     vaelab.train(tmp_path / "stopped", resume=True, epochs=3, **settings)
     assert same(state_tensors(tmp_path / "stopped"), state_tensors(tmp_path / "each"))
+
+
+def hold_lock(run: Path) -> subprocess.Popen:
+    """Another process that holds the run's lock, as a training process does, until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vaelab import checkpoint; "
+         "lock = checkpoint.RunLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(600)", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_a_run_being_trained_is_not_trained_by_a_second_process(
+    uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    holder = hold_lock(run)
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    try:
+        code, _, err = run_cli(["train", "--out", str(run), "--resume", "--epochs", "3"], capsys)
+        assert code == 2 and err.strip() == (
+            f"vaelab train: error: {run} is being trained by process {holder.pid} on {socket.gethostname()}; wait for it "
+            "to end (or stop it), then continue with resume=True (--resume)"
+        )
+        assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+    finally:
+        holder.kill()  # as a crash would: the system drops the lock, none is left behind
+        holder.wait()
+    code, _, _ = run_cli(["train", "--out", str(run), "--resume", "--epochs", "3"], capsys)
+    assert code == 0 and [m["epoch"] for m in checkpoint.read_metrics(run)] == [1, 2, 3]
+
+
+def test_a_new_run_is_not_started_where_another_is_in_its_first_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()  # what a new run holds before it saves its first epoch: its lock
+    holder = hold_lock(run)
+    try:
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+        code, _, err = run_cli(["train", *flags, "--epochs", "1", "--out", str(run)], capsys)
+        assert code == 2 and f"{run} is being trained by process {holder.pid}" in err
+        assert len(err.strip().splitlines()) == 1 and [p.name for p in run.iterdir()] == [checkpoint.LOCK]
+    finally:
+        holder.kill()
+        holder.wait()

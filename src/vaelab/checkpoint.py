@@ -1,7 +1,8 @@
 """A run folder: ``config.json`` (sorted keys) + ``model.safetensors`` (the weights with the best
 validation loss), with the training state (latest weights, optimizer, random generator, epoch)
 in ``training_state.safetensors`` and one line per epoch in ``metrics.jsonl``. Every file is
-written atomically; loading never unpickles (JSON + safetensors).
+written atomically; loading never unpickles (JSON + safetensors). While a process trains in the
+folder it holds a lock on ``.train.lock`` (see RunLock), so a second one cannot write there too.
 
 config.json holds ``{"format": 2, "model": ModelConfig, "train": TrainConfig's own settings}``.
 Every change of these formats, and how older files are read, lives here: runs saved by vaelab
@@ -13,9 +14,12 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,10 +31,16 @@ from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, checked_write, write_json
 from vaelab.models import AE, VAE, build_model
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "training_state.safetensors"
 METRICS = "metrics.jsonl"
+LOCK = ".train.lock"
 CONFIG_FORMAT = 2
 
 # What vaelab 0.1.0 meant by a setting missing from its config.json: the behaviour before the
@@ -52,6 +62,62 @@ def is_run(run_dir: str | Path) -> bool:
 def can_resume(run_dir: str | Path) -> bool:
     """True when the folder holds a run's settings and training state (perhaps no model yet)."""
     return (Path(run_dir) / CONFIG).is_file() and (Path(run_dir) / STATE).is_file()
+
+
+class RunLock:
+    """Keeps a second training process out of a run folder while one is training in it.
+
+    acquire() takes an advisory lock (flock) on RUN/.train.lock, held until the `with` block ends.
+    The system drops it when the process ends however it ends, so a killed run leaves no stale
+    lock and --resume can go on at once. Where locks are unavailable (Windows, some network file
+    systems) training goes on unlocked, as before locks existed.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Lock the run folder (which must exist); a VaelabError when another process holds it."""
+        if self._file is not None or fcntl is None:
+            return
+        try:
+            file = open(self.run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held past this call)
+        except OSError:
+            return  # a folder that cannot be written is reported by the caller's own check
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            pid, _, host = file.read().strip().partition(" ")
+            file.close()
+            holder = f"process {pid} on {host}" if pid and host else "another process"
+            raise VaelabError(
+                f"{self.run_dir} is being trained by {holder}; wait for it to end (or stop it), "
+                "then continue with resume=True (--resume)"
+            ) from None
+        except OSError:
+            file.close()
+            return  # this file system has no locks
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()} {socket.gethostname()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)  # no holder named once it has ended
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.release()
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

@@ -216,6 +216,13 @@ def train(
     if nproc > 1 and not distributed.in_torchrun():
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
+    with checkpoint.RunLock(run_dir) as lock:  # taken by the writing process before its first write
+        return _train(run_dir, requested, resume, progress, lock)
+
+
+def _train(
+    run_dir: Path, requested: dict[str, Any], resume: bool, progress: bool, lock: checkpoint.RunLock
+) -> dict[str, Any]:
     if resume:
         config = _resume_config(run_dir, requested)
         saved = checkpoint.saved_progress(run_dir)
@@ -226,13 +233,12 @@ def train(
                 run_dir, saved["epoch"], config.epochs, saved["epoch"],
             )  # fmt: skip
             return summarize(run_dir)
+        if distributed.is_lead_process():
+            lock.acquire()
     else:  # checked before any image is read; settled and resolved once the images are known
         config = TrainConfig.from_settings(**requested).validate()
         if distributed.is_lead_process():  # the other ranks write nothing
-            if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
-                raise VaelabError(
-                    f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another out"
-                )
+            _refuse_saved_run(run_dir)
             check_writable(run_dir)
             (run_dir / checkpoint.METRICS).unlink(missing_ok=True)  # left by a run that never saved an epoch
 
@@ -285,6 +291,9 @@ def train(
     warned_collapse = False
     if lead:
         check_writable(run_dir, create=True)
+        lock.acquire()
+        if not resume:  # again, locked: a run may have saved there while the images loaded
+            _refuse_saved_run(run_dir)
         checkpoint.write_config(run_dir, model_config, config)
 
     n_train, batch_size = len(train_images), config.batch_size
@@ -604,6 +613,13 @@ def speed_up(model: AE | VAE, compile_: bool = False, channels_last: bool = Fals
         model.encoder.compile()
         model.decoder.compile()
         model.pixels.loss = torch.compile(model.pixels.loss)  # type: ignore[method-assign]
+
+
+def _refuse_saved_run(run_dir: Path) -> None:
+    if checkpoint.is_run(run_dir) or (run_dir / checkpoint.STATE).exists():
+        raise VaelabError(
+            f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another out"
+        )
 
 
 def check_writable(run_dir: Path, create: bool = False) -> None:
