@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +24,7 @@ from safetensors.torch import load_file
 import vaelab
 from conftest import run_cli
 from vaelab import checkpoint, training
-from vaelab.errors import VaelabError
+from vaelab.errors import Terminated, VaelabError
 
 # constant lr and no warm-ups, so nothing depends on when the run was told its length; batch 64
 # gives 113 steps per epoch of mnist-mini
@@ -108,6 +110,56 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(uninterrupted: Pa
         load_file(str(run / "model.safetensors")), load_file(str(uninterrupted / "model.safetensors"))
     )
     assert [m["epoch"] for m in checkpoint.read_metrics(run)] == [1, 2]
+
+
+def test_sigterm_saves_where_the_run_is_and_it_resumes_to_the_same_weights(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "preempted"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "train", *flags, "--epochs", "2", "--out", str(run), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / checkpoint.CONFIG).exists():  # written just before the first step
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "training did not start within 120 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # as a scheduler's time limit does; no --save-every asked
+    err = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, err
+    assert re.fullmatch(
+        r"vaelab train: stopped by SIGTERM (at epoch 1, step (\d+) of 113; saved there|after epoch 1; saved) "
+        r"\(continue with --resume\)\n",
+        err,
+    )
+    progress = progress_of(run)
+    if "at epoch" in err:  # the state of the step it stopped at, not of an epoch's end
+        assert progress["epoch"] == 0 and progress["partial"]["step"] == int(re.search(r"step (\d+)", err)[1])
+    vaelab.train(run, resume=True, progress=False)
+    assert same(
+        load_file(str(run / "model.safetensors")), load_file(str(uninterrupted / "model.safetensors"))
+    )
+    assert [m["epoch"] for m in checkpoint.read_metrics(run)] == [1, 2]
+
+
+def test_sigterm_stops_at_once_before_the_run_is_written_and_when_sent_twice() -> None:
+    def deliver() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs between bytecodes of the main thread
+            time.sleep(0.001)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with training.SigtermStop() as sigterm:
+        with pytest.raises(Terminated, match="^stopped by SIGTERM; finished epochs are saved"):
+            deliver()
+        sigterm.defer = True
+        deliver()  # noted: the loop saves at the end of its step
+        assert sigterm.requested
+        with pytest.raises(Terminated):
+            deliver()  # a second one stops at once
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_an_unwritable_run_folder_is_refused_before_training(tmp_path: Path, capsys) -> None:

@@ -75,7 +75,7 @@ def test_the_processes_torchrun_starts_get_every_setting_as_given(monkeypatch, t
                 "decoder": "factorized", "max_memory": "2GB"}  # fmt: skip
     commands = []
     monkeypatch.setattr(
-        subprocess, "run", lambda command, **_: commands.append(command) or SimpleNamespace(returncode=0)
+        subprocess, "Popen", lambda command, **_: commands.append(command) or SimpleNamespace(wait=lambda: 0)
     )
     distributed.launch(tmp_path / "run", settings, 2, resume=True, progress=False)
     (command,) = commands
@@ -87,3 +87,41 @@ def test_the_processes_torchrun_starts_get_every_setting_as_given(monkeypatch, t
     args = vars(build_parser("train").parse_args(command[command.index("train") :]))
     assert {name: args.get(name) for name in settings} == settings | {"compile": None}  # off: no flag
     assert args["out"] == str(tmp_path / "run") and args["resume"] and args["quiet"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="finds processes in /proc")
+def test_sigterm_to_vaelab_train_stops_the_processes_it_started(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**SETTINGS, "epochs": 50}.items()]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "train", "--nproc", "2", *flags, "--out", str(run), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / checkpoint.CONFIG).exists():  # rank 0 is about to take its first step
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "training did not start within 120 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    err = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, err
+    assert err.endswith(
+        "vaelab train: stopped by SIGTERM; finished epochs are saved (continue with --resume)\n"
+    )
+
+    def training_here() -> list[str]:  # torchrun and the ranks name the run folder in their command
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(run).encode() in cmdline.read_bytes():
+                    found.append(cmdline.parent.name)
+            except OSError:  # gone meanwhile
+                pass
+        return found
+
+    assert training_here() == []  # none left behind, training on its own

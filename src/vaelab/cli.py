@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import logging
+import signal
 import sys
 import types
 import typing
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from vaelab.config import ModelConfig, TrainConfig, setting_fields
 from vaelab.distributed import is_lead_process
-from vaelab.errors import VaelabError
+from vaelab.errors import Terminated, VaelabError
 from vaelab.options import Choices, Flag, Positional, Required
 
 EPILOG = """examples:
@@ -444,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Terminated as stop:  # SIGTERM: a scheduler's time limit or preemption, or kill
+        print(f"vaelab {name}: {stop}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         saved = "; finished epochs are saved (continue with --resume)" if name == "train" else ""
         print(f"vaelab {name}: interrupted{saved}", file=sys.stderr)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from vaelab.config import train_flags
-from vaelab.errors import VaelabError
+from vaelab.errors import Terminated, VaelabError
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ def finish(context: Context) -> None:
 
 def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progress: bool) -> None:
     """Run `vaelab train` in `nproc` processes on this machine through torchrun (`--standalone`:
-    its own rendezvous on a free port), with the same settings; raise if it fails."""
+    its own rendezvous on a free port), with the same settings; raise if it fails. SIGTERM is
+    passed on to torchrun, which stops its processes, and then raises Terminated."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "vaelab", "train", "--out", str(out)]  # fmt: skip
     command += train_flags(settings)
@@ -121,6 +124,24 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
         "launching %d training processes: torchrun --standalone --nproc-per-node %d ...", nproc, nproc
     )
     # Rank 0's summary on stdout would repeat the one the caller prints; log lines go to stderr.
-    code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    terminated = []
+
+    def pass_on(signum: int, frame: object) -> None:  # not left training, orphaned, when we go
+        terminated.append(signum)
+        process.send_signal(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, pass_on) if main_thread else signal.SIG_DFL
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun too: let its processes save and end
+        process.wait()
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if terminated:
+        raise Terminated("stopped by SIGTERM; finished epochs are saved (continue with --resume)")
     if code != 0:
         raise VaelabError(f"training in {nproc} processes failed (exit status {code}); see the lines above")

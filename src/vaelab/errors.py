@@ -1,4 +1,4 @@
-"""The one exception type that vaelab raises for problems a user can fix."""
+"""The exception vaelab raises for problems a user can fix, and the stop of a run on SIGTERM."""
 
 
 class VaelabError(Exception):
@@ -6,3 +6,8 @@ class VaelabError(Exception):
 
     The CLI prints the message (no traceback) and exits with status 2.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """Training stopped on SIGTERM (a scheduler's time limit or preemption, `kill`); the run folder
+    holds what the message says and goes on with resume=True. The CLI exits with status 143."""

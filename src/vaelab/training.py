@@ -16,11 +16,14 @@ import hashlib
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import torch
@@ -41,7 +44,7 @@ from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.stream import DiskImages
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
 from vaelab.device import model_device, resolve_device
-from vaelab.errors import VaelabError
+from vaelab.errors import Terminated, VaelabError
 from vaelab.models import AE, VAE, build_model
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,40 @@ class TrainingDivergedError(VaelabError):
     """The loss became NaN or infinite; the run folder keeps the last good epoch."""
 
     exit_code = 1
+
+
+class SigtermStop:
+    """What SIGTERM does while a run trains (in the main thread of a process; elsewhere nothing).
+
+    Once `defer` is set (one process, from the first write of the run on) the first SIGTERM only
+    sets `requested`: the loop finishes its step, saves a checkpoint there and raises Terminated,
+    so a preempted job loses no steps. Before that, with several processes (they cannot agree on
+    a step) and on a second SIGTERM it raises Terminated at once, keeping the last finished epoch.
+    """
+
+    def __init__(self) -> None:
+        self.defer = False
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.defer and not self.requested:
+            self.requested = True
+            return
+        raise Terminated("stopped by SIGTERM; finished epochs are saved (continue with --resume)")
+
+    def __enter__(self) -> SigtermStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._installed:  # None: a handler set outside Python, which SIG_DFL stands for
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 def derive_seed(seed: int, stream: str) -> int:
@@ -208,6 +245,9 @@ def train(
     nproc > 1 runs the training in that many processes through torchrun (DistributedDataParallel;
     `batch_size` is then the global batch, shared among them); inside processes torchrun started,
     each rank trains its share and rank 0 writes the run folder.
+
+    While a process trains, RUN/.train.lock keeps others out (checkpoint.RunLock). SIGTERM saves
+    the training state at the end of the step under way and raises vaelab.errors.Terminated.
     """
     run_dir = Path(out)
     requested = absolute_data_paths({**(config.settings() if config else {}), **settings})
@@ -216,12 +256,18 @@ def train(
     if nproc > 1 and not distributed.in_torchrun():
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
-    with checkpoint.RunLock(run_dir) as lock:  # taken by the writing process before its first write
-        return _train(run_dir, requested, resume, progress, lock)
+    # the lock is taken by the writing process before its first write
+    with checkpoint.RunLock(run_dir) as lock, SigtermStop() as sigterm:
+        return _train(run_dir, requested, resume, progress, lock, sigterm)
 
 
 def _train(
-    run_dir: Path, requested: dict[str, Any], resume: bool, progress: bool, lock: checkpoint.RunLock
+    run_dir: Path,
+    requested: dict[str, Any],
+    resume: bool,
+    progress: bool,
+    lock: checkpoint.RunLock,
+    sigterm: SigtermStop,
 ) -> dict[str, Any]:
     if resume:
         config = _resume_config(run_dir, requested)
@@ -295,6 +341,7 @@ def _train(
         if not resume:  # again, locked: a run may have saved there while the images loaded
             _refuse_saved_run(run_dir)
         checkpoint.write_config(run_dir, model_config, config)
+    sigterm.defer = context.world == 1  # from here on SIGTERM saves where the run is
 
     n_train, batch_size = len(train_images), config.batch_size
     # With several processes a last batch with fewer images than processes is left out (every
@@ -418,7 +465,9 @@ def _train(
                 )
                 unchecked.append((step, len(x), torch.stack(parts)))  # no wait for the device here
                 bar.update()
+                stopping_here = sigterm.requested and step < steps_per_epoch  # else at the epoch's end
                 saving = config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch
+                saving = saving or stopping_here
                 if saving or len(unchecked) >= CHECK_EVERY or step == steps_per_epoch:
                     loss = _check_losses(unchecked, totals, context, run_dir, config, epoch)
                     unchecked = []
@@ -440,6 +489,11 @@ def _train(
                                 model, optimizer, generator, saved, ema, order
                             ),
                         )
+                if stopping_here:
+                    raise Terminated(
+                        f"stopped by SIGTERM at epoch {epoch}, step {step} of {steps_per_epoch}; saved there "
+                        "(continue with --resume)"
+                    )
             seconds = time.perf_counter() - started
             totals = distributed.sum_(totals, context).tolist()
             if scaler is not None:
@@ -529,6 +583,8 @@ def _train(
                     "epoch %d", config.patience, state["best_epoch"],
                 )  # fmt: skip
                 break
+            if sigterm.requested and epoch < config.epochs:
+                raise Terminated(f"stopped by SIGTERM after epoch {epoch}; saved (continue with --resume)")
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         failing = sys.exc_info()[0] is not None
