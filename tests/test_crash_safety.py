@@ -112,13 +112,15 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(uninterrupted: Pa
     assert [m["epoch"] for m in checkpoint.read_metrics(run)] == [1, 2]
 
 
-def test_sigterm_saves_where_the_run_is_and_it_resumes_to_the_same_weights(
-    uninterrupted: Path, tmp_path: Path
+def test_sigterm_saves_where_the_run_is_and_the_same_command_again_ends_with_the_same_weights(
+    uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "preempted"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+    # the one command of a job that a scheduler stops and later runs again (e.g. Slurm --requeue)
+    command = ["train", *(f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()), "--epochs", "2",
+               "--out", str(run), "--resume", "auto"]  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "vaelab", "train", *flags, "--epochs", "2", "--out", str(run), "--quiet"],
+        [sys.executable, "-m", "vaelab", *command, "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -137,11 +139,21 @@ def test_sigterm_saves_where_the_run_is_and_it_resumes_to_the_same_weights(
     progress = progress_of(run)
     if "at epoch" in err:  # the state of the step it stopped at, not of an epoch's end
         assert progress["epoch"] == 0 and progress["partial"]["step"] == int(re.search(r"step (\d+)", err)[1])
-    vaelab.train(run, resume=True, progress=False)
+    code, result, _ = run_cli(command, capsys)  # run again: it goes on from where it stopped
+    assert code == 0 and result["epochs"] == 2
     assert same(
         load_file(str(run / "model.safetensors")), load_file(str(uninterrupted / "model.safetensors"))
     )
     assert [m["epoch"] for m in checkpoint.read_metrics(run)] == [1, 2]
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    code, result, _ = run_cli(command, capsys)  # and once more, done: nothing to train, nothing written
+    assert code == 0 and result["epochs"] == 2 and {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_auto_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(VaelabError, match="resume must be True, False or 'auto', got 'yes'"):
+        vaelab.train(tmp_path / "r", resume="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "r").exists()
 
 
 def test_sigterm_stops_at_once_before_the_run_is_written_and_when_sent_twice() -> None:

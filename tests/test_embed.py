@@ -57,6 +57,15 @@ def test_embed_bad_input(vae_run: Path, tmp_path: Path, capsys) -> None:
         ["embed", str(vae_run), "--input", str(tmp_path / "none.png"), "-o", str(tmp_path / "e.npy")], capsys
     )
     assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    code, _, err = run_cli(
+        ["embed", str(vae_run), "--input", str(tmp_path / "empty"), "-o", str(tmp_path / "e.npy")], capsys
+    )
+    assert code == 2 and err.strip().endswith(
+        f"input {tmp_path / 'empty'} holds no images (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp); "
+        "give image files or folders that hold them"
+    )
     assert not (tmp_path / "e.npy").exists()
 
 

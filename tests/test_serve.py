@@ -326,6 +326,21 @@ def test_a_colour_64px_model_is_served_the_same_way(colour_client: TestClient, c
     assert decoded(colour_client.post("/api/traverse", json={"z": z})).shape == (rows * 65 + 1, 7 * 65 + 1, 3)
 
 
+def test_a_damaged_attributes_file_is_served_without_sliders(
+    colour_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(colour_run, run)
+    (run / "attributes.safetensors").write_bytes(b"junk" * 3)
+    with caplog.at_level("WARNING", logger="vaelab.apps.serve"):
+        info = TestClient(vaelab.create_app(run, "cpu")).get("/api/info").json()
+    assert info["attributes"] == {} and info["latent_dim"] == 8  # the rest is served
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"{run / 'attributes.safetensors'} is damaged (")
+    assert message.endswith("save the attributes again with `vaelab attribute`; serving without attribute "
+                            "sliders")  # fmt: skip
+
+
 # ---- a pixel-by-pixel decoder
 
 

@@ -121,6 +121,13 @@ def test_resume_refuses_changed_settings_and_missing_runs(tmp_path: Path) -> Non
         vaelab.train(tmp_path / "r", resume=True, epochs=2, lr=0.1, **FAST)
     with pytest.raises(vaelab.VaelabError, match="nothing to resume"):
         vaelab.train(tmp_path / "none", resume=True, epochs=2, **FAST)
+    with pytest.raises(
+        vaelab.VaelabError, match="decoder pixelcnn differs from the resumed run's factorized"
+    ):
+        vaelab.train(tmp_path / "r", resume=True, epochs=2, decoder="pixelcnn", **FAST)
+    # "let vaelab choose", asked again (the same command run again): the run's choice stands
+    chosen = {"decoder": "auto", "lr": None, "free_bits": None, "film": None, "mean_scale": None}
+    assert vaelab.train(tmp_path / "r", resume=True, epochs=2, **chosen, **FAST)["epochs"] == 2
 
 
 def test_a_run_keeps_the_learning_rate_and_free_bits_it_started_with(tmp_path: Path) -> None:

@@ -241,7 +241,16 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="run folder to create (or continue with --resume)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_auto,
+        metavar="auto",
+        help="continue the run in --out up to --epochs; --resume auto: continue it if it holds one, else "
+        "start it (one command for a job that a scheduler may requeue or torchrun may restart)",
+    )
     parser.add_argument(
         "--nproc",
         type=int,
@@ -278,6 +287,12 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable[..., Any
         if default is not None and not isinstance(default, bool):
             help_text += f" (default: {default})"
         _add_flag(parser, name, kind, help_text, choices, short, default)
+
+
+def _auto(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"{text!r}: give --resume alone, or --resume auto")
+    return text
 
 
 def _add_flag(

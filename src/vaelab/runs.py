@@ -14,7 +14,7 @@ import torch
 from vaelab import checkpoint
 from vaelab.config import TrainConfig
 from vaelab.data import ImageSet, load_images
-from vaelab.data.folder import list_images, read_image_files
+from vaelab.data.folder import IMAGE_SUFFIXES, list_images, read_image_files
 from vaelab.device import resolve_device
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE
@@ -72,7 +72,11 @@ def select_images(
             else:
                 raise VaelabError(f"input {item} does not exist; give image files or folders")
         if not files:
-            raise VaelabError(f"input {' '.join(map(str, inputs))} holds no images")
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise VaelabError(
+                f"input {' '.join(map(str, inputs))} holds no images ({suffixes}); give image files or "
+                "folders that hold them"
+            )
         images = read_image_files(files, None, model.config.image_channels, model_size(model))
         return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
     name = dataset or config.dataset

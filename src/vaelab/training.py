@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -61,6 +61,9 @@ RESUMABLE = (
     "log",
     "save_every",
 )  # settings a resumed run may change
+# settings whose value here means "vaelab chooses" (TrainConfig.resolved): the run recorded its
+# choice, which a resumed run keeps when asked for the same "choose" again
+CHOSEN = {"decoder": "auto", "free_bits": None, "film": None, "lr": None, "mean_scale": None}
 CHECK_EVERY = 32  # steps between checks of the losses for NaN (each one waits for the device)
 # The run folder (metrics, best weights, training state) is brought up to date at the end of an
 # epoch at most once per SAVE_SECONDS, after the last epoch, and when training stops early, fails
@@ -230,7 +233,7 @@ def train(
     out: str | Path,
     config: TrainConfig | None = None,
     *,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     progress: bool = True,
     nproc: int = 1,
     **settings: Any,
@@ -240,7 +243,8 @@ def train(
     Settings come from `config` and/or keyword arguments named like the fields of TrainConfig and
     ModelConfig (the CLI flags, e.g. latent_dim=2). With resume=True the run's saved settings are
     used; only those in RESUMABLE (epochs, device, amp, precision, compile, patience, log, save_every)
-    may change.
+    may change. resume="auto" continues the run if `out` holds one and starts it otherwise: one
+    command for a job that may be run again (a requeued Slurm job, torchrun's --max-restarts).
 
     nproc > 1 runs the training in that many processes through torchrun (DistributedDataParallel;
     `batch_size` is then the global batch, shared among them); inside processes torchrun started,
@@ -253,6 +257,13 @@ def train(
     requested = absolute_data_paths({**(config.settings() if config else {}), **settings})
     if nproc < 1:
         raise VaelabError(f"nproc must be at least 1, got {nproc}")
+    if resume == "auto":  # decided by every rank before any of them can write (they meet first)
+        resume = checkpoint.can_resume(run_dir)
+        logger.info(
+            "resume auto: %s %s", "continuing the run in" if resume else "starting a new run in", run_dir
+        )
+    elif not isinstance(resume, bool):
+        raise VaelabError(f"resume must be True, False or 'auto', got {resume!r}")
     if nproc > 1 and not distributed.in_torchrun():
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
@@ -786,6 +797,8 @@ def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
             TrainConfig.from_settings(**{key: value})  # raises the unknown-setting error
         if key in RESUMABLE:
             merged[key] = value
+        elif key in CHOSEN and value == CHOSEN[key]:
+            continue  # the run's own choice stands
         elif merged[key] != value:
             raise VaelabError(
                 f"{key} {value} differs from the resumed run's {merged[key]}; "

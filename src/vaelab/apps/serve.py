@@ -100,7 +100,11 @@ class Explorer:
         self.traversal_dims, self.traversal_centre, self.traversal_spread, _ = traversal_axes(
             self.model, self.images, TRAVERSAL_ROWS
         )
-        self.attributes, self.attribute_info = load_attributes(run)
+        try:
+            self.attributes, self.attribute_info = load_attributes(run)
+        except VaelabError as error:  # the rest of the page works without its sliders
+            logger.warning("%s; serving without attribute sliders", error)
+            self.attributes, self.attribute_info = {}, {}
         self.detector = AnomalyDetector(run, score="recon", device=str(self.device))
         self.detector.model_ = self.model
         self.test_scores = np.sort(self.detector.score_samples(self.images))
