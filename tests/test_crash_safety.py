@@ -150,6 +150,43 @@ def test_sigterm_saves_where_the_run_is_and_the_same_command_again_ends_with_the
     assert code == 0 and result["epochs"] == 2 and {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:  # field 4: the parent's pid
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="finds processes in /proc")
+def test_sigterm_to_every_process_of_a_streamed_run_still_saves_and_stops_in_one_line(tmp_path: Path) -> None:
+    from conftest import write_images
+
+    write_images(tmp_path / "photos", 400, (8, 8), mode="RGB")
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "train", "--dataset", f"folder:{tmp_path / 'photos'}", "--max-memory",
+         "0", "--workers", "2", "--arch", "mlp", "--batch-size", "4", "--epochs", "50", "--out", str(run),
+         "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(children(process.pid)) < 2:  # the folder is streamed: its reading workers have started
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "no reading workers within 120 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)  # as Slurm signals a job step: every process of it
+    err = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, err
+    # one line: no traceback of a worker killed by the signal, and no decoding bar under --quiet
+    assert re.fullmatch(r"vaelab train: stopped by SIGTERM (at epoch \d+, step \d+ of \d+; saved there|after "
+                        r"epoch \d+; saved) \(continue with --resume\)\n", err), err  # fmt: skip
+    assert checkpoint.can_resume(run)
+
+
 def test_resume_auto_is_checked(tmp_path: Path) -> None:
     with pytest.raises(VaelabError, match="resume must be True, False or 'auto', got 'yes'"):
         vaelab.train(tmp_path / "r", resume="yes")  # type: ignore[arg-type]

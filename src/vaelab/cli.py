@@ -29,6 +29,7 @@ from vaelab.config import ModelConfig, TrainConfig, setting_fields
 from vaelab.distributed import is_lead_process
 from vaelab.errors import Terminated, VaelabError
 from vaelab.options import Choices, Flag, Positional, Required
+from vaelab.progress import bars_shown
 
 EPILOG = """examples:
   vaelab demo --out demo                      # AE vs VAE on the embedded digits, with index.html
@@ -439,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
-        result = _call(command, name, args)
+        with bars_shown(not args.quiet):
+            result = _call(command, name, args)
     except VaelabError as error:
         print(f"vaelab {name}: error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2)

@@ -46,6 +46,7 @@ from vaelab.data.transforms import binarize, binarize_uint8, to_unit
 from vaelab.device import model_device, resolve_device
 from vaelab.errors import Terminated, VaelabError
 from vaelab.models import AE, VAE, build_model
+from vaelab.progress import bars_shown
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def train(
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
     # the lock is taken by the writing process before its first write
-    with checkpoint.RunLock(run_dir) as lock, SigtermStop() as sigterm:
+    with checkpoint.RunLock(run_dir) as lock, SigtermStop() as sigterm, bars_shown(progress):
         return _train(run_dir, requested, resume, progress, lock, sigterm)
 
 

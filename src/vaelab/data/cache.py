@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from vaelab.data.idx import cache_dir
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, write_json
+from vaelab.progress import bar_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
     sizes: dict[tuple[int, int], list[Path]] = {}
     failures: list[tuple[Path, Exception]] = []
     for path in tqdm(
-        files, desc="reading image headers", unit="img", disable=len(files) < 10_000, leave=False
+        files, desc="reading image headers", unit="img", disable=bar_hidden(len(files), 10_000), leave=False
     ):
         try:
             with Image.open(path) as image:
@@ -189,7 +190,9 @@ def decoded_folder(
     failures: list[tuple[Path, Exception]] = []  # past the headers: files cut short, say
     with atomic_output(data) as tmp:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=full)
-        for position, index in enumerate(tqdm(rows, desc=f"decoding {root.name}", unit="img")):
+        for position, index in enumerate(
+            tqdm(rows, desc=f"decoding {root.name}", unit="img", disable=bar_hidden())
+        ):
             path = files[index]
             try:
                 with Image.open(path) as image:

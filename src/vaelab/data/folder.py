@@ -31,6 +31,7 @@ from vaelab.data.cache import (
 from vaelab.data.imageset import ImageSet, ensure_fits_in_memory, memory_budget
 from vaelab.data.stream import ImageFile
 from vaelab.errors import VaelabError
+from vaelab.progress import bar_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def read_image_files(
     arrays, grey, resized = [], 0, 0
     failures: list[tuple[Path, Exception]] = []
     sizes: dict[tuple[int, int], list[Path]] = {}
-    for path in tqdm(paths, desc="reading images", unit="img", disable=len(paths) < 10_000, leave=False):
+    for path in tqdm(
+        paths, desc="reading images", unit="img", disable=bar_hidden(len(paths), 10_000), leave=False
+    ):
         try:
             with Image.open(path) as image:
                 image.load()

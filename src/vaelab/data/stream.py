@@ -8,6 +8,7 @@ same weights.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,13 @@ class _Rows:
 
     def __getitem__(self, row: int) -> torch.Tensor:
         return self.__getitems__([row])[0]
+
+
+def _leave_sigterm_to_the_trainer(worker_id: int) -> None:
+    """A scheduler's SIGTERM reaches every process of the job (Slurm signals the whole step): a
+    worker that died of it would stop the trainer mid-step with an error, before it could save. The
+    trainer decides (see training.SigtermStop); its workers end with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _whole(batch: torch.Tensor) -> torch.Tensor:
@@ -88,6 +96,7 @@ class DiskImages:
             num_workers=self.workers,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=_leave_sigterm_to_the_trainer,
         )
         for batch in loader:
             yield batch.to(device, non_blocking=True)
