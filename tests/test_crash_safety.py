@@ -87,6 +87,18 @@ def test_an_interrupted_epoch_goes_on_from_its_last_checkpoint_to_the_same_weigh
     assert "partial" not in progress_of(run)
 
 
+def test_a_resume_asking_for_fewer_epochs_than_a_saved_part_keeps_the_run_as_it_is(
+    uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "split"
+    interrupt_training(monkeypatch, run, 150, epochs=2)  # epoch 1 and 27 steps of epoch 2 saved
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    assert vaelab.train(run, resume=True, epochs=1, progress=False)["epochs"] == 1  # nothing to train
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before  # config.json kept epochs 2
+    vaelab.train(run, resume=True, progress=False)  # later: the rest of epoch 2, as if never stopped
+    assert same(state_tensors(run), state_tensors(uninterrupted))
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(uninterrupted: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]

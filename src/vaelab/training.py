@@ -284,7 +284,7 @@ def _train(
     if resume:
         config = _resume_config(run_dir, requested)
         saved = checkpoint.saved_progress(run_dir)
-        if saved is not None and saved["epoch"] >= config.epochs and "partial" not in saved:
+        if saved is not None and saved["epoch"] >= config.epochs:  # a part of a later epoch kept for later
             logger.info(
                 "%s has trained %d epochs, as many as asked (epochs %d): nothing to train; pass epochs N "
                 "(--epochs) above %d to go on",
