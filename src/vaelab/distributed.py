@@ -142,6 +142,6 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     if terminated:
-        raise Terminated("stopped by SIGTERM; finished epochs are saved (continue with --resume)")
+        raise Terminated()
     if code != 0:
         raise VaelabError(f"training in {nproc} processes failed (exit status {code}); see the lines above")

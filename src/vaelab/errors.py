@@ -11,3 +11,8 @@ class VaelabError(Exception):
 class Terminated(KeyboardInterrupt):
     """Training stopped on SIGTERM (a scheduler's time limit or preemption, `kill`); the run folder
     holds what the message says and goes on with resume=True. The CLI exits with status 143."""
+
+    def __init__(
+        self, message: str = "stopped by SIGTERM; finished epochs are saved (continue with --resume)"
+    ) -> None:
+        super().__init__(message)

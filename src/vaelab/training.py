@@ -103,7 +103,7 @@ class SigtermStop:
         if self.defer and not self.requested:
             self.requested = True
             return
-        raise Terminated("stopped by SIGTERM; finished epochs are saved (continue with --resume)")
+        raise Terminated()  # at once
 
     def __enter__(self) -> SigtermStop:
         if threading.current_thread() is threading.main_thread():
