@@ -9,9 +9,9 @@ Each case trains `--epochs` epochs with `vaelab.train` and reads the images per 
 last epoch from metrics.jsonl (so start-up, data loading, compilation and the first epoch's
 warm-up are left out). Cases are interleaved and repeated; the median is reported.
 
-CPU (`--device cpu`, the default): `vaelab train --nproc N` on mnist-mini. torchrun gives each
-process one thread (OMP_NUM_THREADS=1) while one process uses every core, so the comparison is
-of the same cores used two ways.
+CPU (`--device cpu`, the default): `vaelab train --nproc N` on mnist-mini. `--nproc N` shares the
+machine's torch threads among the N processes (OMP_NUM_THREADS = threads // N, unless set), so the
+comparison is of the same cores used two ways.
 
 GPU (`--device cuda`): one process on one card, the conv VAE at 28 px (mnist-mini, grey) and at
 64 px (`shapes`, RGB), each trained three ways: fp32 without compilation (TF32 convolutions, as

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import vaelab
 from conftest import run_cli
@@ -73,12 +74,21 @@ def test_the_processes_torchrun_starts_get_every_setting_as_given(monkeypatch, t
     settings = {"film": False, "amp": True, "compile": False, "lr": 3e-4, "mean_scale": 1 / 3, "classes": "1,7",
                 "noise": "gaussian:0.3", "dataset": f"folder:{tmp_path / 'my photos'}", "latent_dim": 8,
                 "decoder": "factorized", "max_memory": "2GB"}  # fmt: skip
-    commands = []
-    monkeypatch.setattr(
-        subprocess, "Popen", lambda command, **_: commands.append(command) or SimpleNamespace(wait=lambda: 0)
-    )
+    commands, threads = [], []
+
+    def popen(command: list[str], env: dict[str, str], **_: object) -> SimpleNamespace:
+        commands.append(command)
+        threads.append(env["OMP_NUM_THREADS"])
+        return SimpleNamespace(wait=lambda: 0)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     distributed.launch(tmp_path / "run", settings, 2, resume=True, progress=False)
     (command,) = commands
+    assert threads == [str(max(1, torch.get_num_threads() // 2))]  # this machine's threads shared, not 1 each
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    distributed.launch(tmp_path / "run", settings, 2, resume=True, progress=False)
+    assert threads[1] == "3"  # as the user set it
     assert command[command.index("--nproc-per-node=2") + 1 : command.index("train") + 1] == [
         "-m",
         "vaelab",
@@ -113,6 +123,7 @@ def test_sigterm_to_vaelab_train_stops_the_processes_it_started(tmp_path: Path) 
     assert err.endswith(
         "vaelab train: stopped by SIGTERM; finished epochs are saved (continue with --resume)\n"
     )
+    assert "Traceback" not in err  # torchrun's own, for the signal that stopped it, is left out
 
     def training_here() -> list[str]:  # torchrun and the ranks name the run folder in their command
         found = []

@@ -463,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except Terminated as stop:  # SIGTERM: a scheduler's time limit or preemption, or kill
-        print(f"vaelab {name}: {stop}", file=sys.stderr)
+        if is_lead_process():  # the other ranks of a torchrun job would only repeat it
+            print(f"vaelab {name}: {stop}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         saved = "; finished epochs are saved (continue with --resume)" if name == "train" else ""

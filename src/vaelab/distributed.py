@@ -113,7 +113,7 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
     """Run `vaelab train` in `nproc` processes on this machine through torchrun (`--standalone`:
     its own rendezvous on a free port), with the same settings; raise if it fails. SIGTERM is
     passed on to torchrun, which stops its processes, and then raises Terminated."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    command = [sys.executable, "-m", "vaelab.distributed", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "vaelab", "train", "--out", str(out)]  # fmt: skip
     command += train_flags(settings)
     if resume:
@@ -124,7 +124,11 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
         "launching %d training processes: torchrun --standalone --nproc-per-node %d ...", nproc, nproc
     )
     # Rank 0's summary on stdout would repeat the one the caller prints; log lines go to stderr.
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    # torchrun gives each process 1 CPU thread unless told: share this machine's among them instead
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, torch.get_num_threads() // nproc))
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": threads}
+    )
     terminated = []
 
     def pass_on(signum: int, frame: object) -> None:  # not left training, orphaned, when we go
@@ -145,3 +149,21 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
         raise Terminated()
     if code != 0:
         raise VaelabError(f"training in {nproc} processes failed (exit status {code}); see the lines above")
+
+
+def torchrun(argv: list[str]) -> int:
+    """PyTorch's torchrun with these arguments, as `vaelab train --nproc` runs it: the same launcher,
+    but stopped by a signal it ends with status 128 + the signal and no traceback of its own (its
+    processes have each said what they saved)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except SignalException as stop:
+        return 128 + int(stop.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun(sys.argv[1:]))

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal
@@ -194,11 +194,12 @@ def mean_losses(
         chunks = images.batches(torch.arange(len(images)), batch_size, len(images), device)
     else:
         chunks = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
-    for chunk in chunks:
-        clean = to_unit(chunk)
-        noisy = clean if noise is None else noise.apply(clean, generator)
-        out = model(noisy, target=clean, generator=generator)
-        totals += torch.stack([out.loss * len(out.recon), out.recon.sum(), out.kl.sum()]).double()
+    with contextlib.closing(chunks):  # a streamed folder's reading workers end here, even on a stop
+        for chunk in chunks:
+            clean = to_unit(chunk)
+            noisy = clean if noise is None else noise.apply(clean, generator)
+            out = model(noisy, target=clean, generator=generator)
+            totals += torch.stack([out.loss * len(out.recon), out.recon.sum(), out.kl.sum()]).double()
     model.train(was_training)
     loss, recon, kl = (totals / len(images)).tolist()
     return {"loss": loss, "recon": recon, "kl": kl}
@@ -417,6 +418,7 @@ def _train(
     # shape and keep the fastest (restored when training ends).
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cudnn_benchmark or device.type == "cuda"
+    reader: Iterator[torch.Tensor] | None = None  # a streamed folder's batches, read ahead by workers
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             # ---- one pass over the training images, in a fresh random order
@@ -433,7 +435,7 @@ def _train(
             # loss, recon, kl summed over images, on the device: the host waits only at checks
             totals = torch.tensor(saved_totals, dtype=torch.float64, device=device)
             unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, images, loss/recon/kl) unchecked
-            reader = None  # a streamed folder's batches, read ahead by worker processes
+            reader = None  # the last epoch's, with its workers, let go
             if isinstance(train_images, DiskImages):
                 reader = train_images.batches(
                     order, batch_size, n_used, device, context.rank, context.world, skip
@@ -599,6 +601,8 @@ def _train(
                 raise Terminated(f"stopped by SIGTERM after epoch {epoch}; saved (continue with --resume)")
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
+        if reader is not None:  # stopped within an epoch: end its reading workers now, not at exit
+            reader.close()
         failing = sys.exc_info()[0] is not None
         try:
             if lead:

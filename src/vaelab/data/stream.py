@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 import numpy as np
 import torch
@@ -50,9 +51,13 @@ class _Rows:
 
 def _leave_sigterm_to_the_trainer(worker_id: int) -> None:
     """A scheduler's SIGTERM reaches every process of the job (Slurm signals the whole step): a
-    worker that died of it would stop the trainer mid-step with an error, before it could save. The
-    trainer decides (see training.SigtermStop); its workers end with it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker that died of it would stop the trainer mid-step with an error, before it could save. So
+    a worker lets the first SIGTERM pass and ends on the next, which is the trainer ending it."""
+    signal.signal(signal.SIGTERM, _end_on_the_next_sigterm)
+
+
+def _end_on_the_next_sigterm(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _whole(batch: torch.Tensor) -> torch.Tensor:
