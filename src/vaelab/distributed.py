@@ -10,6 +10,7 @@ takes its share of each global batch; only rank 0 writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -28,6 +29,8 @@ from vaelab.config import train_flags
 from vaelab.errors import Terminated, VaelabError
 
 logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     if world <= 1:
         return Context(), device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: stop if it goes
+        end_with_parent()
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -72,6 +77,16 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     if rank != 0:  # one voice: the others only warn
         logging.getLogger("vaelab").setLevel(logging.WARNING)
     return Context(rank, world, local_rank, started), device
+
+
+def end_with_parent() -> None:
+    """On Linux, have SIGTERM sent to this process when the one that started it ends, even killed
+    with SIGKILL (prctl PR_SET_PDEATHSIG): torchrun and its training processes then stop, keeping
+    what they saved, instead of training on, orphaned, in a run folder they keep locked."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # no C library to ask: as before
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def sum_(tensor: torch.Tensor, context: Context) -> torch.Tensor:
@@ -158,6 +173,7 @@ def torchrun(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main
 
+    end_with_parent()  # `vaelab train --nproc` killed: stop its processes too
     try:
         main(argv)
     except SignalException as stop:

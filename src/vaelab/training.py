@@ -286,7 +286,8 @@ def _train(
         config = _resume_config(run_dir, requested)
         saved = checkpoint.saved_progress(run_dir)
         if saved is not None and saved["epoch"] >= config.epochs:  # a part of a later epoch kept for later
-            logger.info(
+            log = logger.info if distributed.is_lead_process() else logger.debug  # said once, by rank 0
+            log(
                 "%s has trained %d epochs, as many as asked (epochs %d): nothing to train; pass epochs N "
                 "(--epochs) above %d to go on",
                 run_dir, saved["epoch"], config.epochs, saved["epoch"],
