@@ -126,6 +126,7 @@ def test_vaelab_train_stopped_stops_the_processes_it_started(tmp_path: Path, sto
             "vaelab train: stopped by SIGTERM; finished epochs are saved (continue with --resume)\n"
         )
         assert "Traceback" not in err  # torchrun's own, for the signal that stopped it, is left out
+        assert err.count("stopped by SIGTERM") == 1  # by the launcher; its processes leave it to it
     else:  # nothing to pass on: torchrun learns it from the system (its parent ended), then its processes
         assert process.returncode == -signal.SIGKILL
 

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import types
@@ -26,7 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vaelab.config import ModelConfig, TrainConfig, setting_fields
-from vaelab.distributed import is_lead_process
+from vaelab.distributed import LAUNCHED, is_lead_process
 from vaelab.errors import Terminated, VaelabError
 from vaelab.options import Choices, Flag, Positional, Required
 from vaelab.progress import bars_shown
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except Terminated as stop:  # SIGTERM: a scheduler's time limit or preemption, or kill
-        if is_lead_process():  # the other ranks of a torchrun job would only repeat it
+        if is_lead_process() and LAUNCHED not in os.environ:  # said once: by rank 0, or by --nproc's launcher
             print(f"vaelab {name}: {stop}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ from vaelab.errors import Terminated, VaelabError
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+LAUNCHED = "VAELAB_NPROC_LAUNCHED"  # set for the processes `vaelab train --nproc` starts
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,8 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
     # Rank 0's summary on stdout would repeat the one the caller prints; log lines go to stderr.
     # torchrun gives each process 1 CPU thread unless told: share this machine's among them instead
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, torch.get_num_threads() // nproc))
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": threads}
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": threads, LAUNCHED: "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     terminated = []
 
     def pass_on(signum: int, frame: object) -> None:  # not left training, orphaned, when we go
