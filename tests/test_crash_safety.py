@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import vaelab
 from conftest import run_cli
-from vaelab import checkpoint, training
+from vaelab import checkpoint, distributed, training
 from vaelab.errors import Terminated, VaelabError
 
 # constant lr and no warm-ups, so nothing depends on when the run was told its length; batch 64
@@ -212,7 +212,8 @@ def test_sigterm_stops_at_once_before_the_run_is_written_and_when_sent_twice() -
             time.sleep(0.001)
 
     previous = signal.getsignal(signal.SIGTERM)
-    with training.SigtermStop() as sigterm:
+    sigterm = training.SigtermStop()
+    with distributed.on_sigterm(sigterm.handle):
         with pytest.raises(Terminated, match="^stopped by SIGTERM; finished epochs are saved"):
             deliver()
         sigterm.defer = True

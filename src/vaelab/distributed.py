@@ -17,9 +17,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -78,6 +79,20 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     if rank != 0:  # one voice: the others only warn
         logging.getLogger("vaelab").setLevel(logging.WARNING)
     return Context(rank, world, local_rank, started), device
+
+
+@contextlib.contextmanager
+def on_sigterm(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
+    """Call `handler` on SIGTERM inside the block, then restore what was there. Only the main
+    thread may set signal handlers: elsewhere SIGTERM keeps its handling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which SIG_DFL stands for
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def end_with_parent() -> None:
@@ -146,20 +161,16 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     terminated = []
 
-    def pass_on(signum: int, frame: object) -> None:  # not left training, orphaned, when we go
+    def pass_on(signum: int, frame: FrameType | None) -> None:  # not left training, orphaned, when we go
         terminated.append(signum)
         process.send_signal(signum)
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, pass_on) if main_thread else signal.SIG_DFL
     try:
-        code = process.wait()
+        with on_sigterm(pass_on):
+            code = process.wait()
     except KeyboardInterrupt:  # Ctrl-C reached torchrun too: let its processes save and end
         process.wait()
         raise
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     if terminated:
         raise Terminated()
     if code != 0:

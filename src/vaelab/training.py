@@ -16,14 +16,12 @@ import hashlib
 import logging
 import math
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Literal
 
 import torch
@@ -85,7 +83,7 @@ class TrainingDivergedError(VaelabError):
 
 
 class SigtermStop:
-    """What SIGTERM does while a run trains (in the main thread of a process; elsewhere nothing).
+    """What SIGTERM does while a run trains (`handle`, installed with distributed.on_sigterm).
 
     Once `defer` is set (one process, from the first write of the run on) the first SIGTERM only
     sets `requested`: the loop finishes its step, saves a checkpoint there and raises Terminated,
@@ -96,26 +94,12 @@ class SigtermStop:
     def __init__(self) -> None:
         self.defer = False
         self.requested = False
-        self._previous: Any = None
-        self._installed = False
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
+    def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.defer and not self.requested:
             self.requested = True
             return
         raise Terminated()  # at once
-
-    def __enter__(self) -> SigtermStop:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        if self._installed:  # None: a handler set outside Python, which SIG_DFL stands for
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 def derive_seed(seed: int, stream: str) -> int:
@@ -270,7 +254,8 @@ def train(
         distributed.launch(run_dir, requested, nproc, resume, progress)
         return summarize(run_dir)
     # the lock is taken by the writing process before its first write
-    with checkpoint.RunLock(run_dir) as lock, SigtermStop() as sigterm, bars_shown(progress):
+    sigterm = SigtermStop()
+    with checkpoint.RunLock(run_dir) as lock, distributed.on_sigterm(sigterm.handle), bars_shown(progress):
         return _train(run_dir, requested, resume, progress, lock, sigterm)
 
 
