@@ -199,6 +199,45 @@ def test_sigterm_to_every_process_of_a_streamed_run_still_saves_and_stops_in_one
     assert checkpoint.can_resume(run)
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="workers are forked on POSIX only")
+def test_a_sigterm_to_a_reading_worker_still_starting_waits_for_its_handler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Slurm signals every process of the job at once, also a reading worker started a moment ago,
+    # before its handler (which lets the first SIGTERM pass) is in place: that moment made wide
+    import threading
+
+    import numpy as np
+
+    from vaelab.data import stream
+
+    real = stream._leave_sigterm_to_the_trainer
+
+    def slow_start(worker_id: int) -> None:
+        time.sleep(1.0)
+        real(worker_id)
+
+    monkeypatch.setattr(stream, "_leave_sigterm_to_the_trainer", slow_start)
+    data = np.arange(8 * 3 * 4 * 4, dtype=np.uint8).reshape(8, 3, 4, 4)
+    data.tofile(tmp_path / "images.u8")
+    images = stream.DiskImages(stream.ImageFile(str(tmp_path / "images.u8"), data.shape), torch.arange(8), 1)
+    batches = images.batches(torch.arange(8), 4, 8, torch.device("cpu"))
+    parent = os.getpid()
+
+    def terminate_the_starting_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not children(parent) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # within its start
+        for pid in children(parent):
+            os.kill(pid, signal.SIGTERM)
+
+    threading.Thread(target=terminate_the_starting_worker, daemon=True).start()
+    first = next(batches)  # was: RuntimeError, DataLoader worker (pid N) exited unexpectedly
+    assert torch.equal(first, torch.from_numpy(data[:4]))
+    batches.close()
+
+
 def test_resume_auto_is_checked(tmp_path: Path) -> None:
     with pytest.raises(VaelabError, match="resume must be True, False or 'auto', got 'yes'"):
         vaelab.train(tmp_path / "r", resume="yes")  # type: ignore[arg-type]

@@ -3,7 +3,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import os
 import struct
+import subprocess
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -393,6 +396,104 @@ def test_a_folder_over_the_memory_budget_is_decoded_once_into_a_memory_mapped_fi
     assert torch.equal(changed.images, vaelab.load_images(f"folder:{folder}", "train").images)
     # under the budget the folder is decoded into memory as before
     assert load_folder(str(folder), "train", None, max_memory="1GB", cache_dir=cache).file is None
+
+
+def _write(folder: Path, files: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_a_memory_limit_of_the_cgroup_bounds_the_default_budget(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A container, a Kubernetes pod or a Slurm job runs under a cgroup memory limit far below the
+    # machine's free memory: the default budget is half of what is left under the tightest limit
+    # on the way up, with the file cache (which the kernel drops first) counted as free.
+    from vaelab.data import imageset
+
+    gb = 10**9
+    root, membership = tmp_path / "cgroup", tmp_path / "membership"
+    monkeypatch.setattr(imageset, "CGROUP_ROOT", root)
+    monkeypatch.setattr(imageset, "CGROUP_MEMBERSHIP", membership)
+    monkeypatch.setattr(imageset, "_machine_available", lambda: 100 * gb)
+    # cgroup v2: the job's cgroup has no limit of its own, its parent has 8 GB, 5 GB used of which
+    # 1 GB is inactive file cache: 4 GB left
+    membership.write_text("0::/jobs/job1/step0\n")
+    _write(root / "jobs", {"memory.max": str(8 * gb), "memory.current": str(5 * gb),
+                           "memory.stat": f"anon 4\ninactive_file {gb}\nactive_file 7\n"})  # fmt: skip
+    _write(root / "jobs/job1/step0", {"memory.max": "max", "memory.current": str(gb)})
+    assert imageset.cgroup_headroom() == 4 * gb
+    assert imageset.available_memory() == 4 * gb and imageset.memory_budget(None) == 2 * gb
+    _write(root / "jobs/job1", {"memory.max": str(3 * gb), "memory.current": str(2 * gb)})
+    assert imageset.available_memory() == gb  # the tighter limit in between
+    assert imageset.memory_budget("6GB") == 6 * gb  # as given
+    # cgroup v1 (memory controller mounted on its own), "no limit" written as a huge number
+    membership.write_text("12:pids:/x\n7:memory:/slurm/uid_0/job_5\n0::/\n")
+    _write(root / "memory/slurm/uid_0/job_5", {"memory.limit_in_bytes": str(6 * gb),
+           "memory.usage_in_bytes": str(2 * gb), "memory.stat": f"cache 9\ntotal_inactive_file {gb}\n"})  # fmt: skip
+    _write(root / "memory", {"memory.limit_in_bytes": "9223372036854771712", "memory.usage_in_bytes": "1"})
+    assert imageset.available_memory() == 5 * gb
+    # inside a container the own cgroup is the root of the mount, whatever the path says
+    membership.write_text("0::/kubepods/pod7/abc\n")
+    _write(root, {"memory.max": str(2 * gb), "memory.current": str(gb // 2)})
+    assert imageset.available_memory() == 3 * gb // 2
+    # no limit anywhere, or no cgroups at all: the machine's free memory
+    (root / "memory.max").write_text("max")
+    assert imageset.cgroup_headroom() is None and imageset.available_memory() == 100 * gb
+    membership.unlink()
+    assert imageset.available_memory() == 100 * gb
+
+    # a folder that fits the machine's memory but not the limit's half is streamed by default
+    folder = tmp_path / "photos"
+    write_images(folder, 12, size=(16, 16), mode="RGB")  # 9,216 bytes decoded
+    membership.write_text("0::/\n")
+    assert load_folder(str(folder), "train", None, cache_dir=tmp_path / "cache").file is None
+    _write(root, {"memory.max": "16000", "memory.current": "0"})
+    streamed = load_folder(str(folder), "train", None, cache_dir=tmp_path / "cache")
+    assert streamed.file is not None and streamed.images.shape == (10, 3, 16, 16)
+
+
+@pytest.mark.skipif(
+    not os.access("/sys/fs/cgroup/memory", os.W_OK) or not Path("/proc/self/cgroup").exists(),
+    reason="needs a writable cgroup v1 memory hierarchy (root on Linux)",
+)
+def test_a_process_under_a_real_memory_limit_sees_it(tmp_path: Path) -> None:
+    group = Path("/sys/fs/cgroup/memory") / f"vaelab-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(3 * 10**9))
+        code = "from vaelab.data.imageset import memory_budget; print(memory_budget(None))"
+        enter = f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -c '{code}'"
+        budget = int(subprocess.run(["sh", "-c", enter], capture_output=True, text=True, check=True).stdout)
+    finally:
+        group.rmdir()
+    assert 0.5 * 10**9 < budget <= 1.5 * 10**9  # half of the 3 GB less what Python and torch take
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's memory in /proc")
+def test_streamed_batches_are_read_without_mapping_the_decoded_file(tmp_path: Path) -> None:
+    # Mapped pages count to the process that maps them, and were mapped far around each row read
+    # (read-ahead, large page-cache folios): the reading workers of a folder larger than a job's
+    # memory limit filled it and were killed. Read rows leave only clean page cache behind.
+    from vaelab.data.stream import ImageFile, _Rows
+
+    shape = (6000, 3, 32, 32)  # 18 MB
+    data = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    data.tofile(tmp_path / "images.u8")
+    rows = _Rows(ImageFile(str(tmp_path / "images.u8"), shape))
+
+    def mapped_kb() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("RssFile:")[1].split()[0])
+
+    assert torch.equal(rows.__getitems__([5, 3]), torch.from_numpy(data[[5, 3]]))  # warm up the code paths
+    before = mapped_kb()
+    order = np.random.default_rng(1).permutation(len(data))
+    for start in range(0, len(data), 200):
+        batch = order[start : start + 200].tolist()
+        assert torch.equal(rows.__getitems__(batch), torch.from_numpy(data[batch]))
+    assert mapped_kb() - before < 4_000  # a memory map would hold all 18,000 KB read
 
 
 def test_memory_sizes_parse_and_a_bad_one_is_one_clear_error() -> None:

@@ -6,8 +6,10 @@ import copy
 import dataclasses
 import json
 import math
+import multiprocessing
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -483,7 +485,17 @@ def test_a_streamed_folder_trains_the_same_weights_as_one_in_memory(tmp_path: Pa
     settings = {**FAST, "dataset": f"folder:{tmp_path / 'photos'}", "batch_size": 8, "epochs": 2,
                 "lr_schedule": "constant", "ema": 0.0}  # fmt: skip
     vaelab.train(tmp_path / "runs" / "memory", **settings)
-    vaelab.train(tmp_path / "runs" / "disk", max_memory="0", workers=2, **settings)
+    readers_at_validation = []
+    real_mean_losses = training.mean_losses
+
+    def counting_readers(*args: Any, **kwargs: Any) -> dict[str, float]:
+        readers_at_validation.append(len(multiprocessing.active_children()))
+        return real_mean_losses(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "mean_losses", counting_readers)
+        vaelab.train(tmp_path / "runs" / "disk", max_memory="0", workers=2, **settings)
+    assert readers_at_validation == [0, 0]  # the epoch's reading workers ended before validation's start
     # decoded into the cache folder, where every later run and command finds it
     assert 50 * 3 * 12 * 12 in [cache.stat().st_size for cache in folder_cache_dir().glob("folder-*.u8")]
     memory, disk = _weights(tmp_path / "runs" / "memory"), _weights(tmp_path / "runs" / "disk")

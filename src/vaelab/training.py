@@ -64,6 +64,10 @@ RESUMABLE = (
 # choice, which a resumed run keeps when asked for the same "choose" again
 CHOSEN = {"decoder": "auto", "free_bits": None, "film": None, "lr": None, "mean_scale": None}
 CHECK_EVERY = 32  # steps between checks of the losses for NaN (each one waits for the device)
+# Validation scores this many training batches at a time: without gradients, twice the batch needs
+# about the memory of a training step (it was 512 images, which for 64 px colour images at batch
+# 32 took twice a step's memory, and a job under a memory limit was killed validating)
+VALIDATION_BATCHES = 2
 # The run folder (metrics, best weights, training state) is brought up to date at the end of an
 # epoch at most once per SAVE_SECONDS, after the last epoch, and when training stops early, fails
 # or is interrupted; so a killed run loses at most this much training, and epochs of milliseconds
@@ -421,7 +425,6 @@ def _train(
             # loss, recon, kl summed over images, on the device: the host waits only at checks
             totals = torch.tensor(saved_totals, dtype=torch.float64, device=device)
             unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, images, loss/recon/kl) unchecked
-            reader = None  # the last epoch's, with its workers, let go
             if isinstance(train_images, DiskImages):
                 reader = train_images.batches(
                     order, batch_size, n_used, device, context.rank, context.world, skip
@@ -495,6 +498,9 @@ def _train(
                         "(continue with --resume)"
                     )
             seconds = time.perf_counter() - started
+            if reader is not None:  # its reading workers end before validation starts its own
+                reader.close()
+                reader = None
             totals = distributed.sum_(totals, context).tolist()
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
@@ -504,7 +510,7 @@ def _train(
             # ---- validation, metrics, checkpoint (every rank validates the same weights alike)
             val_generator = torch.Generator(device).manual_seed(derive_seed(config.seed, "val"))
             scored = model if ema is None else ema  # with --ema the average is what is kept and judged
-            val = mean_losses(scored, val_images, 512, val_generator, noise)
+            val = mean_losses(scored, val_images, VALIDATION_BATCHES * batch_size, val_generator, noise)
             row = {
                 "epoch": epoch,
                 "train_loss": totals[0] / n_used,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,14 @@ MEMORY_SHARE = 0.8  # at most this share of the available memory may hold one da
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux: MemAvailable), or None if unknown."""
+    """Bytes of memory available to new allocations, or None if unknown: the machine's (Linux:
+    MemAvailable) or, for a process under a memory limit (a container's, a Kubernetes pod's, a
+    Slurm job's: a cgroup), what is left under that limit, whichever is smaller."""
+    known = [b for b in (_machine_available(), cgroup_headroom()) if b is not None]
+    return min(known) if known else None
+
+
+def _machine_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -55,6 +63,65 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+CGROUP_ROOT, CGROUP_MEMBERSHIP = Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
+NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_headroom() -> int | None:
+    """Bytes left under the tightest memory limit of this process's cgroup and the cgroups above it
+    (v2: memory.max, v1: memory.limit_in_bytes), counting the file cache the kernel would drop as
+    free; None where no limit applies or none can be read (not Linux, say)."""
+    root = CGROUP_ROOT
+    try:
+        lines = CGROUP_MEMBERSHIP.read_text().splitlines()
+    except OSError:
+        return None
+    headrooms = []
+    for line in lines:  # "0::/path" (v2), "7:memory:/path" (v1)
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if not path:
+            continue
+        if controllers == "":
+            base, files = root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, files = (
+                root / "memory",
+                ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+            )
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        if not folder.is_dir():  # a container shows its own cgroup as the root of the mount
+            folder = base
+        while True:
+            headroom = _headroom(folder, *files)
+            if headroom is not None:
+                headrooms.append(headroom)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(headrooms) if headrooms else None
+
+
+def _headroom(folder: Path, limit_file: str, usage_file: str, cache_key: str) -> int | None:
+    try:
+        text = (folder / limit_file).read_text().strip()
+        if text == "max" or int(text) >= NO_LIMIT:
+            return None
+        used = int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    cache = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == cache_key:
+                cache = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(int(text) - max(used - cache, 0), 0)
 
 
 def memory_budget(max_memory: str | None) -> int | None:
@@ -90,5 +157,5 @@ def ensure_fits_in_memory(count: int, channels: int, height: int, width: int, wh
     if available is not None and needed > MEMORY_SHARE * available:
         raise VaelabError(
             f"{count:,} images of {what} at {channels}x{height}x{width} need {needed / 1e9:.1f} GB in memory, "
-            f"more than the {available / 1e9:.1f} GB available; choose a smaller image_size (--image-size)"
+            f"more than the {available / 1e9:.1f} GB available to this process; choose a smaller image_size (--image-size)"
         )
