@@ -148,3 +148,35 @@ def test_vaelab_train_stopped_stops_the_processes_it_started(tmp_path: Path, sto
 
     with RunLock(run) as lock:
         lock.acquire()  # free
+
+
+def test_two_machines_through_torchrun_rendezvous_train_as_two_local_processes(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # The README's multi-node command, both "machines" on this one: two torchrun launchers, one
+    # process each, meeting at a c10d rendezvous endpoint, sharing the run folder's path.
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    run = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "vaelab-test",
+               "-m", "vaelab", "train", *flags, "--out", str(run), "--quiet"]  # fmt: skip
+    machines = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"
+    ]
+    outputs = [machine.communicate(timeout=300) for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], outputs
+    two, nodes = checkpoint.read_metrics(runs[1]), checkpoint.read_metrics(run)
+    assert [m["images_seen"] for m in nodes] == [7200, 14400]
+    assert [m["optimizer_steps"] for m in nodes] == [29, 58]
+    assert json.loads((run / "config.json").read_text())["train"]["world_size"] == 2
+    # the same ranks, shards and random draws as two processes started by --nproc 2
+    for key in ("val_loss", "val_recon", "train_loss"):
+        assert nodes[-1][key] == pytest.approx(two[-1][key], rel=1e-5), key
+    vaelab.load(run)
