@@ -6,7 +6,7 @@
 Writes `--images` PNGs of the generated `shapes` set into a temporary folder, then trains the same
 small conv VAE (hidden 0, 16-D latent, batch 128) on it with `vaelab train` in a fresh process per
 case: the whole folder decoded into memory (the default below `--max-memory`), and streamed from
-its memory-mapped cache (`--max-memory 0`) with each `--workers` count. The first streamed run
+its decoded file (`--max-memory 0`) with each `--workers` count. The first streamed run
 decodes the folder into the cache; every later one reuses it, and is what the rounds time. For
 each case: seconds of the whole command, images/s of the last epoch (from metrics.jsonl) and the
 peak resident memory of the training process (its workers read the file through the page cache,
