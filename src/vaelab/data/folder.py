@@ -56,19 +56,29 @@ def read_image_files(
     image_size: int | None,
     channels: int | None = None,
     resize_to: tuple[int, int] | None = None,
+    keep: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Decode image files into one uint8 tensor [N, C, H, W].
 
     `channels` forces 1 (grayscale, by luminance) or 3 (RGB); None picks 1 when every image has
     equal R, G and B. `resize_to` (height, width), for images given to a trained model with
-    image_size None, resizes every image of another size to it and says how many were.
+    image_size None, resizes every image of another size to it and says how many were. `keep`
+    (sorted indices into `paths`) returns only those images: the others are decoded to check
+    them (readable, one size, grey or colour) and dropped, so that the two splits of a folder
+    agree while memory holds one split. The result is written into one array as the files are
+    read: memory peaks near the size of the result (4/3 of it when colour files turn out grey).
     """
     mode = "L" if channels == 1 else "RGB"  # decide grayscale after reading when channels is None
-    arrays, grey, resized = [], 0, 0
+    wanted = np.arange(len(paths)) if keep is None else np.asarray(keep)
+    rows = np.full(len(paths), -1)  # where each file goes in the result, -1: checked only
+    rows[wanted] = np.arange(len(wanted))
+    out: np.ndarray | None = None  # [kept, C, H, W]; C = 1 while every image so far is grey
+    grey, resized = 0, 0
     failures: list[tuple[Path, Exception]] = []
     sizes: dict[tuple[int, int], list[Path]] = {}
-    for path in tqdm(
-        paths, desc="reading images", unit="img", disable=bar_hidden(len(paths), 10_000), leave=False
+    for path, row in zip(
+        tqdm(paths, desc="reading images", unit="img", disable=bar_hidden(len(paths), 10_000), leave=False),
+        rows.tolist(),
     ):
         try:
             with Image.open(path) as image:
@@ -83,8 +93,19 @@ def read_image_files(
         elif resize_to is not None and converted.size != resize_to[::-1]:
             converted = converted.resize(resize_to[::-1], Image.Resampling.BICUBIC)
             resized += 1
-        arrays.append(np.asarray(converted))
         sizes.setdefault(converted.size, []).append(path)
+        pixels = np.asarray(converted)  # [H, W] or [H, W, 3]
+        colour = pixels.ndim == 3 and (channels == 3 or not _equal_channels(pixels))
+        if out is None:
+            out = np.empty((len(wanted), 3 if colour else 1, *pixels.shape[:2]), np.uint8)
+        elif colour and out.shape[1] == 1:  # the first colour image: every image is read as RGB
+            out = np.repeat(out, 3, axis=1)
+        if row < 0 or pixels.shape[:2] != out.shape[2:]:  # another size: named below
+            continue
+        if out.shape[1] == 3:
+            out[row] = pixels.transpose(2, 0, 1)
+        else:  # grey, or colour with R = G = B
+            out[row, 0] = pixels if pixels.ndim == 2 else pixels[..., 0]
     if failures:
         raise unreadable_error(failures, len(paths))
     if resized:
@@ -94,17 +115,19 @@ def read_image_files(
         )  # fmt: skip
     if len(sizes) > 1:
         raise sizes_error(sizes)
-    if channels is None and 0 < grey < len(paths):
+    assert out is not None  # paths is not empty and every file was read
+    if out.shape[1] == 3 and channels is None and 0 < grey < len(paths):
         logger.warning(
             "%d of %d images are grayscale and the rest colour: all are read as RGB (grey as equal R, G, B)",
             grey,
             len(paths),
         )
-    if mode == "L":
-        return torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()  # [N, 1, H, W]
-    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # [N, 3, H, W]
-    grayscale = channels is None and bool((stacked[:, :1] == stacked[:, 1:]).all())
-    return stacked[:, :1].contiguous() if grayscale else stacked
+    return torch.from_numpy(out)
+
+
+def _equal_channels(pixels: np.ndarray) -> bool:
+    """Whether R, G and B agree at every pixel of [H, W, 3]."""
+    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
 
 
 def _size(files: list[Path], image_size: int | None) -> tuple[int, int]:
@@ -167,6 +190,5 @@ def load_folder(
                             paths=chosen_files, file=ImageFile(str(data), full), file_start=start)  # fmt: skip
     if image_size is not None:
         ensure_fits_in_memory(len(files), 3, image_size, image_size, f"folder:{path}")
-    # Decode the whole folder so both splits agree on size and channels.
-    images = read_image_files(files, image_size)[torch.from_numpy(chosen)]
+    images = read_image_files(files, image_size, keep=chosen)  # both splits agree on size and channels
     return ImageSet(images=images, labels=labels, class_names=class_names, paths=chosen_files)
