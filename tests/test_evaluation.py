@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +159,35 @@ def test_mig_is_one_for_disentangled_codes_and_near_zero_for_duplicated_or_rando
     duplicated = np.stack([factors["size"], factors["size"], factors["shape"], factors["shape"]], 1)
     assert mutual_information_gap(duplicated, factors)["mig"] < 0.01  # each factor in two coordinates
     assert mutual_information_gap(rng.normal(size=(5000, 4)), factors)["mig"] < 0.05
+
+
+ROWS_SCRIPT = """
+import torch
+from vaelab import ModelConfig, build_model
+from vaelab.evaluation import evaluate_images
+
+def anon():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("RssAnon:")[1].split()[0]) * 1024
+
+torch.manual_seed(0)
+model = build_model(ModelConfig(model="vae", arch="conv", latent_dim=8, hidden=0, channels=8, loss="l2",
+                                image_channels=3, image_height=64, image_width=64)).eval()
+images = torch.randint(0, 256, (4000, 3, 64, 64), dtype=torch.uint8)
+evaluate_images(model, images[:128], 1)
+before = anon()
+evaluation = evaluate_images(model, images, 1)
+assert evaluation.latent_means.shape == (4000, 8) and evaluation.ssim.shape == (4000,)
+print(anon() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc (Linux)")
+def test_scoring_many_images_keeps_no_memory_per_image() -> None:
+    # Each batch's small results, kept until the end, sat in the holes its large temporaries left
+    # in glibc's heap, so the holes were never reused: scoring 4,000 64 px images left the process
+    # 330-360 MB larger (a 1.5 GB memory limit killed `vaelab evaluate` on a large folder). Its
+    # results (about 0.2 MB here) are now written into tensors of all the rows.
+    done = subprocess.run([sys.executable, "-c", ROWS_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) < 150e6

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from vaelab.data.transforms import binarize, to_unit
-from vaelab.device import model_device
+from vaelab.device import Rows, model_device
 from vaelab.distributions import bits_per_dim
 from vaelab.gaussian import kl_to_standard_normal, reparameterize
 from vaelab.importance import importance_log_weights, log_mean_exp
@@ -59,7 +59,7 @@ def evaluate_images(
     device = model_device(model)
     generator = torch.Generator(device).manual_seed(seed)
     likelihood = isinstance(model, VAE) and model.pixels.likelihood
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("nll", "recon", "kl", "mu", "mse", "ssim")}
+    rows = Rows(len(images))
     for start in range(0, len(images), batch_size):
         x = to_unit(images[start : start + batch_size].to(device))
         if isinstance(model, VAE):
@@ -68,25 +68,26 @@ def evaluate_images(
                 log_w, log_px_z, _ = importance_log_weights(  # chunked over K: memory stays bounded
                     x, mu, log_var, lambda xs, z: -model.reconstruction_loss(z, xs), k, generator
                 )
-                parts["nll"].append(-log_mean_exp(log_w))
-                parts["recon"].append(-log_px_z.mean(1))
+                rows.put("nll", start, -log_mean_exp(log_w))
+                rows.put("recon", start, -log_px_z.mean(1))
             else:
                 z = reparameterize(mu, log_var, generator)
-                parts["recon"].append(model.reconstruction_loss(z, x))
-            parts["kl"].append(kl_to_standard_normal(mu, log_var).sum(1))
+                rows.put("recon", start, model.reconstruction_loss(z, x))
+            rows.put("kl", start, kl_to_standard_normal(mu, log_var).sum(1))
             params = model.decoder(mu)
         else:
             mu = model.encode(x)
             params = model.decoder(mu)
-            parts["recon"].append(model.pixels.loss(x, params))
-        parts["mu"].append(mu)
+            rows.put("recon", start, model.pixels.loss(x, params))
+        rows.put("mu", start, mu)
         if model.pixels.closed_form_mean:
             reconstruction = model.pixels.mean(params)
-            parts["mse"].append(mean_squared_error(reconstruction, x))
-            parts["ssim"].append(structural_similarity(reconstruction, x))
+            rows.put("mse", start, mean_squared_error(reconstruction, x))
+            rows.put("ssim", start, structural_similarity(reconstruction, x))
         if progress is not None:
             progress.update(len(x))
-    cat = {name: torch.cat(values).double().cpu() if values else None for name, values in parts.items()}
+    cat = {name: None if rows.get(name) is None else rows.get(name).double()
+           for name in ("nll", "recon", "kl", "mu", "mse", "ssim")}  # fmt: skip
     neg_elbo = cat["recon"] + cat["kl"] if cat["kl"] is not None else None
     return Evaluation(
         cat["nll"],
