@@ -36,3 +36,19 @@ def test_cluster_bad_k(vae_run: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["cluster", str(vae_run), "--k", "5000", "-o", str(tmp_path / "c.png")], capsys)
     assert code == 2 and "k must be between 2 and the number of images (2000)" in err
     assert not (tmp_path / "c.png").exists()
+
+
+def test_pixel_baselines_over_the_memory_budget_cluster_a_random_subset(
+    vae_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # k-means and PCA hold three float copies of the pixels: 6,000 colour images of 64 px took
+    # 1.8 GB in float64 (a memory limit killed `vaelab cluster`), 0.9 GB now in float32; beyond
+    # half the available memory they cluster a random subset that fits, and say so.
+    monkeypatch.setattr("vaelab.data.imageset.available_memory", lambda: 2 * 500 * 3 * 4 * 784)
+    out = tmp_path / "c.png"
+    code, result, err = run_cli(["cluster", str(vae_run), "--k", "10", "-o", str(out)], capsys)
+    assert code == 0 and result["n_images"] == 2000 and result["baseline_images"] == 500
+    assert "the pixel and PCA baselines cluster 500 of the 2000 images, drawn at random" in err
+    assert result["scores"]["pixels"]["accuracy"] > 0.35 and result["scores"]["pca"]["accuracy"] > 0.35
+    rows = list(csv.reader(Path(result["assignments"]).read_text().splitlines()))
+    assert len(rows) == 2001  # the latent clusters every image

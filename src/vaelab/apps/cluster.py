@@ -3,6 +3,8 @@ pixels with as many dimensions as the latent, scored against the labels when the
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,11 +16,14 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from vaelab import latent, plots
+from vaelab.data.imageset import memory_budget
 from vaelab.errors import VaelabError
 from vaelab.estimators import LatentEncoder
 from vaelab.fileio import write_csv, write_result_record
 from vaelab.options import DataDir, Dataset, Device, Inputs, Out, Run, Seed, Split
 from vaelab.runs import open_run, select_images
+
+logger = logging.getLogger(__name__)
 
 
 def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -44,6 +49,27 @@ def kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)
 
 
+# k-means and PCA of the pixels hold about this many float32 copies of them at once (sklearn's
+# k-means copies its input to centre it and again for the spread that sets its tolerance).
+PIXEL_COPIES = 3
+
+
+def baseline_rows(n: int, values: int, k: int, seed: int) -> np.ndarray | None:
+    """The images (sorted indices) the pixel and PCA baselines cluster: None for all n, or, where
+    PIXEL_COPIES float32 copies of all of them (`values` each) would exceed the memory budget (half
+    of the memory available), a random subset of those that fit (at least k), drawn with `seed`."""
+    budget = memory_budget(None)
+    fit = n if budget is None else max(k, budget // (PIXEL_COPIES * 4 * values))
+    if fit >= n:
+        return None
+    logger.warning(
+        "the pixel and PCA baselines cluster %d of the %d images, drawn at random: all of them as "
+        "floats would take %.1f GB, over half the memory available; the latent clusters all %d",
+        fit, n, PIXEL_COPIES * 4 * values * n / 1e9, n,
+    )  # fmt: skip
+    return np.sort(np.random.default_rng(seed).choice(n, fit, replace=False))
+
+
 def cluster(
     run: Run,
     k: Annotated[int, "number of clusters"] = 10,
@@ -64,14 +90,13 @@ def cluster(
             f"k must be between 2 and the number of images ({len(images)}), got {k}; choose k (--k) in that range"
         )
     codes = LatentEncoder(run, device).fit().transform(images.images)  # [N, D]
-    pixels = images.images.flatten(1).double().numpy() / 255.0
-    dims = min(model.config.latent_dim, len(images), pixels.shape[1])
-    representations = {
-        "latent": codes.astype(np.float64),
-        "pixels": pixels,
-        "pca": PCA(n_components=dims, random_state=seed).fit_transform(pixels),
-    }
-    assignments = {name: kmeans(features, k, seed) for name, features in representations.items()}
+    rows = baseline_rows(len(images), math.prod(images.image_shape), k, seed)
+    pixels = (images.images if rows is None else images.images[torch.from_numpy(rows)]).flatten(1).numpy()
+    pixels = pixels.astype(np.float32) / np.float32(255)  # [M, C*H*W]
+    dims = min(model.config.latent_dim, len(pixels), pixels.shape[1])
+    assignments = {"latent": kmeans(codes.astype(np.float64), k, seed), "pixels": kmeans(pixels, k, seed)}
+    assignments["pca"] = kmeans(PCA(n_components=dims, random_state=seed).fit_transform(pixels), k, seed)
+    del pixels
 
     out = Path(out)
     coords, axes = latent.scatter_coordinates(torch.from_numpy(codes))
@@ -91,10 +116,15 @@ def cluster(
         "assignments": str(csv_path),
         "k": k,
         "n_images": len(images),
+        "baseline_images": len(images) if rows is None else len(rows),
     }
     if images.labels is not None:
         labels = images.labels.numpy()
-        result["scores"] = {name: scores(labels, clusters) for name, clusters in assignments.items()}
+        subset = labels if rows is None else labels[rows]
+        result["scores"] = {
+            name: scores(labels if name == "latent" else subset, clusters)
+            for name, clusters in assignments.items()
+        }
     result["record"] = str(write_result_record(out, "cluster", result))
     return result
 
