@@ -1,7 +1,7 @@
 """A folder larger than the memory a job may use, trained under that limit (Linux, root: cgroups).
 
     python benchmarks/memory_limit.py                          # 1.5 GB limit, 165,000 64 px PNGs (2.0 GB decoded)
-    python benchmarks/memory_limit.py --limit 2GB --images 200000
+    python benchmarks/memory_limit.py --limit 1.2GB --images 30000   # a folder read into memory
 
 Containers, Kubernetes pods and Slurm jobs cap a job's memory with a cgroup, far below what the
 machine has free. This writes a folder of `shapes` PNGs (new combinations of the generated
@@ -10,7 +10,11 @@ swap) and runs the same `vaelab train` on the folder in it twice: with the defau
 and with `--max-memory` above the folder's size, which is what the default came to before it
 read cgroup limits (half the machine's free memory). For each: exit status, wall seconds, whether
 the folder was streamed from its decoded file, images/s of the epoch, the cgroup's peak memory
-and the kernel's OOM kills. The last line printed is one JSON object.
+and the kernel's OOM kills. After the first, the commands that read the folder (`embed`,
+`latent-plot`, `reconstruct`, `evaluate --k 1`, `cluster`, `anomaly fit`) run on its run under the
+same limit (`--no-commands` skips them). With `--limit 1.2GB --images 30000` the folder (368 MB)
+is under the default budget and is read into memory instead. The last line printed is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -108,23 +112,49 @@ class Cgroup:
         self.path.rmdir()
 
 
-def train(run: Path, folder: Path, extra: list[str], enter: Callable[[], None]) -> dict[str, Any]:
-    """One `vaelab train` in its own process inside the cgroup."""
-    command = [sys.executable, "-m", "vaelab", "train", "-o", str(run), "--dataset", f"folder:{folder}",
-               *SETTINGS, *extra]  # fmt: skip
-    errors = run.with_suffix(".stderr")
+def vaelab(arguments: list[str], errors: Path, enter: Callable[[], None]) -> dict[str, Any]:
+    """One `vaelab ...` in its own process inside the cgroup: exit status, seconds, peak RSS, and
+    the last line it wrote to stderr when it failed."""
     started = time.perf_counter()
     with errors.open("w") as stderr:
-        process = subprocess.Popen(command, preexec_fn=enter, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen([sys.executable, "-m", "vaelab", *arguments, "--quiet"], preexec_fn=enter,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
         _, status, usage = os.wait4(process.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     result: dict[str, Any] = {"seconds": time.perf_counter() - started, "exit_status": code,
                               "peak_rss_bytes": usage.ru_maxrss * 1024}  # fmt: skip
-    if code == 0:
-        result["images_per_second"] = checkpoint.read_metrics(run)[-1]["images_per_second"]
-    else:
+    if code != 0:
         result["last_error_line"] = (errors.read_text().strip().splitlines() or ["(none)"])[-1]
     return result
+
+
+def train(run: Path, folder: Path, extra: list[str], enter: Callable[[], None]) -> dict[str, Any]:
+    """One `vaelab train` on the folder inside the cgroup."""
+    arguments = ["train", "-o", str(run), "--dataset", f"folder:{folder}", *SETTINGS, *extra]
+    result = vaelab(arguments, run.with_suffix(".stderr"), enter)
+    if result["exit_status"] == 0:
+        result["images_per_second"] = checkpoint.read_metrics(run)[-1]["images_per_second"]
+    return result
+
+
+def commands(run: Path, out: Path) -> dict[str, list[str]]:
+    """The commands that read the run's test split (or, `anomaly fit`, its training split)."""
+    return {
+        "embed": ["embed", str(run), "-o", str(out / "codes.npy")],
+        "latent-plot": ["latent-plot", str(run), "-o", str(out / "latent.png")],
+        "reconstruct": ["reconstruct", str(run), "-o", str(out / "reconstructions.png")],
+        "evaluate --k 1": ["evaluate", str(run), "--k", "1"],
+        "cluster": ["cluster", str(run), "-o", str(out / "clusters.png")],
+        "anomaly fit": ["anomaly", "fit", str(run)],
+    }
+
+
+def report(name: str, row: dict[str, Any]) -> None:
+    rate = f"{row['images_per_second']:5.0f} images/s" if "images_per_second" in row else ""
+    streamed = f"streamed {row['streamed']!s:<5}  " if "streamed" in row else ""
+    print(f"{name:<50} exit {row['exit_status']:>3}  {row['seconds']:6.0f} s  {rate:>14}  {streamed}"
+          f"peak RSS {row['peak_rss_bytes'] / 1e9:.2f} GB, cgroup {row['cgroup_peak_bytes'] / 1e9:.2f} GB  "
+          f"OOM kills {row['oom_kills']}  {row.get('last_error_line', '')[:100]}", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -134,6 +164,9 @@ def main() -> None:
     parser.add_argument("--limit", default="1.5GB", help="memory limit of the cgroup (default 1.5GB)")
     parser.add_argument("--images", type=int, default=165_000)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--commands", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the commands that read the folder (embed, evaluate, cluster, ...) "
+                        "on the run trained with the default, under the same limit")  # fmt: skip
     args = parser.parse_args()
     limit, decoded = parse_bytes(args.limit), args.images * 3 * args.size**2
     result: dict[str, Any] = {"limit_bytes": limit, "images": args.images, "size": args.size,
@@ -148,23 +181,30 @@ def main() -> None:
                   f"{decoded / 1e9:.2f} GB decoded, {decoded / limit:.2f}x the {limit / 1e9:.2f} GB limit", flush=True)  # fmt: skip
             cases = {"default --max-memory": [],
                      "--max-memory above the folder (the old default)": ["--max-memory", str(2 * decoded)]}  # fmt: skip
-            result["cases"] = {}
+            result["cases"], result["commands"] = {}, {}
+            runs: list[Path] = []
             for name, extra in cases.items():
                 group.reset()
                 kills = group.oom_kills()
                 shutil.rmtree(cache, ignore_errors=True)
-                row = train(Path(tmp) / f"run{len(result['cases'])}", folder, extra, group.enter)
+                runs.append(Path(tmp) / f"run{len(result['cases'])}")
+                row = train(runs[-1], folder, extra, group.enter)
                 row["streamed"] = any((cache / "folders").glob("folder-*.u8"))
                 row["cgroup_peak_bytes"] = group.peak()
                 row["oom_kills"] = group.oom_kills() - kills
                 result["cases"][name] = row
-                rate = (
-                    f"{row['images_per_second']:5.0f} images/s" if "images_per_second" in row else "no epoch"
-                )
-                print(f"{name:<50} exit {row['exit_status']:>3}  {row['seconds']:6.0f} s  {rate}  "
-                      f"streamed {row['streamed']!s:<5}  peak RSS {row['peak_rss_bytes'] / 1e9:.2f} GB, "
-                      f"cgroup {row['cgroup_peak_bytes'] / 1e9:.2f} GB  "
-                      f"OOM kills {row['oom_kills']}", flush=True)  # fmt: skip
+                report(name, row)
+                if args.commands and not extra and row["exit_status"] == 0:  # while its decoded file is there
+                    out = Path(tmp) / "out"
+                    out.mkdir()
+                    for command, arguments in commands(runs[-1], out).items():
+                        group.reset()
+                        kills = group.oom_kills()
+                        row = vaelab(arguments, out / f"{command.split()[0]}.stderr", group.enter)
+                        row["cgroup_peak_bytes"] = group.peak()
+                        row["oom_kills"] = group.oom_kills() - kills
+                        result["commands"][command] = row
+                        report(f"vaelab {command}", row)
     finally:
         group.remove()
     print(json.dumps(result))
