@@ -95,7 +95,8 @@ class Rows:
     for 6,000 images), memory no memory limit gives back."""
 
     def __init__(self, n: int) -> None:
-        self.n, self.tensors = n, {}
+        self.n = n
+        self.tensors: dict[str, torch.Tensor] = {}
 
     def put(self, name: str, start: int, values: torch.Tensor) -> None:
         """Rows start.. of `name` are `values` [B, ...] (copied to the CPU)."""
