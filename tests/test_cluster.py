@@ -52,3 +52,38 @@ def test_pixel_baselines_over_the_memory_budget_cluster_a_random_subset(
     assert result["scores"]["pixels"]["accuracy"] > 0.35 and result["scores"]["pca"]["accuracy"] > 0.35
     rows = list(csv.reader(Path(result["assignments"]).read_text().splitlines()))
     assert len(rows) == 2001  # the latent clusters every image
+
+
+def test_images_without_labels_get_a_legend_of_clusters_not_classes(
+    vae_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_images
+    from vaelab import plots
+
+    legends: list[list[str | None]] = []
+    save = plots.save_figure
+
+    def recording(fig, path):
+        legends.append([legend.get_title().get_text() or None for legend in fig.legends])
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", recording)
+    write_images(tmp_path / "photos", 12, (28, 28))
+    code, result, _ = run_cli(
+        [
+            "cluster",
+            str(vae_run),
+            "--k",
+            "3",
+            "--input",
+            str(tmp_path / "photos"),
+            "-o",
+            str(tmp_path / "c.png"),
+        ],
+        capsys,
+    )
+    assert (
+        code == 0 and "scores" not in result and legends == [[None]]
+    )  # it said "class" over "cluster 0, 1, 2"
+    rows = list(csv.reader(Path(result["assignments"]).read_text().splitlines()))
+    assert len(rows) == 13 and {r[2] for r in rows[1:]} <= {"0", "1", "2"}

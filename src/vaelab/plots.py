@@ -149,9 +149,15 @@ class ScatterPanel:
     axis_labels: tuple[str, str] = ("z[0]", "z[1]")
 
 
-def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path, shared_legend: bool = True) -> Path:
-    """Scatter plots of latent codes side by side, coloured by class: one legend for all panels,
-    or one inside each panel when they colour by different things (shared_legend=False)."""
+def save_latent_scatter(
+    panels: Sequence[ScatterPanel],
+    path: str | Path,
+    shared_legend: bool = True,
+    legend_title: str | None = "class",
+) -> Path:
+    """Scatter plots of latent codes side by side, coloured by class: one legend for all panels
+    (titled `legend_title`), or one inside each panel when they colour by different things
+    (shared_legend=False)."""
     fig = figure(figsize=(5.2 * len(panels) + 1.2, 5.0), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     handles = None
@@ -178,7 +184,7 @@ def save_latent_scatter(panels: Sequence[ScatterPanel], path: str | Path, shared
         ax.set_ylabel(panel.axis_labels[1])
         ax.grid(alpha=0.25)
     if handles and shared_legend:
-        fig.legend(*handles, loc="outside right center", markerscale=3, title="class", frameon=False)
+        fig.legend(*handles, loc="outside right center", markerscale=3, title=legend_title, frameon=False)
     return save_figure(fig, path)
 
 

@@ -104,7 +104,10 @@ def cluster(
                                  [f"cluster {i}" for i in range(k)], axes)]  # fmt: skip
     if images.labels is not None:
         panels.insert(0, plots.ScatterPanel("true classes", coords, images.labels, images.class_names, axes))
-    plots.save_latent_scatter(panels, out, shared_legend=images.labels is None)
+    if images.labels is None:  # one panel, its legend the clusters
+        plots.save_latent_scatter(panels, out, legend_title=None)
+    else:
+        plots.save_latent_scatter(panels, out, shared_legend=False)
     csv_path = out.with_suffix(".csv")
     names = images.paths or [str(i) for i in range(len(images))]
     labels = [""] * len(names) if images.labels is None else images.labels.tolist()
