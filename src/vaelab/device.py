@@ -77,11 +77,11 @@ def map_batches(
             batch = to_unit(batch)
         result = fn(batch).float()
         rows.put("out", start, result)
-        start += len(batch)
-        if batch_size is None:
-            per_row = max(batch[:1].numel(), result[:1].numel())
+        if batch_size is None and start == 0:  # the one-row pass: how many rows each later pass takes
+            per_row = max(batch.numel(), result.numel())
             values = INFERENCE_VALUES.get(device.type, INFERENCE_VALUES["cpu"])
             size = max(1, min(INFERENCE_BATCH, values // per_row))
+        start += len(batch)
     return rows.get("out") if len(inputs) else torch.empty(0)
 
 

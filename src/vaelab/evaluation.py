@@ -86,7 +86,7 @@ def evaluate_images(
             rows.put("ssim", start, structural_similarity(reconstruction, x))
         if progress is not None:
             progress.update(len(x))
-    cat = {name: None if rows.get(name) is None else rows.get(name).double()
+    cat = {name: None if (values := rows.get(name)) is None else values.double()
            for name in ("nll", "recon", "kl", "mu", "mse", "ssim")}  # fmt: skip
     neg_elbo = cat["recon"] + cat["kl"] if cat["kl"] is not None else None
     return Evaluation(
