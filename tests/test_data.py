@@ -432,6 +432,64 @@ def test_a_folder_over_the_memory_budget_is_decoded_once_into_a_memory_mapped_fi
     assert load_folder(str(folder), "train", None, max_memory="1GB", cache_dir=cache).file is None
 
 
+def test_colour_files_of_grey_pixels_are_one_channel_in_memory_and_in_the_decoded_file(
+    tmp_path: Path,
+) -> None:
+    # Scans and digits saved as RGB: read into memory they were 1 channel, decoded into the
+    # cache 3, so a run trained under --max-memory failed in every command that read its folder
+    # into memory (and the other way round).
+    folder, cache = tmp_path / "scans", tmp_path / "cache"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        grey = rng.integers(0, 256, (8, 10), dtype=np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(folder / f"{i}.png")
+    for split in ("train", "test"):
+        memory = load_folder(str(folder), split, None)
+        disk = load_folder(str(folder), split, None, max_memory="1KB", cache_dir=cache)
+        assert memory.file is None and disk.file is not None
+        assert memory.image_shape == disk.image_shape == disk.file.shape[1:] == (1, 8, 10)
+        assert torch.equal(disk.images, memory.images)
+    (data,) = cache.glob("folder-*.u8")
+    assert data.stat().st_size == 10 * 8 * 10 and not list(cache.glob(".*"))  # one channel, no scraps
+    decoded_at = data.stat().st_mtime_ns
+    load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
+    assert data.stat().st_mtime_ns == decoded_at  # the one-channel file is reused
+    Image.fromarray(np.full((8, 10, 3), (200, 10, 10), np.uint8)).save(folder / "red.png")  # one colour
+    colour = load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
+    assert colour.image_shape == load_folder(str(folder), "train", None).image_shape == (3, 8, 10)
+
+
+def test_a_run_trained_under_a_memory_budget_reads_its_grey_folder_in_any_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, run = tmp_path / "scans", tmp_path / "run"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        grey = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(folder / f"{i}.png")
+    code, _, err = run_cli(["train", "--dataset", f"folder:{folder}", "--max-memory", "1KB", "--arch", "mlp",
+                            "--epochs", "1", "--out", str(run)], capsys)  # fmt: skip
+    assert code == 0, err
+    code, result, err = run_cli(["embed", str(run), "-o", str(tmp_path / "codes.npy")], capsys)
+    assert code == 0 and result["n_images"] == 4, err  # read into memory with the default budget
+    # grey images given to a colour model are read as equal R, G and B
+    colour, colour_run = tmp_path / "colour", tmp_path / "colour-run"
+    write_images(colour, 20, (12, 12), mode="RGB")
+    code, _, err = run_cli(["train", "--dataset", f"folder:{colour}", "--arch", "mlp", "--epochs", "1",
+                            "--out", str(colour_run)], capsys)  # fmt: skip
+    assert code == 0, err
+    for command in (["embed", "-o", str(tmp_path / "grey.npy")], ["evaluate", "--k", "2"]):
+        code, result, err = run_cli([command[0], str(colour_run), *command[1:], "--dataset", f"folder:{folder}"],
+                                    capsys)  # fmt: skip
+        assert code == 0, err
+    model = vaelab.load(colour_run)
+    grey = load_folder(str(folder), "test", None).images
+    expected = model.encode(grey.expand(-1, 3, -1, -1).float() / 255)[0].detach().numpy()
+    assert np.allclose(np.load(tmp_path / "grey.npy"), expected, atol=1e-5)
+
+
 def _write(folder: Path, files: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():

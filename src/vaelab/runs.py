@@ -61,7 +61,8 @@ def select_images(
     inputs: list[str | Path] | None = None,
 ) -> ImageSet:
     """The images a command works on: files and folders given as `inputs`, else a split of
-    `dataset` (default: the run's own), checked against the model's image shape."""
+    `dataset` (default: the run's own), checked against the model's image shape. Grayscale
+    images given to a colour model are read as equal R, G and B."""
     if inputs:
         files: list[Path] = []
         for item in map(Path, inputs):
@@ -89,5 +90,7 @@ def select_images(
                 '"dataset" in the run\'s config.json to where it is now'
             )
     image_set = load_images(name, split, data_dir if dataset else config.data_dir, config.image_size)
+    if image_set.image_shape[0] == 1 and model.config.image_channels == 3:
+        image_set.images = image_set.images.expand(-1, 3, -1, -1)  # a view: memory as for grey
     check_shape(model, image_set.images, name)
     return image_set

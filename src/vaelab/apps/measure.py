@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 from vaelab import latent
 from vaelab.classifier import classifier_for, features, frechet_distance
 from vaelab.config import TrainConfig
-from vaelab.data import load_images
 from vaelab.data.transforms import to_unit
 from vaelab.device import map_batches, model_device
 from vaelab.errors import VaelabError
@@ -28,7 +27,7 @@ from vaelab.fileio import write_json
 from vaelab.latent_density import LatentDensity, latent_density
 from vaelab.models import AE, VAE
 from vaelab.options import DataDir, Dataset, Device, NImages, Progress, Run, Seed
-from vaelab.runs import check_shape, open_run
+from vaelab.runs import open_run, run_images, select_images
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +71,7 @@ def evaluate(
     if n_images is not None and n_images < 1:
         raise VaelabError(f"n_images must be at least 1, got {n_images}")
     name = dataset or config.dataset
-    test = load_images(name, "test", data_dir if dataset else config.data_dir, config.image_size)
-    check_shape(model, test.images, name)
+    test = select_images(model, config, dataset, data_dir)
     images = scoring_images(test.images[:n_images], binarized=config.binarize != "none")
     bar = tqdm(
         total=len(images), desc=f"evaluate (K={k})", unit="img", disable=not progress, dynamic_ncols=True
@@ -154,7 +152,7 @@ def sample_quality(
         reconstructions = latent.decode_latents(model, codes)
     else:
         reconstructions = map_batches(lambda z: model.decode(z, draws=1, generator=generator), codes, device)
-    train = load_images(config.dataset, "train", config.data_dir, config.image_size).images
+    train = run_images(model, config, "train").images
     floor_images = to_unit(
         train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(real)]]
     )

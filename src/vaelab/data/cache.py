@@ -7,8 +7,9 @@ is a slice of the file: reading a batch touches only its rows, and the operating
 memory whatever fits. KEY hashes the folder's listing (relative paths, sizes, modification times)
 and the image size, so a changed folder gets a new cache and an unchanged one is reused.
 
-In the cache a folder is grayscale when every file is a grayscale image (read from the file
-headers); colour files whose R, G and B happen to agree stay RGB.
+A folder is grayscale (1 channel) when every image is: a grayscale file, or a colour file whose R,
+G and B agree at every pixel (a scan or a digit saved as RGB), as when the folder is read into
+memory, so that a folder gives the same images under any memory budget.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ logger = logging.getLogger(__name__)
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 # 2: images of more than 8 bits scaled into 0-255 where 1 clipped them; EXIF orientation.
-# 3: transparent pixels laid over black, where 2 showed the colour stored under them
-CACHE_FORMAT = 3
+# 3: transparent pixels laid over black, where 2 showed the colour stored under them.
+# 4: colour files holding only grey (R = G = B) make a grayscale folder, as in memory; 3 kept RGB.
+CACHE_FORMAT = 4
 TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height (a photo taken upright)
 
 
@@ -127,7 +129,8 @@ def to_8bit(image: Image.Image, mode: str, name: str | Path) -> Image.Image:
 
 
 def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
-    """(channels, height, width) of the cache, from the file headers alone."""
+    """(channels, height, width) of the folder's images as the file headers say: 3 channels where
+    any file is a colour image (1 once decoding finds they all hold grey, see decoded_folder)."""
     grey = True
     sizes: dict[tuple[int, int], list[Path]] = {}
     failures: list[tuple[Path, Exception]] = []
@@ -161,18 +164,20 @@ def decoded_folder(
 ) -> tuple[Path, tuple[int, int, int, int]]:
     """The raw uint8 file holding the folder's images [N, C, H, W] (test rows first, then the
     training rows, each in file order) and its shape; decoded into `cache_dir` on first use, with
-    a progress bar, and reused while the folder is unchanged. `shape` is (C, H, W), from layout."""
+    a progress bar, and reused while the folder is unchanged. `shape` is (C, H, W), from layout;
+    C is 1 in the result where colour files turn out to hold only grey."""
     key = cache_key(root, files, image_size)
     data, header = cache_dir / f"folder-{key}.u8", cache_dir / f"folder-{key}.json"
     if header.is_file() and data.is_file():
         try:
             saved = tuple(json.loads(header.read_bytes())["shape"])
         except (OSError, ValueError, KeyError, TypeError):  # a damaged header: decode again
-            saved = None
-        full = (len(files), *shape)
-        if saved == full and data.stat().st_size == int(np.prod(full)):
+            saved = ()
+        if saved in ((len(files), *shape), (len(files), 1, *shape[1:])) and data.stat().st_size == np.prod(
+            saved
+        ):
             logger.info("reusing the decoded images of %s in %s", root, data)
-            return data, full  # type: ignore[return-value]
+            return data, saved  # type: ignore[return-value]
     train_rows = np.setdiff1d(np.arange(len(files)), test_rows)
     rows = np.concatenate([np.sort(test_rows), train_rows])
     channels, height, width = shape
@@ -188,6 +193,7 @@ def decoded_folder(
         "decoding %d images of %s once into %s (%.2f GB)", len(files), root, data, np.prod(full) / 1e9
     )
     failures: list[tuple[Path, Exception]] = []  # past the headers: files cut short, say
+    grey = channels == 3  # whether every colour image so far holds only grey
     with atomic_output(data) as tmp:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=full)
         for position, index in enumerate(
@@ -209,13 +215,39 @@ def decoded_folder(
                     "pass image_size N (--image-size) to resize them all to N x N"
                 )
             array[position] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+            grey = grey and equal_channels(pixels)
         array.flush()
         del array
         if failures:  # every unreadable file named at once; the partial file is removed
             raise unreadable_error(failures, len(files))
+        if grey:  # colour files of grey pixels: keep one channel, as a folder read into memory does
+            _keep_first_channel(tmp, full)
+            full = (len(files), 1, height, width)
     write_json(header, {"format": CACHE_FORMAT, "folder": str(root), "shape": list(full),
                         "test_rows": len(test_rows)})  # fmt: skip
     return data, full
+
+
+def equal_channels(pixels: np.ndarray) -> bool:
+    """Whether R, G and B agree at every pixel of [H, W, 3]."""
+    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+
+
+def _keep_first_channel(path: Path, shape: tuple[int, int, int, int]) -> None:
+    """Rewrite the raw images [N, 3, H, W] in `path` as their first channel [N, 1, H, W], 64 MB
+    of them at a time."""
+    scratch = path.with_name(path.name + ".grey")
+    try:
+        rgb = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+        grey = np.memmap(scratch, dtype=np.uint8, mode="w+", shape=(shape[0], 1, *shape[2:]))
+        step = max(1, 2**26 // int(np.prod(shape[1:])))
+        for start in range(0, shape[0], step):
+            grey[start : start + step] = rgb[start : start + step, :1]
+        grey.flush()
+        del grey, rgb
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 def _free_disk(folder: Path) -> int | None:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from vaelab.data.cache import (
     GREY_MODES,
     decoded_folder,
+    equal_channels,
     folder_cache_dir,
     layout,
     sizes_error,
@@ -95,7 +96,7 @@ def read_image_files(
             resized += 1
         sizes.setdefault(converted.size, []).append(path)
         pixels = np.asarray(converted)  # [H, W] or [H, W, 3]
-        colour = pixels.ndim == 3 and (channels == 3 or not _equal_channels(pixels))
+        colour = pixels.ndim == 3 and (channels == 3 or not equal_channels(pixels))
         if out is None:
             out = np.empty((len(wanted), 3 if colour else 1, *pixels.shape[:2]), np.uint8)
         elif colour and out.shape[1] == 1:  # the first colour image: every image is read as RGB
@@ -123,11 +124,6 @@ def read_image_files(
             len(paths),
         )
     return torch.from_numpy(out)
-
-
-def _equal_channels(pixels: np.ndarray) -> bool:
-    """Whether R, G and B agree at every pixel of [H, W, 3]."""
-    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
 
 
 def _size(files: list[Path], image_size: int | None) -> tuple[int, int]:
