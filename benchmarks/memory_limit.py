@@ -11,8 +11,8 @@ and with `--max-memory` above the folder's size, which is what the default came 
 read cgroup limits (half the machine's free memory). For each: exit status, wall seconds, whether
 the folder was streamed from its decoded file, images/s of the epoch, the cgroup's peak memory
 and the kernel's OOM kills. After the first, the commands that read the folder (`embed`,
-`latent-plot`, `reconstruct`, `evaluate --k 1`, `cluster`, `anomaly fit`) run on its run under the
-same limit (`--no-commands` skips them). With `--limit 1.2GB --images 30000` the folder (368 MB)
+`latent-plot`, `reconstruct`, `evaluate --k 1`, `cluster`, `anomaly fit`, and `embed --input` of
+every file of the folder) run on its run under the same limit (`--no-commands` skips them). With `--limit 1.2GB --images 30000` the folder (368 MB)
 is under the default budget and is read into memory instead. The last line printed is one JSON
 object.
 """
@@ -137,10 +137,12 @@ def train(run: Path, folder: Path, extra: list[str], enter: Callable[[], None]) 
     return result
 
 
-def commands(run: Path, out: Path) -> dict[str, list[str]]:
-    """The commands that read the run's test split (or, `anomaly fit`, its training split)."""
+def commands(run: Path, out: Path, folder: Path) -> dict[str, list[str]]:
+    """The commands that read the run's test split (or, `anomaly fit`, its training split), and
+    `embed` given the whole folder as its input files."""
     return {
         "embed": ["embed", str(run), "-o", str(out / "codes.npy")],
+        "embed --input FOLDER": ["embed", str(run), "--input", str(folder), "-o", str(out / "all.npy")],
         "latent-plot": ["latent-plot", str(run), "-o", str(out / "latent.png")],
         "reconstruct": ["reconstruct", str(run), "-o", str(out / "reconstructions.png")],
         "evaluate --k 1": ["evaluate", str(run), "--k", "1"],
@@ -197,10 +199,11 @@ def main() -> None:
                 if args.commands and not extra and row["exit_status"] == 0:  # while its decoded file is there
                     out = Path(tmp) / "out"
                     out.mkdir()
-                    for command, arguments in commands(runs[-1], out).items():
+                    for command, arguments in commands(runs[-1], out, folder).items():
                         group.reset()
                         kills = group.oom_kills()
-                        row = vaelab(arguments, out / f"{command.split()[0]}.stderr", group.enter)
+                        errors = out / f"{command.split()[0]}{len(result['commands'])}.stderr"
+                        row = vaelab(arguments, errors, group.enter)
                         row["cgroup_peak_bytes"] = group.peak()
                         row["oom_kills"] = group.oom_kills() - kills
                         result["commands"][command] = row

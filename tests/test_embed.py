@@ -90,3 +90,39 @@ def test_images_of_another_size_and_mode_are_converted_to_what_the_model_takes(
     assert code == 0 and result["n_images"] == 2
     mu, _ = vaelab.load(vae_run).encode(torch.full((1, 1, 28, 28), 77 / 255))  # a flat image stays flat
     np.testing.assert_allclose(np.load(out), mu.detach().numpy().repeat(2, axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_image_files_over_the_memory_budget_are_decoded_once_into_a_file(
+    vae_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `vaelab embed RUN photos/` read every file into memory, however many: now files past the
+    # budget are decoded once into $VAELAB_CACHE/folders, as a dataset folder is, and read from it.
+    from vaelab.data.cache import folder_cache_dir
+
+    inputs = tmp_path / "photos"
+    write_images(inputs, 12, (28, 28))
+    write_images(inputs / "colour", 3, (30, 20), mode="RGB")  # converted and resized either way
+    in_memory = tmp_path / "memory.npy"
+    code, _, err = run_cli(["embed", str(vae_run), "--input", str(inputs), "-o", str(in_memory)], capsys)
+    assert code == 0, err
+    monkeypatch.setattr("vaelab.data.imageset.available_memory", lambda: 2 * 14 * 28 * 28)  # 14 images
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    streamed = tmp_path / "streamed.npy"
+    code, result, err = run_cli(["embed", str(vae_run), "--input", str(inputs), "-o", str(streamed)], capsys)
+    assert code == 0 and result["n_images"] == 15, err
+    np.testing.assert_allclose(np.load(streamed), np.load(in_memory), rtol=1e-5, atol=1e-6)
+    (data,) = folder_cache_dir().glob("files-*.u8")
+    assert data.stat().st_size == 15 * 28 * 28
+    decoded_at = data.stat().st_mtime_ns
+    code, _, _ = run_cli(["embed", str(vae_run), "--input", str(inputs), "-o", str(streamed)], capsys)
+    assert code == 0 and data.stat().st_mtime_ns == decoded_at  # reused while the files are unchanged
+    (inputs / "broken.png").write_bytes(b"not a png")  # one line naming it; no partial file left
+    code, _, err = run_cli(
+        ["embed", str(vae_run), "--input", str(inputs), "-o", str(tmp_path / "e.npy")], capsys
+    )
+    assert (
+        code == 2
+        and f"cannot read image {inputs / 'broken.png'}" in err
+        and len(err.strip().splitlines()) == 1
+    )
+    assert sorted(p.name for p in folder_cache_dir().iterdir()) == [data.with_suffix(".json").name, data.name]

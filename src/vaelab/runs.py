@@ -14,7 +14,7 @@ import torch
 from vaelab import checkpoint
 from vaelab.config import TrainConfig
 from vaelab.data import ImageSet, load_images
-from vaelab.data.folder import IMAGE_SUFFIXES, list_images, read_image_files
+from vaelab.data.folder import IMAGE_SUFFIXES, list_images, load_files
 from vaelab.device import resolve_device
 from vaelab.errors import VaelabError
 from vaelab.models import AE, VAE
@@ -78,8 +78,7 @@ def select_images(
                 f"input {' '.join(map(str, inputs))} holds no images ({suffixes}); give image files or "
                 "folders that hold them"
             )
-        images = read_image_files(files, None, model.config.image_channels, model_size(model))
-        return ImageSet(images=images, labels=None, paths=[str(f) for f in files])
+        return load_files(files, model.config.image_channels, model_size(model))
     name = dataset or config.dataset
     if not dataset and name.startswith("folder:"):  # the run's own folder: say how to point it elsewhere
         folder = Path(name.removeprefix("folder:")).expanduser()

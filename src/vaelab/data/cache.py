@@ -45,12 +45,14 @@ def folder_cache_dir() -> Path:
     return cache_dir() / "folders"
 
 
-def cache_key(root: Path, files: list[Path], image_size: int | None) -> str:
-    """A hash of the folder's listing (paths, sizes, modification times) and the image size."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT}:{image_size}".encode())
+def cache_key(root: Path | None, files: list[Path], settings: object) -> str:
+    """A hash of the listing (paths relative to `root`, else absolute; sizes; modification times)
+    and of `settings` (the image size, say)."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{settings}".encode())
     for path in files:
         stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        name = path.relative_to(root) if root is not None else path.resolve()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -166,66 +168,117 @@ def decoded_folder(
     training rows, each in file order) and its shape; decoded into `cache_dir` on first use, with
     a progress bar, and reused while the folder is unchanged. `shape` is (C, H, W), from layout;
     C is 1 in the result where colour files turn out to hold only grey."""
-    key = cache_key(root, files, image_size)
-    data, header = cache_dir / f"folder-{key}.u8", cache_dir / f"folder-{key}.json"
-    if header.is_file() and data.is_file():
-        try:
-            saved = tuple(json.loads(header.read_bytes())["shape"])
-        except (OSError, ValueError, KeyError, TypeError):  # a damaged header: decode again
-            saved = ()
-        if saved in ((len(files), *shape), (len(files), 1, *shape[1:])) and data.stat().st_size == np.prod(
-            saved
-        ):
-            logger.info("reusing the decoded images of %s in %s", root, data)
-            return data, saved  # type: ignore[return-value]
+    data = cache_dir / f"folder-{cache_key(root, files, image_size)}.u8"
+    grey_shape = (len(files), 1, *shape[1:])
+    saved = _saved_shape(data, [(len(files), *shape), grey_shape])
+    if saved is not None:
+        logger.info("reusing the decoded images of %s in %s", root, data)
+        return data, saved
     train_rows = np.setdiff1d(np.arange(len(files)), test_rows)
     rows = np.concatenate([np.sort(test_rows), train_rows])
-    channels, height, width = shape
-    full = (len(files), channels, height, width)
-    free = _free_disk(cache_dir)
-    if free is not None and free < np.prod(full):
-        raise VaelabError(
-            f"decoding {root} needs {np.prod(full) / 1e9:.1f} GB in {cache_dir}, which has "
-            f"{free / 1e9:.1f} GB free; free some space or pass a smaller image_size (--image-size)"
-        )
-    mode = "L" if channels == 1 else "RGB"
+    full = (len(files), *shape)
+    _check_disk(full, cache_dir, f"decoding {root}", "pass a smaller image_size (--image-size)")
     logger.info(
         "decoding %d images of %s once into %s (%.2f GB)", len(files), root, data, np.prod(full) / 1e9
     )
-    failures: list[tuple[Path, Exception]] = []  # past the headers: files cut short, say
-    grey = channels == 3  # whether every colour image so far holds only grey
     with atomic_output(data) as tmp:
-        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=full)
-        for position, index in enumerate(
-            tqdm(rows, desc=f"decoding {root.name}", unit="img", disable=bar_hidden())
-        ):
-            path = files[index]
-            try:
-                with Image.open(path) as image:
-                    converted = to_8bit(image, mode, path)
-            except (UnidentifiedImageError, OSError, ValueError) as error:
-                failures.append((path, error))
-                continue
-            if image_size is not None:
-                converted = converted.resize((image_size, image_size), Image.Resampling.BICUBIC)
-            pixels = np.asarray(converted)
-            if pixels.shape[:2] != (height, width):
-                raise VaelabError(
-                    f"image {path} is {pixels.shape[1]}x{pixels.shape[0]}, the others {width}x{height}; "
-                    "pass image_size N (--image-size) to resize them all to N x N"
-                )
-            array[position] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-            grey = grey and equal_channels(pixels)
-        array.flush()
-        del array
-        if failures:  # every unreadable file named at once; the partial file is removed
-            raise unreadable_error(failures, len(files))
+        size = (image_size, image_size) if image_size is not None else None
+        grey, _ = _decode(tmp, [files[i] for i in rows], full, size, f"decoding {root.name}")
         if grey:  # colour files of grey pixels: keep one channel, as a folder read into memory does
             _keep_first_channel(tmp, full)
-            full = (len(files), 1, height, width)
-    write_json(header, {"format": CACHE_FORMAT, "folder": str(root), "shape": list(full),
-                        "test_rows": len(test_rows)})  # fmt: skip
+            full = grey_shape
+    write_json(data.with_suffix(".json"), {"format": CACHE_FORMAT, "folder": str(root), "shape": list(full),
+                                           "test_rows": len(test_rows)})  # fmt: skip
     return data, full
+
+
+def decoded_files(
+    files: list[Path], channels: int, size: tuple[int, int], cache_dir: Path
+) -> tuple[Path, tuple[int, int, int, int]]:
+    """The raw uint8 file holding image files given to a trained model, [N, C, H, W] in their
+    order, each converted to `channels` and resized to `size` (height, width) where it has another
+    size; decoded into `cache_dir` on first use, with a progress bar, and reused while the files are
+    unchanged."""
+    data = cache_dir / f"files-{cache_key(None, files, f'{channels}:{size}')}.u8"
+    full = (len(files), channels, *size)
+    if _saved_shape(data, [full]) is not None:
+        logger.info("reusing the decoded images in %s", data)
+        return data, full
+    _check_disk(full, cache_dir, f"decoding {len(files):,} images", "give fewer images at a time")
+    logger.info("decoding %d images once into %s (%.2f GB)", len(files), data, np.prod(full) / 1e9)
+    with atomic_output(data) as tmp:
+        _, resized = _decode(tmp, files, full, size, "decoding images")
+    say_resized(resized, len(files), size)
+    write_json(data.with_suffix(".json"), {"format": CACHE_FORMAT, "shape": list(full)})
+    return data, full
+
+
+def say_resized(resized: int, total: int, size: tuple[int, int]) -> None:
+    """Log how many of `total` images were resized to `size` (height, width), if any."""
+    if resized:
+        logger.info(
+            "resized %d of %d images to %dx%d (width x height), the size the model takes",
+            resized, total, size[1], size[0],
+        )  # fmt: skip
+
+
+def _saved_shape(data: Path, shapes: list[tuple[int, ...]]) -> tuple[int, int, int, int] | None:
+    """The shape the header beside `data` gives, when it is one of `shapes` and `data` has its
+    size; else None (no file, a damaged header, a file cut short: decode again)."""
+    try:
+        saved = tuple(json.loads(data.with_suffix(".json").read_bytes())["shape"])
+        if saved in shapes and data.stat().st_size == np.prod(saved):
+            return saved  # type: ignore[return-value]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _check_disk(shape: tuple[int, ...], folder: Path, what: str, smaller: str) -> None:
+    """Refuse, in one line, to decode images of `shape` into `folder` when its disk lacks the room."""
+    free = _free_disk(folder)
+    if free is not None and free < np.prod(shape):
+        raise VaelabError(
+            f"{what} needs {np.prod(shape) / 1e9:.1f} GB in {folder}, which has {free / 1e9:.1f} GB free; "
+            f"free some space or {smaller}"
+        )
+
+
+def _decode(
+    path: Path, files: list[Path], shape: tuple[int, int, int, int], size: tuple[int, int] | None, desc: str
+) -> tuple[bool, int]:
+    """Decode `files` into the raw uint8 file `path` of `shape` [N, C, H, W], in their order, each
+    resized to `size` (height, width) where given, else refused in one line when of another size.
+    Every unreadable file is named at once. Returns whether every image of a colour file held only
+    grey (R = G = B), and how many were resized."""
+    _, channels, height, width = shape
+    mode = "L" if channels == 1 else "RGB"
+    failures: list[tuple[Path, Exception]] = []  # past the headers: files cut short, say
+    grey, resized = channels == 3, 0
+    array = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
+    for position, file in enumerate(tqdm(files, desc=desc, unit="img", disable=bar_hidden())):
+        try:
+            with Image.open(file) as image:
+                converted = to_8bit(image, mode, file)
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            failures.append((file, error))
+            continue
+        if size is not None and converted.size != size[::-1]:
+            converted = converted.resize(size[::-1], Image.Resampling.BICUBIC)
+            resized += 1
+        pixels = np.asarray(converted)
+        if pixels.shape[:2] != (height, width):
+            raise VaelabError(
+                f"image {file} is {pixels.shape[1]}x{pixels.shape[0]}, the others {width}x{height}; "
+                "pass image_size N (--image-size) to resize them all to N x N"
+            )
+        array[position] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        grey = grey and equal_channels(pixels)
+    array.flush()
+    del array
+    if failures:  # every unreadable file named at once; the partial file is removed by the caller
+        raise unreadable_error(failures, len(files))
+    return grey, resized
 
 
 def equal_channels(pixels: np.ndarray) -> bool:

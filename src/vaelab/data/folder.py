@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 
 from vaelab.data.cache import (
     GREY_MODES,
+    decoded_files,
     decoded_folder,
     equal_channels,
     folder_cache_dir,
     layout,
+    say_resized,
     sizes_error,
     to_8bit,
     unreadable_error,
@@ -109,11 +111,8 @@ def read_image_files(
             out[row, 0] = pixels if pixels.ndim == 2 else pixels[..., 0]
     if failures:
         raise unreadable_error(failures, len(paths))
-    if resized:
-        logger.info(
-            "resized %d of %d images to %dx%d (width x height), the size the model takes",
-            resized, len(paths), resize_to[1], resize_to[0],
-        )  # fmt: skip
+    if resize_to is not None:
+        say_resized(resized, len(paths), resize_to)
     if len(sizes) > 1:
         raise sizes_error(sizes)
     assert out is not None  # paths is not empty and every file was read
@@ -188,3 +187,27 @@ def load_folder(
         ensure_fits_in_memory(len(files), 3, image_size, image_size, f"folder:{path}")
     images = read_image_files(files, image_size, keep=chosen)  # both splits agree on size and channels
     return ImageSet(images=images, labels=labels, class_names=class_names, paths=chosen_files)
+
+
+def load_files(
+    files: list[Path],
+    channels: int,
+    size: tuple[int, int],
+    max_memory: str | None = None,
+    cache_dir: Path | None = None,
+) -> ImageSet:
+    """Image files given to a trained model, as `channels` (1: grayscale by luminance, 3: RGB) at
+    `size` (height, width; images of another size are resized to it), in their order. More than
+    the memory budget (`max_memory`, by default half of the available memory) are decoded once
+    into a file in `cache_dir` (default: $VAELAB_CACHE/folders) and the images are a view of it."""
+    budget = memory_budget(max_memory)
+    paths = [str(f) for f in files]
+    if budget is not None and len(files) * channels * math.prod(size) > budget:
+        folders = cache_dir if cache_dir is not None else folder_cache_dir()
+        data, full = decoded_files(files, channels, size, folders)
+        view = np.memmap(data, dtype=np.uint8, mode="c", shape=full)
+        return ImageSet(
+            images=torch.from_numpy(view), labels=None, paths=paths, file=ImageFile(str(data), full)
+        )
+    images = read_image_files(files, None, channels, size)
+    return ImageSet(images=images, labels=None, paths=paths)
