@@ -432,18 +432,23 @@ def test_a_folder_over_the_memory_budget_is_decoded_once_into_a_memory_mapped_fi
     assert load_folder(str(folder), "train", None, max_memory="1GB", cache_dir=cache).file is None
 
 
+def _write_grey_in_rgb(folder: Path, count: int, shape: tuple[int, int]) -> Path:
+    """`count` RGB PNG files of random grey pixels ([height, width] `shape`) in `folder`."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        grey = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(folder / f"{i}.png")
+    return folder
+
+
 def test_colour_files_of_grey_pixels_are_one_channel_in_memory_and_in_the_decoded_file(
     tmp_path: Path,
 ) -> None:
     # Scans and digits saved as RGB: read into memory they were 1 channel, decoded into the
     # cache 3, so a run trained under --max-memory failed in every command that read its folder
     # into memory (and the other way round).
-    folder, cache = tmp_path / "scans", tmp_path / "cache"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        grey = rng.integers(0, 256, (8, 10), dtype=np.uint8)
-        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(folder / f"{i}.png")
+    folder, cache = _write_grey_in_rgb(tmp_path / "scans", 10, (8, 10)), tmp_path / "cache"
     for split in ("train", "test"):
         memory = load_folder(str(folder), split, None)
         disk = load_folder(str(folder), split, None, max_memory="1KB", cache_dir=cache)
@@ -463,12 +468,7 @@ def test_colour_files_of_grey_pixels_are_one_channel_in_memory_and_in_the_decode
 def test_a_run_trained_under_a_memory_budget_reads_its_grey_folder_in_any_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder, run = tmp_path / "scans", tmp_path / "run"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(20):
-        grey = rng.integers(0, 256, (12, 12), dtype=np.uint8)
-        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(folder / f"{i}.png")
+    folder, run = _write_grey_in_rgb(tmp_path / "scans", 20, (12, 12)), tmp_path / "run"
     code, _, err = run_cli(["train", "--dataset", f"folder:{folder}", "--max-memory", "1KB", "--arch", "mlp",
                             "--epochs", "1", "--out", str(run)], capsys)  # fmt: skip
     assert code == 0, err

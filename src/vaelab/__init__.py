@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from vaelab.apps.anomaly import anomaly_fit, anomaly_score, load_detector
     from vaelab.apps.anomaly_benchmark import anomaly_benchmark
+    from vaelab.apps.caches import cache_clear, cache_list
     from vaelab.apps.cluster import cluster
     from vaelab.apps.compress import compress, decompress
     from vaelab.apps.demo import demo
@@ -50,6 +51,8 @@ _EXPORTS = {  # name -> the module that defines it, imported on first use
     "anomaly_score": "vaelab.apps.anomaly",
     "attribute": "vaelab.apps.steer",
     "build_model": "vaelab.models",
+    "cache_clear": "vaelab.apps.caches",
+    "cache_list": "vaelab.apps.caches",
     "cluster": "vaelab.apps.cluster",
     "compress": "vaelab.apps.compress",
     "create_app": "vaelab.apps.serve",
@@ -89,6 +92,8 @@ __all__ = [
     "anomaly_score",
     "attribute",
     "build_model",
+    "cache_clear",
+    "cache_list",
     "cluster",
     "compress",
     "create_app",

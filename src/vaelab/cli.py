@@ -159,6 +159,16 @@ def commands() -> dict[str, Command]:
             "k-means on latents vs pixels vs PCA; NMI, ARI, accuracy; scatter PNG",
             "vaelab.apps.cluster:format_table",
         ),
+        "cache list": Command(
+            "vaelab.apps.caches:cache_list",
+            "list the decoded images of large folders and inputs: source, size on disk, last used",
+            "vaelab.apps.caches:format_list",
+        ),
+        "cache clear": Command(
+            "vaelab.apps.caches:cache_clear",
+            "delete decoded images (all, or those unused for --older-than days)",
+            "vaelab.apps.caches:format_clear",
+        ),
         "report": Command(
             "vaelab.apps.run_report:report",
             "one self-contained HTML page about a run: curves, evaluation, samples, latent space, results",

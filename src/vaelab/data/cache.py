@@ -224,14 +224,26 @@ def say_resized(resized: int, total: int, size: tuple[int, int]) -> None:
 
 def _saved_shape(data: Path, shapes: list[tuple[int, ...]]) -> tuple[int, int, int, int] | None:
     """The shape the header beside `data` gives, when it is one of `shapes` and `data` has its
-    size; else None (no file, a damaged header, a file cut short: decode again)."""
+    size; else None (no file, a damaged header, a file cut short: decode again). A header found
+    is touched: its modification time says when the images were last used (`vaelab cache`)."""
+    header = data.with_suffix(".json")
     try:
-        saved = tuple(json.loads(data.with_suffix(".json").read_bytes())["shape"])
+        saved = tuple(json.loads(header.read_bytes())["shape"])
         if saved in shapes and data.stat().st_size == np.prod(saved):
+            os.utime(header)
             return saved  # type: ignore[return-value]
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
+
+
+def last_used(data: Path) -> float:
+    """When the decoded images in `data` were last used (seconds since the epoch): when its header
+    was last written or touched, else when `data` was."""
+    try:
+        return data.with_suffix(".json").stat().st_mtime
+    except OSError:
+        return data.stat().st_mtime
 
 
 def _check_disk(shape: tuple[int, ...], folder: Path, what: str, smaller: str) -> None:

@@ -1,0 +1,71 @@
+"""`vaelab cache list` and `vaelab cache clear`: the decoded images in $VAELAB_CACHE/folders."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_images
+from vaelab.cli import main
+from vaelab.data.folder import load_files, load_folder
+
+
+def _decode_two(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder decoded into the cache (then deleted), and image files given to a command."""
+    write_images(tmp_path / "photos", 10, (8, 6), mode="RGB")
+    load_folder(str(tmp_path / "photos"), "train", None, max_memory="0")
+    files = write_images(tmp_path / "inputs", 4, (8, 6))
+    load_files(files, 1, (6, 8), max_memory="0")
+    (folder,) = (tmp_path / "cache" / "folders").glob("folder-*.u8")
+    (inputs,) = (tmp_path / "cache" / "folders").glob("files-*.u8")
+    return folder, inputs
+
+
+def test_cache_list_shows_what_each_decoded_file_holds_and_clear_deletes_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    code, result, _ = run_cli(["cache", "list"], capsys)
+    assert code == 0 and result["entries"] == [] and result["total_bytes"] == 0
+    folder, inputs = _decode_two(tmp_path)
+    old = time.time() - 3 * 86400  # the folder's file last used three days ago
+    os.utime(folder.with_suffix(".json"), (old, old))
+    stopped = folder.parent / ".folder-0123.abcd.tmp.u8"  # left by a decode killed an hour ago
+    stopped.write_bytes(b"\0" * 1000)
+    os.utime(stopped, (old, old))
+    code, result, _ = run_cli(["cache", "list"], capsys)
+    assert code == 0
+    assert [
+        (e["file"], e["images"], e["shape"], e["source"], e["source_exists"]) for e in result["entries"]
+    ] == [
+        (str(inputs), 4, [1, 6, 8], "image files given to a command", None),
+        (str(folder), 10, [3, 6, 8], str(tmp_path / "photos"), True),
+    ]  # most recently used first
+    assert result["entries"][1]["bytes"] == 10 * 3 * 6 * 8 + folder.with_suffix(".json").stat().st_size
+    assert result["unfinished_bytes"] == 1000
+    assert result["total_bytes"] == sum(p.stat().st_size for p in folder.parent.iterdir())
+    assert main(["cache", "list"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert str(tmp_path / "photos") in table[2] and "left by stopped decodes" in table[3]
+
+    # reusing a file makes it recently used: it survives --older-than
+    load_files(sorted((tmp_path / "inputs").iterdir()), 1, (6, 8), max_memory="0")
+    freed = folder.stat().st_size + folder.with_suffix(".json").stat().st_size + 1000
+    code, result, _ = run_cli(["cache", "clear", "--older-than", "1"], capsys)
+    assert code == 0 and result["kept"] == 1
+    assert set(result["deleted"]) == {str(folder), str(stopped)} and result["freed_bytes"] == freed
+    assert sorted(p.name for p in folder.parent.iterdir()) == [inputs.with_suffix(".json").name, inputs.name]
+    load_folder(str(tmp_path / "photos"), "train", None, max_memory="0")  # decoded again when needed
+    code, result, _ = run_cli(["cache", "clear"], capsys)
+    assert code == 0 and len(result["deleted"]) == 2 and list(folder.parent.iterdir()) == []
+    assert main(["cache", "clear"]) == 0
+    assert capsys.readouterr().out.startswith("deleted 0 decoded image files")
+
+
+def test_cache_clear_refuses_a_negative_age(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli(["cache", "clear", "--older-than", "-1"], capsys)
+    assert code == 2 and "older_than must be zero or more days" in err
