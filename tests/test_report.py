@@ -74,12 +74,15 @@ def test_report_of_a_run_without_evaluation_or_labels_says_what_is_missing(
     run.mkdir()
     for name in ("config.json", "model.safetensors", "metrics.jsonl"):
         shutil.copy(ae_run / name, run / name)
-    code, result, _ = run_cli(["report", str(run), "-o", str(tmp_path / "ae.html")], capsys)
+    code, result, err = run_cli(["report", str(run), "-o", str(tmp_path / "ae.html")], capsys)
     assert code == 0 and Path(result["out"]) == tmp_path / "ae.html"
     html = (tmp_path / "ae.html").read_text()
     assert f"run `vaelab evaluate {run}`" in html
     assert not any(title.startswith("Saved result") for title in result["sections"])
     assert "expect few of them to look like the data" in html  # an AE has no prior
+    # how far its codes sit from N(0, I) is said on the page, not in `vaelab sample`'s warning
+    gap = vaelab.sample(run, n=4, out=tmp_path / "s.png", device="cpu")["prior_mismatch_nats"]
+    assert f"codes sit {gap:.1f} nats from N(0, I)" in html and err == ""
     embedded_images(html)
     code, _, err = run_cli(["report", str(run), "-o", str(tmp_path / "ae.png")], capsys)
     assert code == 2 and "should end in .html" in err

@@ -10,16 +10,18 @@ so the file can be mailed or attached as it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint, plots
+from vaelab import checkpoint, latent, plots
 from vaelab.apps import steer, visualize
 from vaelab.apps.measure import EVAL_FILE
 from vaelab.errors import VaelabError
@@ -73,7 +75,7 @@ def report(
         kind = "VAE" if mc.model == "vae" else "autoencoder"
         lead = (
             f"A {kind} ({mc.arch}, {mc.loss} loss{', ' + mc.decoder + ' decoder' if mc.decoder != 'factorized' else ''}, "
-            f"{mc.latent_dim}-D latent) trained for {len(metrics)} epochs on {config.dataset} "
+            f"{mc.latent_dim}-D latent) trained for {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} on {config.dataset} "
             f"({mc.image_channels} x {mc.image_height} x {mc.image_width} images)."
             + (" Its decoder draws pixel by pixel: images are draws from p(x|z)." if drawn else "")
         )
@@ -95,6 +97,17 @@ def report(
         "bytes": out.stat().st_size,
         "seconds": time.perf_counter() - started,
     }
+
+
+@contextlib.contextmanager
+def _warnings_left_to_the_page(source: logging.Logger) -> Iterator[None]:
+    """Drop the warnings `source` logs meanwhile: the report's page says what they would."""
+    level = source.level
+    source.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        source.setLevel(level)
 
 
 def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> list[tuple[str, Any]]:
@@ -119,7 +132,8 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
         )
 
     def samples() -> Section:
-        visualize.sample(run, n=64, out=tmp / "samples.png", seed=seed, device=device)
+        with _warnings_left_to_the_page(visualize.logger):  # sample's prior warning: said below
+            prior = visualize.sample(run, n=64, out=tmp / "samples.png", seed=seed, device=device)
         visualize.sample(
             run, n=64, out=tmp / "samples_fitted.png", seed=seed, latents="fitted", device=device
         )
@@ -128,6 +142,11 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
         else:
             text = ("First, 64 vectors drawn from N(0, I), decoded. An autoencoder has no prior: expect few of "
                     "them to look like the data.")  # fmt: skip
+        gap = prior.get("prior_mismatch_nats")
+        if gap is not None and gap > latent.PRIOR_MISMATCH_NATS:
+            kind = "latents" if vae else "codes"
+            text += (f" The test images' {kind} sit {gap:.1f} nats from N(0, I) (a Gaussian of their mean "
+                     "and spread against the prior), so many of these draws land where no image was encoded.")  # fmt: skip
         text += (" Then 64 drawn from a mixture of Gaussians fitted to the latents of the training images "
                  "(`vaelab sample --latents fitted`): where the data sits, whatever the prior.")  # fmt: skip
         return Section("Samples", text, "samples.png", extra_images=["samples_fitted.png"])
