@@ -69,3 +69,22 @@ def test_cache_clear_refuses_a_negative_age(tmp_path: Path, capsys, monkeypatch:
     monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
     code, _, err = run_cli(["cache", "clear", "--older-than", "-1"], capsys)
     assert code == 2 and "older_than must be zero or more days" in err
+
+
+def test_a_decoded_file_that_cannot_be_marked_used_is_reused_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a cache shared read-only (another user's files): reuse must not depend on writing to it
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    files = write_images(tmp_path / "inputs", 4, (8, 6))
+    load_files(files, 1, (6, 8), max_memory="0")
+    (data,) = (tmp_path / "cache" / "folders").glob("files-*.u8")
+    decoded_at = data.stat().st_mtime_ns
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "utime", refuse)
+    again = load_files(files, 1, (6, 8), max_memory="0")
+    assert again.file is not None and again.file.path == str(data)
+    assert data.stat().st_mtime_ns == decoded_at  # not decoded again

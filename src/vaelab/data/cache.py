@@ -14,6 +14,7 @@ memory, so that a folder gives the same images under any memory budget.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -230,7 +231,8 @@ def _saved_shape(data: Path, shapes: list[tuple[int, ...]]) -> tuple[int, int, i
     try:
         saved = tuple(json.loads(header.read_bytes())["shape"])
         if saved in shapes and data.stat().st_size == np.prod(saved):
-            os.utime(header)
+            with contextlib.suppress(OSError):  # a cache shared read-only: used all the same
+                os.utime(header)
             return saved  # type: ignore[return-value]
     except (OSError, ValueError, KeyError, TypeError):
         pass
