@@ -127,6 +127,7 @@ def test_vaelab_train_stopped_stops_the_processes_it_started(tmp_path: Path, sto
         )
         assert "Traceback" not in err  # torchrun's own, for the signal that stopped it, is left out
         assert err.count("stopped by SIGTERM") == 1  # by the launcher; its processes leave it to it
+        assert "death signal" not in err and "closing signal" not in err  # nor torchrun's own lines
     else:  # nothing to pass on: torchrun learns it from the system (its parent ended), then its processes
         assert process.returncode == -signal.SIGKILL
 

@@ -177,14 +177,24 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
         raise VaelabError(f"training in {nproc} processes failed (exit status {code}); see the lines above")
 
 
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """False for torchrun's log lines about stopping on a signal (`vaelab train` says it once)."""
+    return not str(record.msg).startswith(("Received %s death signal", "Sending process %s closing signal"))
+
+
 def torchrun(argv: list[str]) -> int:
     """PyTorch's torchrun with these arguments, as `vaelab train --nproc` runs it: the same launcher,
-    but stopped by a signal it ends with status 128 + the signal and no traceback of its own (its
-    processes have each said what they saved)."""
+    but stopped by a signal it ends with status 128 + the signal, without its own lines about it
+    and no traceback (its processes have each said what they saved)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main
 
     end_with_parent()  # `vaelab train --nproc` killed: stop its processes too
+    for name in (
+        "torch.distributed.elastic.agent.server.api",
+        "torch.distributed.elastic.multiprocessing.api",
+    ):
+        logging.getLogger(name).addFilter(_not_a_stop)
     try:
         main(argv)
     except SignalException as stop:
