@@ -147,7 +147,7 @@ def commands(run: Path, out: Path, folder: Path) -> dict[str, list[str]]:
         "reconstruct": ["reconstruct", str(run), "-o", str(out / "reconstructions.png")],
         "evaluate --k 1": ["evaluate", str(run), "--k", "1"],
         "cluster": ["cluster", str(run), "-o", str(out / "clusters.png")],
-        "anomaly fit": ["anomaly", "fit", str(run)],
+        "anomaly fit": ["anomaly", "fit", str(run), "-o", str(out / "detector.json")],
     }
 
 
