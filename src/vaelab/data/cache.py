@@ -272,15 +272,11 @@ def _decode(
     array = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
     for position, file in enumerate(tqdm(files, desc=desc, unit="img", disable=bar_hidden())):
         try:
-            with Image.open(file) as image:
-                converted = to_8bit(image, mode, file)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+            pixels, _, was_resized = decode(file, mode, size)
+        except READ_ERRORS as error:
             failures.append((file, error))
             continue
-        if size is not None and converted.size != size[::-1]:
-            converted = converted.resize(size[::-1], Image.Resampling.BICUBIC)
-            resized += 1
-        pixels = np.asarray(converted)
+        resized += was_resized
         if pixels.shape[:2] != (height, width):
             raise VaelabError(
                 f"image {file} is {pixels.shape[1]}x{pixels.shape[0]}, the others {width}x{height}; "
@@ -293,6 +289,23 @@ def _decode(
     if failures:  # every unreadable file named at once; the partial file is removed by the caller
         raise unreadable_error(failures, len(files))
     return grey, resized
+
+
+READ_ERRORS = (UnidentifiedImageError, OSError, ValueError)  # a file that cannot be decoded
+
+
+def decode(path: Path, mode: str, size: tuple[int, int] | None) -> tuple[np.ndarray, bool, bool]:
+    """One image file as uint8 pixels, [H, W] for `mode` "L" or [H, W, 3] for "RGB" (see to_8bit),
+    resized (bicubic) to `size` (height, width) where it has another size; with whether the file
+    is a grayscale image and whether it was resized. Raises READ_ERRORS for a file it cannot read."""
+    with Image.open(path) as image:
+        image.load()
+        grey = image.mode in GREY_MODES
+        converted = to_8bit(image, mode, path)
+    resized = size is not None and converted.size != size[::-1]
+    if resized:
+        converted = converted.resize(size[::-1], Image.Resampling.BICUBIC)
+    return np.asarray(converted), grey, resized
 
 
 def equal_channels(pixels: np.ndarray) -> bool:

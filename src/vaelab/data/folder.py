@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from vaelab.data.cache import (
-    GREY_MODES,
+    READ_ERRORS,
+    decode,
     decoded_files,
     decoded_folder,
     equal_channels,
@@ -28,7 +29,6 @@ from vaelab.data.cache import (
     layout,
     say_resized,
     sizes_error,
-    to_8bit,
     unreadable_error,
 )
 from vaelab.data.imageset import ImageSet, ensure_fits_in_memory, memory_budget
@@ -72,6 +72,7 @@ def read_image_files(
     read: memory peaks near the size of the result (4/3 of it when colour files turn out grey).
     """
     mode = "L" if channels == 1 else "RGB"  # decide grayscale after reading when channels is None
+    size = (image_size, image_size) if image_size is not None else resize_to
     wanted = np.arange(len(paths)) if keep is None else np.asarray(keep)
     rows = np.full(len(paths), -1)  # where each file goes in the result, -1: checked only
     rows[wanted] = np.arange(len(wanted))
@@ -84,20 +85,13 @@ def read_image_files(
         rows.tolist(),
     ):
         try:
-            with Image.open(path) as image:
-                image.load()
-                grey += image.mode in GREY_MODES
-                converted = to_8bit(image, mode, path)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+            pixels, grey_file, was_resized = decode(path, mode, size)  # [H, W] or [H, W, 3]
+        except READ_ERRORS as error:
             failures.append((path, error))  # read on, to name every unreadable file at once
             continue
-        if image_size is not None:
-            converted = converted.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        elif resize_to is not None and converted.size != resize_to[::-1]:
-            converted = converted.resize(resize_to[::-1], Image.Resampling.BICUBIC)
-            resized += 1
-        sizes.setdefault(converted.size, []).append(path)
-        pixels = np.asarray(converted)  # [H, W] or [H, W, 3]
+        grey += grey_file
+        resized += was_resized
+        sizes.setdefault((pixels.shape[1], pixels.shape[0]), []).append(path)
         colour = pixels.ndim == 3 and (channels == 3 or not equal_channels(pixels))
         if out is None:
             out = np.empty((len(wanted), 3 if colour else 1, *pixels.shape[:2]), np.uint8)
