@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import multiprocessing
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vaelab
 from conftest import write_images, write_shapes_folder
@@ -71,6 +76,60 @@ def test_metrics_have_the_promised_fields_and_the_loss_falls(tmp_path: Path) -> 
         assert row["epoch_seconds"] > 0 and row["images_per_second"] > 0
         assert row["val_loss"] == pytest.approx(row["val_recon"] + row["val_kl"], rel=1e-6)
     assert rows[2]["val_loss"] < rows[0]["val_loss"] < 544  # 544 nats = 784 pixels * log 2, a coin flip
+
+
+class _Operators(TorchDispatchMode):
+    """The name of every operator dispatched while active; below autograd, so backward and the
+    optimizer's operators are named too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_launches_hardly_more_kernels_than_the_network_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a GPU a small network's step is bound by the host issuing its kernels, so the trainer's
+    # bookkeeping (the epoch's loss sums, NaN checks, schedules) must not add kernels to every
+    # step: the sums wait for the check every CHECK_EVERY steps. The reference is the network's
+    # own step (forward, backward, fused Adam) on a float batch.
+    settings = {**training_config.PLAIN_TRAINING, "arch": "mlp", "mlp_hidden": 8, "latent_dim": 2}
+    recorder, schedule = _Operators(), training.warmup_factor  # called as each training step starts
+
+    def marked(*args: Any) -> float:
+        recorder.names.append("-- step --")
+        return schedule(*args)
+
+    monkeypatch.setattr(training, "warmup_factor", marked)
+    with recorder:
+        vaelab.train(tmp_path / "r", dataset="mnist-mini", model="vae", epochs=1, device="cpu", progress=False,
+                     **{**settings, "batch_size": 64})  # fmt: skip
+    marks = [i for i, name in enumerate(recorder.names) if name == "-- step --"]
+    steps = [recorder.names[a + 1 : b] for a, b in itertools.pairwise(marks[1:])]  # not the first
+    lengths = [len(step) for step in steps]
+    trainer = collections.Counter(steps[lengths.index(statistics.median_low(lengths))])
+
+    model = vaelab.build_model(TrainConfig.from_settings(model="vae", **settings).model_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    x = torch.rand(64, 1, 28, 28)
+    for recording in (False, True):  # the first step creates Adam's moments
+        reference = _Operators()
+        with reference if recording else contextlib.nullcontext():
+            optimizer.zero_grad()
+            model(x).loss.backward()
+            optimizer.step()
+    extra = collections.Counter(trainer)
+    extra.subtract(collections.Counter(reference.names))
+    views = {"detach", "slice", "view", "alias"}  # no kernel
+    kernels = {name: n for name, n in extra.items() if n and name not in views}
+    assert kernels == {"index": 1, "div": 1}  # the batch's gather from the uint8 set, and its conversion
+    row = _metrics(tmp_path / "r")[0]  # the sums kept for the check add up as each step's did
+    assert row["train_loss"] == pytest.approx(row["train_recon"] + row["train_kl"], rel=1e-6)  # float32 steps
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_epoch(

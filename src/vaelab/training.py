@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -424,7 +424,7 @@ def _train(
                 distributed.broadcast(order, context)  # every rank follows rank 0's order
             # loss, recon, kl summed over images, on the device: the host waits only at checks
             totals = torch.tensor(saved_totals, dtype=torch.float64, device=device)
-            unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, images, loss/recon/kl) unchecked
+            unchecked: list[Unchecked] = []  # the steps whose losses the host has not looked at yet
             if isinstance(train_images, DiskImages):
                 reader = train_images.batches(
                     order, batch_size, n_used, device, context.rank, context.world, skip
@@ -438,7 +438,9 @@ def _train(
                     group["lr"] = lr * lr_factor(config.lr_schedule, done, total_steps, lr_warmup_steps)
                 if reader is None:
                     batch = order[start : min(start + batch_size, n_used)]
-                    x = to_unit(train_images[batch[context.rank :: context.world]])  # this rank's share
+                    if context.world > 1:
+                        batch = batch[context.rank :: context.world]  # this rank's share
+                    x = to_unit(train_images[batch])
                 else:
                     x = to_unit(next(reader))
                 if config.binarize == "dynamic":
@@ -461,12 +463,10 @@ def _train(
                     scaler.update()
                 if ema is not None:
                     update_average(ema, model, ema_decay(done, config.ema))
-                parts = (
-                    out.loss.detach().float(),
-                    out.recon.detach().sum().float(),
-                    out.kl.detach().sum().float(),
+                # kept as they are (views, no kernel); reduced at the next check, not at every step
+                unchecked.append(
+                    Unchecked(step, len(x), out.loss.detach(), out.recon.detach(), out.kl.detach())
                 )
-                unchecked.append((step, len(x), torch.stack(parts)))  # no wait for the device here
                 bar.update()
                 stopping_here = sigterm.requested and step < steps_per_epoch  # else at the epoch's end
                 saving = config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch
@@ -804,8 +804,18 @@ def _resume_config(run_dir: Path, requested: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_settings(**merged).validate().resolved()
 
 
+class Unchecked(NamedTuple):
+    """A training step's losses, on the device until the next check."""
+
+    step: int
+    images: int
+    loss: torch.Tensor  # mean over the step's images
+    recon: torch.Tensor  # per image
+    kl: torch.Tensor  # per image
+
+
 def _check_losses(
-    unchecked: list[tuple[int, int, torch.Tensor]],
+    unchecked: list[Unchecked],
     totals: torch.Tensor,
     context: distributed.Context,
     run_dir: Path,
@@ -816,14 +826,14 @@ def _check_losses(
     over images), and bring their losses to the host in one transfer (their mean over ranks, so
     every rank stops at the same check); raise TrainingDivergedError naming the first step whose
     loss was NaN or infinite. Return the last step's loss."""
-    parts = torch.stack([p for _, _, p in unchecked]).double()  # [steps, 3]
-    sizes = torch.tensor([n for _, n, _ in unchecked], dtype=torch.float64, device=parts.device)
-    totals += torch.cat([(parts[:, 0] * sizes).sum(0, keepdim=True), parts[:, 1:].sum(0)])
-    losses = distributed.sum_(parts[:, 0].clone(), context) / context.world
-    values = losses.cpu().tolist()
-    for (step, _, _), value in zip(unchecked, values):
+    losses = torch.stack([u.loss for u in unchecked]).double()  # [steps]
+    sizes = torch.tensor([u.images for u in unchecked], dtype=torch.float64, device=losses.device)
+    per_image = torch.stack([torch.cat([u.recon for u in unchecked]), torch.cat([u.kl for u in unchecked])])
+    totals += torch.cat([(losses * sizes).sum(0, keepdim=True), per_image.double().sum(1)])
+    values = (distributed.sum_(losses, context) / context.world).cpu().tolist()
+    for u, value in zip(unchecked, values):
         if not math.isfinite(value):
-            raise _diverged(run_dir, config, epoch, step, value)
+            raise _diverged(run_dir, config, epoch, u.step, value)
     return values[-1]
 
 

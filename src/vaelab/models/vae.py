@@ -118,6 +118,7 @@ class VAE(nn.Module):
         target = x if target is None else target
         mu, log_var = self.encode(x)
         kl_dims = kl_to_standard_normal(mu, log_var)  # [B, D]
+        kl = kl_dims.sum(1)  # [B]
         mean_image = None
         if self.config.objective == "iwae":
             k = self.config.iw_samples
@@ -134,7 +135,7 @@ class VAE(nn.Module):
             if self.config.free_bits > 0:
                 kl_term = kl_dims.mean(0).clamp_min(self.config.free_bits).sum()
             else:
-                kl_term = kl_dims.sum(1).mean()
+                kl_term = kl.mean()
             loss = recon.mean() + weight * kl_term
             if self.pixels.closed_form_mean:
                 mean_image = functools.partial(self.pixels.mean, params.detach())
@@ -143,7 +144,7 @@ class VAE(nn.Module):
             mu=mu,
             log_var=log_var,
             recon=recon,
-            kl=kl_dims.sum(1),
+            kl=kl,
             loss=loss,
             mean_image=mean_image,
         )
