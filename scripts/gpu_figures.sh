@@ -1,7 +1,7 @@
 # The GPU figures of docs/benchmarks.md, measured in one go on one CUDA card, from the repository root.
 # Usage: bash scripts/gpu_figures.sh OUTDIR   (PYTHONPATH=src when vaelab is not installed)
 # Writes each benchmark's output to OUTDIR; each part has a time limit so that one slow part
-# cannot take the others' time. Total: about 8 minutes on an H100.
+# cannot take the others' time. Total: about 9 minutes on an H100.
 set -u -o pipefail
 OUTDIR=$(realpath -m "${1:?usage: bash scripts/gpu_figures.sh OUTDIR}")
 KEEP=${TMPDIR:-/tmp}/vaelab-gpu-runs
@@ -13,6 +13,8 @@ cd benchmarks || exit 1
 # trainer against the bare loop (issue target: at least 0.9x in every case), then where its host time goes
 timeout 130 python3 train_throughput.py --quick --device cuda 2>&1 | tee "$OUTDIR/train_throughput.txt"
 timeout 45 python3 profile_trainer.py --device cuda 2>&1 | tee "$OUTDIR/profile_trainer.txt"
+# the bare loop with each step captured in a CUDA graph: how far graphs would take the trainer
+timeout 120 python3 cuda_graphs.py 2>&1 | tee "$OUTDIR/cuda_graphs.txt"
 # fp32 eager / bf16 / bf16 + compile at 64 px RGB, the resnet VAE at batch 1024 (target: 2x)
 timeout 180 python3 scaling.py --device cuda --repeats 2 --sizes 64px --set arch=resnet --set hidden=512 \
     --set latent_dim=32 --set batch_size=1024 2>&1 | tee "$OUTDIR/scaling.txt"
