@@ -40,6 +40,8 @@ COMMANDS = {  # name -> arguments after `python`; {run} and {tmp} are filled in
         "--quiet",
     ],
     "vaelab reconstruct RUN": ["-m", "vaelab", "reconstruct", "{run}", "-o", "{tmp}/r.png", "--quiet"],
+    # what `vaelab serve RUN` does before it listens (its app, with every test image encoded and scored)
+    "explorer app of RUN": ["-c", "import sys, vaelab; vaelab.create_app(sys.argv[1], 'cpu')", "{run}"],
 }
 
 

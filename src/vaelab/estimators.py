@@ -26,11 +26,10 @@ from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from vaelab import checkpoint, latent
-from vaelab.data.transforms import as_uint8_images, to_unit
+from vaelab.data.transforms import as_uint8_images
 from vaelab.device import map_batches, model_device, resolve_device
-from vaelab.distributions import entropy_floor
 from vaelab.errors import VaelabError
-from vaelab.evaluation import evaluate_images, structural_similarity
+from vaelab.evaluation import above_floor, evaluate_images, reconstruction_scores, structural_similarity
 from vaelab.models import VAE
 from vaelab.runs import check_shape
 
@@ -178,15 +177,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         evaluation = evaluate_images(
             self.model_, images, self.k if self.score == "nll" else 1, seed=self.seed
         )
-        return -self._above_floor(
-            (evaluation.nll if self.score == "nll" else evaluation.neg_elbo).numpy(), images
-        )
-
-    def _above_floor(self, loss: np.ndarray, images: torch.Tensor) -> np.ndarray:
-        """A bernoulli loss less each image's own pixel entropy (its floor); other losses as they are."""
-        if self.model_.config.loss == "bernoulli":
-            return loss - entropy_floor(to_unit(images)).double().numpy()
-        return loss
+        loss = evaluation.nll if self.score == "nll" else evaluation.neg_elbo
+        return -above_floor(self.model_, loss.double(), images).numpy()
 
     def _reconstruction(self, images: torch.Tensor) -> np.ndarray:
         """How badly each image is rebuilt from its latent mean: the loss above its floor, or
@@ -199,7 +191,7 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 model_device(model),
             )
             return dissimilarity.double().numpy()
-        return self._above_floor(self._recon_at_mean(images), images)
+        return reconstruction_scores(model, images).numpy()
 
     def _knn_distance(self, codes: np.ndarray, exclude_self: bool = False) -> np.ndarray:
         """Mean scaled distance of each code to its nearest fit latents (when scoring the fit
@@ -209,13 +201,6 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         index = NearestNeighbors(n_neighbors=KNN_NEIGHBORS + exclude_self).fit(self.latents_)
         distances = index.kneighbors(codes / self.latent_scale_)[0]
         return distances[:, int(exclude_self) :].mean(1)
-
-    def _recon_at_mean(self, images: torch.Tensor) -> np.ndarray:
-        model = self.model_
-        losses = map_batches(
-            lambda x: model.reconstruction_loss(model.embed(x), x), images, model_device(model)
-        )
-        return losses.double().numpy()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """score_samples - offset_: negative for anomalies."""

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from vaelab.data.transforms import binarize, to_unit
-from vaelab.device import Rows, model_device
-from vaelab.distributions import bits_per_dim
+from vaelab.device import Rows, map_batches, model_device
+from vaelab.distributions import bits_per_dim, entropy_floor
 from vaelab.gaussian import kl_to_standard_normal, reparameterize
 from vaelab.importance import importance_log_weights, log_mean_exp
 from vaelab.models import AE, VAE
@@ -238,3 +238,18 @@ def mutual_information_gap(latents: np.ndarray, factors: dict[str, np.ndarray]) 
         gaps[name] = float((mi[order[0]] - second) / entropy)
         best[name] = int(order[0])
     return {"mig": float(np.mean(list(gaps.values()))), "mig_per_factor": gaps, "mig_best_dim": best}
+
+
+def above_floor(model: AE | VAE, loss: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """A loss per image less each uint8 image's own pixel entropy (the floor of a Bernoulli loss on
+    images that are not binary); other losses as they are."""
+    if model.config.loss == "bernoulli":
+        return loss - entropy_floor(to_unit(images)).to(loss.dtype)
+    return loss
+
+
+def reconstruction_scores(model: AE | VAE, images: torch.Tensor) -> torch.Tensor:
+    """How badly each uint8 image [N, C, H, W] is rebuilt from its latent mean: its reconstruction
+    loss in nats per image (pixel-sum units for l1 / l2) above its floor, float64 [N]."""
+    losses = map_batches(lambda x: model.reconstruction_loss(model.embed(x), x), images, model_device(model))
+    return above_floor(model, losses.double(), images)

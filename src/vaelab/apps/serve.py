@@ -44,7 +44,7 @@ from vaelab.apps.steer import load_attributes, traversal_axes
 from vaelab.data.cache import to_8bit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
-from vaelab.estimators import AnomalyDetector
+from vaelab.evaluation import reconstruction_scores
 from vaelab.latent_density import LATENT_SOURCES, LatentDensity, latent_density
 from vaelab.models import VAE
 from vaelab.options import Device, Run
@@ -105,9 +105,8 @@ class Explorer:
         except VaelabError as error:  # the rest of the page works without its sliders
             logger.warning("%s; serving without attribute sliders", error)
             self.attributes, self.attribute_info = {}, {}
-        self.detector = AnomalyDetector(run, score="recon", device=str(self.device))
-        self.detector.model_ = self.model
-        self.test_scores = np.sort(self.detector.score_samples(self.images))
+        # normality, as AnomalyDetector(score="recon") scores it: the negated loss (lower = worse)
+        self.test_scores = np.sort(-reconstruction_scores(self.model, self.images).numpy())
         self.run_name = Path(run).resolve().name
         self.run = Path(run)
         self.density: LatentDensity | None = None  # fitted on the first request that asks for it
@@ -257,7 +256,7 @@ class Explorer:
         image = read_upload(data, self.shape)
         with self.lock, torch.no_grad():
             z = self.model.embed((image.float() / 255.0)[None].to(self.device))[0].cpu()
-            score = float(self.detector.score_samples(image[None])[0])
+            score = -float(reconstruction_scores(self.model, image[None])[0])
         recon = self.decode(z)
         rank = float(np.searchsorted(self.test_scores, score) / len(self.test_scores))
         return {
