@@ -45,8 +45,10 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def interrupt_training(monkeypatch: pytest.MonkeyPatch, run: Path, step: int, epochs: int) -> None:
-    """Train `run` with a checkpoint every 20 steps and stop it (Ctrl-C) at global step `step`."""
+def interrupt_training(
+    monkeypatch: pytest.MonkeyPatch, run: Path, step: int, epochs: int, save_every: int = 20
+) -> None:
+    """Train `run` with a checkpoint every `save_every` steps and stop it (Ctrl-C) at global step `step`."""
     calls = {"n": 0}
     real = training.warmup_factor
 
@@ -59,7 +61,7 @@ def interrupt_training(monkeypatch: pytest.MonkeyPatch, run: Path, step: int, ep
     with monkeypatch.context() as patch:
         patch.setattr(training, "warmup_factor", stop)
         with pytest.raises(KeyboardInterrupt):
-            vaelab.train(run, epochs=epochs, save_every=20, progress=False, **SETTINGS)
+            vaelab.train(run, epochs=epochs, save_every=save_every, progress=False, **SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,21 @@ def test_an_interrupted_epoch_goes_on_from_its_last_checkpoint_to_the_same_weigh
     assert [m["val_loss"] for m in ours] == [m["val_loss"] for m in theirs]
     assert ours[1]["train_loss"] == pytest.approx(theirs[1]["train_loss"], rel=1e-12)  # partial sums kept
     assert "partial" not in progress_of(run)
+
+
+def test_an_epoch_longer_than_the_save_rhythm_is_saved_within_itself(
+    uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No --save-every: an epoch that outlasts SAVE_SECONDS (here 0 s, as if each check came 10 s
+    # after the last save) saves its state at its loss checks, every CHECK_EVERY = 32 steps, so a
+    # crash loses about SAVE_SECONDS of training, not the epoch
+    monkeypatch.setattr(training, "SAVE_SECONDS", 0.0)
+    run = tmp_path / "long"
+    interrupt_training(monkeypatch, run, 113 + 40, epochs=2, save_every=0)  # step 40 of epoch 2
+    saved = progress_of(run)
+    assert saved["epoch"] == 1 and saved["partial"]["step"] == 32  # its last check
+    vaelab.train(run, resume=True, progress=False)
+    assert same(state_tensors(run), state_tensors(uninterrupted))
 
 
 def test_a_resume_asking_for_fewer_epochs_than_a_saved_part_keeps_the_run_as_it_is(

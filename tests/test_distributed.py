@@ -4,14 +4,16 @@ with the same global batch size."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import vaelab
 from conftest import run_cli
-from vaelab import checkpoint
+from vaelab import checkpoint, distributed, training
 
 SETTINGS = {"arch": "mlp", "latent_dim": 4, "epochs": 2, "batch_size": 256, "device": "cpu",
             "lr_schedule": "constant"}  # fmt: skip
@@ -39,6 +41,46 @@ def test_two_processes_match_one_with_the_same_global_batch(runs: tuple[Path, Pa
     assert json.loads((runs[1] / "config.json").read_text())["train"]["world_size"] == 2
     assert json.loads((runs[0] / "config.json").read_text())["train"]["world_size"] == 1
     vaelab.load(runs[1])  # rank 0 wrote an ordinary run folder
+
+
+def _check_on_rank(rank: int, store: str, rank0_due: bool, answers: Any) -> None:
+    """One of two gloo processes: a loss check of two steps, rank 0 saying whether a save is due."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        context = distributed.Context(rank=rank, world=2)
+        steps = [
+            training.Unchecked(n, 2, torch.tensor(10.0 * (rank + n)), torch.ones(2), torch.zeros(2))
+            for n in (1, 2)
+        ]
+        totals = torch.zeros(3, dtype=torch.float64)
+        loss, due = training._check_losses(
+            steps, totals, context, Path("run"), None, 1, rank0_due and rank == 0
+        )
+        answers.put((rank, loss, due))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rank0_due", [True, False])
+def test_every_rank_learns_from_the_loss_check_whether_rank_0_saves_now(
+    tmp_path: Path, rank0_due: bool
+) -> None:
+    # Within a long epoch rank 0's clock says when the training state is saved; saving needs every
+    # rank (the epoch's sums are added up over them), so the check's sum carries the decision
+    spawn = multiprocessing.get_context("spawn")
+    answers = spawn.Queue()
+    ranks = [
+        spawn.Process(target=_check_on_rank, args=(r, tmp_path / "store", rank0_due, answers)) for r in (0, 1)
+    ]
+    for process in ranks:
+        process.start()
+    results = sorted(answers.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+    # the last step's loss, averaged over the ranks: (20 + 30) / 2; the same decision on both
+    assert results == [(0, 25.0, rank0_due), (1, 25.0, rank0_due)]
 
 
 def test_nproc_is_checked_and_a_failing_rank_is_one_line(tmp_path: Path, capsys) -> None:

@@ -310,8 +310,8 @@ class TrainConfig:
     world_size: int = setting(1, "processes that trained the run together (torchrun)", cli=False)
     save_every: int = setting(
         0,
-        "also save the training state every N optimizer steps within an epoch (0 = at epoch ends only), "
-        "so a killed run loses at most N steps",
+        "also save the training state every N optimizer steps within an epoch, so a killed run loses at "
+        "most N steps (0 = none; the state is saved every 10 s anyway, within long epochs too)",
     )
     log: str = setting(
         "none",

@@ -70,8 +70,10 @@ CHECK_EVERY = 32  # steps between checks of the losses for NaN (each one waits f
 VALIDATION_BATCHES = 2
 # The run folder (metrics, best weights, training state) is brought up to date at the end of an
 # epoch at most once per SAVE_SECONDS, after the last epoch, and when training stops early, fails
-# or is interrupted; so a killed run loses at most this much training, and epochs of milliseconds
-# (small networks on a GPU) do not spend their host time writing files.
+# or is interrupted; an epoch that lasts longer saves its training state within itself, at the
+# first loss check (every CHECK_EVERY steps) SAVE_SECONDS after the last save. So a killed run
+# loses at most about this much training, and epochs of milliseconds (small networks on a GPU) do
+# not spend their host time writing files.
 SAVE_SECONDS = 10.0
 # One log line per epoch, at most once per LOG_SECONDS (and for the first, the last and the one that
 # stops early): a 25-image folder trains 1,000 epochs of a tenth of a second, and a line each buried
@@ -472,9 +474,13 @@ def _train(
                 saving = config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch
                 saving = saving or stopping_here
                 if saving or len(unchecked) >= CHECK_EVERY or step == steps_per_epoch:
-                    loss = _check_losses(unchecked, totals, context, run_dir, config, epoch)
+                    # an epoch longer than SAVE_SECONDS is saved within itself on the same rhythm as
+                    # short epochs are at their ends; rank 0's clock decides, and the check tells every rank
+                    due = lead and step < steps_per_epoch and time.perf_counter() - last_saved >= SAVE_SECONDS
+                    loss, due = _check_losses(unchecked, totals, context, run_dir, config, epoch, due)
                     unchecked = []
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
+                    saving = saving or due
                 if saving:
                     summed = distributed.sum_(totals.clone(), context).tolist()
                     if scaler is not None:
@@ -821,20 +827,23 @@ def _check_losses(
     run_dir: Path,
     config: TrainConfig,
     epoch: int,
-) -> float:
+    save_due: bool = False,
+) -> tuple[float, bool]:
     """Add the steps kept on the device since the last check to `totals` (loss, recon, kl summed
     over images), and bring their losses to the host in one transfer (their mean over ranks, so
     every rank stops at the same check); raise TrainingDivergedError naming the first step whose
-    loss was NaN or infinite. Return the last step's loss."""
+    loss was NaN or infinite. Return the last step's loss, and whether any rank said `save_due`
+    (rank 0 does, by its clock: every rank then saves at this step)."""
     losses = torch.stack([u.loss for u in unchecked]).double()  # [steps]
     sizes = torch.tensor([u.images for u in unchecked], dtype=torch.float64, device=losses.device)
     per_image = torch.stack([torch.cat([u.recon for u in unchecked]), torch.cat([u.kl for u in unchecked])])
     totals += torch.cat([(losses * sizes).sum(0, keepdim=True), per_image.double().sum(1)])
-    values = (distributed.sum_(losses, context) / context.world).cpu().tolist()
+    flag = losses.new_tensor([float(save_due)])
+    *values, due = (distributed.sum_(torch.cat([losses, flag]), context) / context.world).cpu().tolist()
     for u, value in zip(unchecked, values):
         if not math.isfinite(value):
             raise _diverged(run_dir, config, epoch, u.step, value)
-    return values[-1]
+    return values[-1], due > 0
 
 
 def _diverged(
