@@ -126,3 +126,30 @@ def test_image_files_over_the_memory_budget_are_decoded_once_into_a_file(
         and len(err.strip().splitlines()) == 1
     )
     assert sorted(p.name for p in folder_cache_dir().iterdir()) == [data.with_suffix(".json").name, data.name]
+
+
+def test_commands_take_their_memory_budget_from_vaelab_max_memory(
+    vae_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # commands have no --max-memory: $VAELAB_MAX_MEMORY sets their budget (and training's default)
+    from vaelab.data.cache import folder_cache_dir
+
+    inputs, out = tmp_path / "photos", str(tmp_path / "e.npy")
+    write_images(inputs, 6, (28, 28))
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAELAB_MAX_MEMORY", "1GB")  # 6 images fit: read into memory, nothing decoded to disk
+    code, _, err = run_cli(["embed", str(vae_run), "--input", str(inputs), "-o", out], capsys)
+    assert code == 0 and not list(folder_cache_dir().glob("files-*.u8")), err
+    monkeypatch.setenv("VAELAB_MAX_MEMORY", "0")  # always from a decoded file
+    code, result, err = run_cli(["embed", str(vae_run), "--input", str(inputs), "-o", out], capsys)
+    assert code == 0 and result["n_images"] == 6, err
+    (data,) = folder_cache_dir().glob("files-*.u8")
+    assert data.stat().st_size == 6 * 28 * 28
+    vaelab.train(tmp_path / "run", dataset=f"folder:{inputs}", arch="mlp", batch_size=4, epochs=1, device="cpu",
+                 progress=False)  # fmt: skip
+    assert len(list(folder_cache_dir().glob("folder-*.u8"))) == 1  # training streamed the folder too
+    for bad in ("lots", "-1GB"):
+        monkeypatch.setenv("VAELAB_MAX_MEMORY", bad)
+        code, _, err = run_cli(["embed", str(vae_run), "--input", str(inputs), "-o", out], capsys)
+        assert code == 2 and f"VAELAB_MAX_MEMORY={bad!r} is not a size" in err
+        assert len(err.strip().splitlines()) == 1

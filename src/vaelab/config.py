@@ -244,8 +244,9 @@ class TrainConfig:
     max_memory: str | None = setting(
         None,
         "a folder whose decoded images take more than this (e.g. 8GB; 0 = always) is decoded once into a "
-        "uint8 file in $VAELAB_CACHE/folders (default ~/.cache/vaelab) and streamed from it; default: half "
-        "the available memory (under a container's or job's memory limit: of what is left under it)",
+        "uint8 file in $VAELAB_CACHE/folders (default ~/.cache/vaelab) and streamed from it; default: "
+        "$VAELAB_MAX_MEMORY if set, else half the available memory (under a container's or job's memory "
+        "limit: of what is left under it)",
     )
     workers: int = setting(2, "processes that read a streamed folder's batches ahead of the training steps")
     binarize: str = setting(

@@ -838,7 +838,7 @@ def _check_losses(
     sizes = torch.tensor([u.images for u in unchecked], dtype=torch.float64, device=losses.device)
     per_image = torch.stack([torch.cat([u.recon for u in unchecked]), torch.cat([u.kl for u in unchecked])])
     totals += torch.cat([(losses * sizes).sum(0, keepdim=True), per_image.double().sum(1)])
-    flag = losses.new_tensor([float(save_due)])
+    flag = losses.new_full((1,), float(save_due))  # filled on the device: no copy from the host
     *values, due = (distributed.sum_(torch.cat([losses, flag]), context) / context.world).cpu().tolist()
     for u, value in zip(unchecked, values):
         if not math.isfinite(value):

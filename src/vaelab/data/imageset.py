@@ -124,9 +124,21 @@ def _headroom(folder: Path, limit_file: str, usage_file: str, cache_key: str) ->
     return max(int(text) - max(used - cache, 0), 0)
 
 
+MAX_MEMORY_VARIABLE = "VAELAB_MAX_MEMORY"  # the budget of commands, which have no flag for it
+
+
 def memory_budget(max_memory: str | None) -> int | None:
     """Bytes a decoded dataset may take in memory: `max_memory` ("8GB", "500MB", "0", or a number of
-    bytes), or by default half of the memory available now (None when unknown)."""
+    bytes), else $VAELAB_MAX_MEMORY, else half of the memory available now (None when unknown)."""
+    if max_memory is None and os.environ.get(MAX_MEMORY_VARIABLE, "").strip():
+        value = os.environ[MAX_MEMORY_VARIABLE].strip()
+        try:
+            return parse_bytes(value)
+        except VaelabError:
+            raise VaelabError(
+                f"{MAX_MEMORY_VARIABLE}={value!r} is not a size of zero or more; set it to e.g. 8GB, 500MB or 0, "
+                "or unset it"
+            ) from None
     if max_memory is None:
         available = available_memory()
         return None if available is None else available // 2
