@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ from PIL import Image
 
 import vaelab
 from conftest import run_cli
+from vaelab import checkpoint
+from vaelab.apps import run_report
 
 PIXELCNN_RUN = Path(__file__).parent / "fixtures" / "run-0.1.0"
 
@@ -65,6 +68,27 @@ def test_report_is_one_self_contained_page_with_every_figure(run_with_results: P
     assert "Saved result: vaelab denoise (denoised.json)" in result["sections"]
     assert "Saved result: vaelab cluster (clusters.json)" in result["sections"]
     assert re.search(r"<td>psnr.model</td><td class='num'>[0-9.]+</td>", html)
+
+
+def test_an_evaluation_of_weights_the_run_has_since_replaced_is_marked_as_such(
+    vae_run: Path, tmp_path: Path
+) -> None:
+    # `vaelab evaluate`, then more training: the report showed the old figures beside the new
+    # weights' samples as if they were theirs
+    run = tmp_path / "vae2"
+    shutil.copytree(vae_run, run)
+    vaelab.evaluate(run, k=2, n_images=20, device="cpu", progress=False, quality=False)
+    measured = json.loads((run / "eval.json").read_text())
+    assert measured["weights_epoch"] == 2 and len(measured["weights_sha256"]) == 64
+    current = run_report.evaluation_section(run)
+    assert "earlier weights" not in current.explanation
+    assert ["weights_epoch", "2"] in current.table.rows and "weights_sha256" not in str(current.table.rows)
+    vaelab.train(run, resume=True, epochs=3, progress=False)  # a better third epoch: new best weights
+    assert checkpoint.weights_epoch(run) == 3
+    stale = run_report.evaluation_section(run)
+    assert "for earlier weights (epoch 2): the run has saved newer ones since (epoch 3)" in stale.explanation
+    assert f"Run `vaelab evaluate {run}`" in stale.explanation
+    assert stale.table.rows == current.table.rows  # still shown, under that sentence
 
 
 def test_report_of_a_run_without_evaluation_or_labels_says_what_is_missing(

@@ -217,6 +217,15 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> AE | VAE:
     return model.to(device).eval()
 
 
+def weights_epoch(run_dir: str | Path) -> int | None:
+    """The epoch whose weights model.safetensors holds (from its metadata); None when unknown."""
+    try:
+        with safe_open(str(Path(run_dir) / WEIGHTS), framework="pt") as f:
+            return int((f.metadata() or {})["epoch"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
 def upgrade_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights saved by earlier releases under today's names: the pixelcnn layers were `head.*`
     before pixel distributions became modules of their own (`pixels.*`)."""

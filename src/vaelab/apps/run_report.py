@@ -28,7 +28,7 @@ from vaelab.errors import VaelabError
 from vaelab.fileio import RESULT_COMMANDS
 from vaelab.options import Device, Flag, Progress, Run, Seed
 from vaelab.pages import Section, Table, write_report
-from vaelab.runs import open_run, run_images
+from vaelab.runs import open_run, run_images, weights_hash
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +234,19 @@ def evaluation_section(run: Path) -> Section:
         logger.warning("%s is unreadable (%s); the report leaves the evaluation out", path, error)
         return Section("Evaluation", f"{EVAL_FILE} is unreadable ({error}): run `vaelab evaluate {run}` "
                        "again and write the report again.")  # fmt: skip
-    rows = [[key, _number(value)] for key, value in sorted(data.items()) if _is_scalar(value)]
-    return Section("Evaluation", f"What `vaelab evaluate` measured on the test images ({EVAL_FILE}).",
-                   table=Table(["figure", "value"], rows))  # fmt: skip
+    rows = [[key, _number(value)] for key, value in sorted(data.items())
+            if _is_scalar(value) and key != "weights_sha256"]  # fmt: skip
+    text = f"What `vaelab evaluate` measured on the test images ({EVAL_FILE})."
+    measured = data.get("weights_sha256")  # absent in files of earlier releases: nothing to compare
+    if isinstance(measured, str) and (run / checkpoint.WEIGHTS).is_file() and measured != weights_hash(run):
+        then, now = data.get("weights_epoch"), checkpoint.weights_epoch(run)
+        text = (
+            f"What `vaelab evaluate` measured on the test images ({EVAL_FILE}), for earlier weights"
+            f"{f' (epoch {then})' if then else ''}: the run has saved newer ones since"
+            f"{f' (epoch {now})' if now else ''}. Run `vaelab evaluate {run}` and write the report again "
+            "for their figures."
+        )
+    return Section("Evaluation", text, table=Table(["figure", "value"], rows))
 
 
 def _saved_results(run: Path, tmp: Path) -> list[Section]:
