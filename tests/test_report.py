@@ -70,7 +70,7 @@ def test_report_is_one_self_contained_page_with_every_figure(run_with_results: P
     assert re.search(r"<td>psnr.model</td><td class='num'>[0-9.]+</td>", html)
 
 
-def test_an_evaluation_of_weights_the_run_has_since_replaced_is_marked_as_such(
+def test_figures_of_weights_the_run_has_since_replaced_are_marked_as_such(
     vae_run: Path, tmp_path: Path
 ) -> None:
     # `vaelab evaluate`, then more training: the report showed the old figures beside the new
@@ -78,6 +78,7 @@ def test_an_evaluation_of_weights_the_run_has_since_replaced_is_marked_as_such(
     run = tmp_path / "vae2"
     shutil.copytree(vae_run, run)
     vaelab.evaluate(run, k=2, n_images=20, device="cpu", progress=False, quality=False)
+    vaelab.denoise(run, noise="gaussian:0.3", n_images=20, out=run / "denoised.png", device="cpu")
     measured = json.loads((run / "eval.json").read_text())
     assert measured["weights_epoch"] == 2 and len(measured["weights_sha256"]) == 64
     current = run_report.evaluation_section(run)
@@ -87,8 +88,16 @@ def test_an_evaluation_of_weights_the_run_has_since_replaced_is_marked_as_such(
     assert checkpoint.weights_epoch(run) == 3
     stale = run_report.evaluation_section(run)
     assert "for earlier weights (epoch 2): the run has saved newer ones since (epoch 3)" in stale.explanation
-    assert f"Run `vaelab evaluate {run}`" in stale.explanation
+    assert f"Run `vaelab evaluate {run}` again" in stale.explanation
     assert stale.table.rows == current.table.rows  # still shown, under that sentence
+    # so are the results that denoise, cluster and anomaly score save in the run folder
+    (record,) = run_report._saved_results(run, tmp_path)
+    assert "for earlier weights (epoch 2)" in record.explanation and "weights_sha256" not in str(
+        record.table.rows
+    )
+    vaelab.denoise(run, noise="gaussian:0.3", n_images=20, out=run / "denoised.png", device="cpu")
+    (record,) = run_report._saved_results(run, tmp_path)
+    assert record.explanation.endswith("wrote into the run folder.")
 
 
 def test_report_of_a_run_without_evaluation_or_labels_says_what_is_missing(

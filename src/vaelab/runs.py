@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +30,12 @@ def open_run(run: str | Path, device: str | torch.device = "auto") -> tuple[AE |
 def weights_hash(run: str | Path) -> str:
     """SHA-256 of the run's model.safetensors: what compressed files and saved detectors are bound to."""
     return hashlib.sha256((Path(run) / checkpoint.WEIGHTS).read_bytes()).hexdigest()
+
+
+def weights_identity(run: str | Path) -> dict[str, Any]:
+    """Which weights a command's figures are of, for the files it writes into the run: the epoch
+    and SHA-256 of model.safetensors (`vaelab report` tells when the run has saved newer ones)."""
+    return {"weights_epoch": checkpoint.weights_epoch(run), "weights_sha256": weights_hash(run)}
 
 
 def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:

@@ -24,7 +24,7 @@ from vaelab.estimators import SCORES, AnomalyDetector
 __all__ = ["AnomalyDetector", "anomaly_fit", "anomaly_score", "load_detector"]
 from vaelab.fileio import write_csv, write_json, write_result_record
 from vaelab.options import Choices, DataDir, Dataset, Device, Inputs, Out, Positional, Run, Seed, Split
-from vaelab.runs import open_run, select_images, weights_hash
+from vaelab.runs import open_run, select_images, weights_hash, weights_identity
 
 
 def anomaly_fit(
@@ -172,5 +172,7 @@ def anomaly_score(
         "threshold": fitted.offset_,
         "score": fitted.score,
     }
-    result["record"] = str(write_result_record(out, "anomaly score", result))
+    result["record"] = str(
+        write_result_record(out, "anomaly score", {**result, **weights_identity(fitted.run)})
+    )
     return result

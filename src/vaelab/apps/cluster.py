@@ -21,7 +21,7 @@ from vaelab.errors import VaelabError
 from vaelab.estimators import LatentEncoder
 from vaelab.fileio import write_csv, write_result_record
 from vaelab.options import DataDir, Dataset, Device, Inputs, Out, Run, Seed, Split
-from vaelab.runs import open_run, select_images
+from vaelab.runs import open_run, select_images, weights_identity
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def cluster(
 ) -> dict[str, Any]:
     """Cluster images by their latents; compare with pixels and PCA; write a scatter PNG and a CSV."""
     plots.check_figure_path(out)
+    weights = weights_identity(run)
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
     if not 2 <= k <= len(images):
@@ -128,7 +129,7 @@ def cluster(
             name: scores(labels if name == "latent" else subset, clusters)
             for name, clusters in assignments.items()
         }
-    result["record"] = str(write_result_record(out, "cluster", result))
+    result["record"] = str(write_result_record(out, "cluster", {**result, **weights}))
     return result
 
 

@@ -24,7 +24,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluation import mean_squared_error, psnr, structural_similarity
 from vaelab.fileio import write_result_record
 from vaelab.options import DataDir, Dataset, Device, Draws, Inputs, NImages, Out, Run, Seed, Split
-from vaelab.runs import open_run, select_images
+from vaelab.runs import open_run, select_images, weights_identity
 
 TV_WEIGHT = 0.1  # scikit-image's default strength for total-variation denoising
 BASELINE_NAMES = {
@@ -86,6 +86,7 @@ def denoise(
     PNG. A pixelcnn decoder's clean image is the average of
     `draws` images drawn from p(x|z)."""
     plots.check_figure_path(out)
+    weights = weights_identity(run)
     model, config = open_run(run, device)
     spec = noise or config.noise
     if spec is None:
@@ -135,7 +136,7 @@ def denoise(
         "best_baseline": best,
         "model_beats_baselines": psnr["model"] > psnr[best],
     }
-    result["record"] = str(write_result_record(out, "denoise", result))
+    result["record"] = str(write_result_record(out, "denoise", {**result, **weights}))
     return result
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import torch
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint, latent
+from vaelab import latent
 from vaelab.classifier import classifier_for, features, frechet_distance
 from vaelab.config import TrainConfig
 from vaelab.data.transforms import to_unit
@@ -27,7 +27,7 @@ from vaelab.fileio import write_json
 from vaelab.latent_density import LatentDensity, latent_density
 from vaelab.models import AE, VAE
 from vaelab.options import DataDir, Dataset, Device, NImages, Progress, Run, Seed
-from vaelab.runs import open_run, run_images, select_images, weights_hash
+from vaelab.runs import open_run, run_images, select_images, weights_identity
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def evaluate(
     pixelcnn decoder must draw every image pixel by pixel (about a minute for 2,000 digits on
     2 CPU cores), so it then needs quality=True and `quality_absent` says so.
     """
-    weights = {"weights_epoch": checkpoint.weights_epoch(run), "weights_sha256": weights_hash(run)}  # as read
+    weights = weights_identity(run)  # before the model is read: a run still training may save newer ones
     model, config = open_run(run, device)
     has_likelihood = isinstance(model, VAE) and model.pixels.likelihood
     if k is not None and k < 1:

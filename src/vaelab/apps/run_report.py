@@ -236,17 +236,27 @@ def evaluation_section(run: Path) -> Section:
                        "again and write the report again.")  # fmt: skip
     rows = [[key, _number(value)] for key, value in sorted(data.items())
             if _is_scalar(value) and key != "weights_sha256"]  # fmt: skip
-    text = f"What `vaelab evaluate` measured on the test images ({EVAL_FILE})."
-    measured = data.get("weights_sha256")  # absent in files of earlier releases: nothing to compare
-    if isinstance(measured, str) and (run / checkpoint.WEIGHTS).is_file() and measured != weights_hash(run):
-        then, now = data.get("weights_epoch"), checkpoint.weights_epoch(run)
-        text = (
-            f"What `vaelab evaluate` measured on the test images ({EVAL_FILE}), for earlier weights"
-            f"{f' (epoch {then})' if then else ''}: the run has saved newer ones since"
-            f"{f' (epoch {now})' if now else ''}. Run `vaelab evaluate {run}` and write the report again "
-            "for their figures."
-        )
-    return Section("Evaluation", text, table=Table(["figure", "value"], rows))
+    text = f"What `vaelab evaluate` measured on the test images ({EVAL_FILE})"
+    return Section("Evaluation", text + _earlier_weights(run, data, f"vaelab evaluate {run}"),
+                   table=Table(["figure", "value"], rows))  # fmt: skip
+
+
+def _earlier_weights(run: Path, record: dict[str, Any], command: str) -> str:
+    """The end of a section's sentence about a file a command wrote into the run: "." when its
+    figures are of the weights the run holds (or it does not say which: earlier releases), else
+    which weights they are of, and how to measure the newer ones."""
+    measured = record.get("weights_sha256")
+    if (
+        not isinstance(measured, str)
+        or not (run / checkpoint.WEIGHTS).is_file()
+        or measured == weights_hash(run)
+    ):
+        return "."
+    then, now = record.get("weights_epoch"), checkpoint.weights_epoch(run)
+    return (
+        f", for earlier weights{f' (epoch {then})' if then else ''}: the run has saved newer ones since"
+        f"{f' (epoch {now})' if now else ''}. Run `{command}` again, then the report, for their figures."
+    )
 
 
 def _saved_results(run: Path, tmp: Path) -> list[Section]:
@@ -260,7 +270,8 @@ def _saved_results(run: Path, tmp: Path) -> list[Section]:
             continue
         if not isinstance(record, dict) or record.get("command") not in RESULT_COMMANDS:
             continue
-        figures = {k: v for k, v in record.items() if k not in ("command", "out", "output", "record", "grid")}
+        left_out = ("command", "out", "output", "record", "grid", "weights_sha256")
+        figures = {k: v for k, v in record.items() if k not in left_out}
         rows = [[key, _number(value)] for key, value in _flatten(figures)]
         picture = path.with_suffix(".png")
         image = None
@@ -268,7 +279,8 @@ def _saved_results(run: Path, tmp: Path) -> list[Section]:
             image = f"result_{len(sections)}.png"
             (tmp / image).write_bytes(picture.read_bytes())
         sections.append(Section(f"Saved result: vaelab {record['command']} ({path.name})",
-                                f"Figures and picture that `vaelab {record['command']}` wrote into the run folder.",
+                                f"Figures and picture that `vaelab {record['command']}` wrote into the run folder"
+                                + _earlier_weights(run, record, f"vaelab {record['command']}"),
                                 image, table=Table(["figure", "value"], rows)))  # fmt: skip
     return sections
 
