@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import json
 import statistics
 import tempfile
@@ -26,29 +25,10 @@ from typing import Any
 
 import torch
 import train_throughput as throughput
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import vaelab
 from vaelab import training
-
-STEP = "-- step --"  # the marker recorded where a step starts
-
-
-class OpRecorder(TorchDispatchMode):
-    """Record the name of every operator dispatched while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.names.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-    def steps(self) -> list[list[str]]:
-        """The operators of each complete step (first and last left out: set-up and epoch end)."""
-        marks = [i for i, name in enumerate(self.names) if name == STEP]
-        return [self.names[a + 1 : b] for a, b in itertools.pairwise(marks[1:])]
+from vaelab.operators import OperatorLog
 
 
 def bare_steps(case: dict, images: torch.Tensor) -> list[list[str]]:
@@ -56,24 +36,24 @@ def bare_steps(case: dict, images: torch.Tensor) -> list[list[str]]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     data = images.float() / 255
     batch = case["batch_size"]
-    recorder = OpRecorder()
+    recorder = OperatorLog()
     with recorder:
         order = torch.randperm(len(data))
         for start in range(0, len(data) - batch + 1, batch):
-            recorder.names.append(STEP)
+            recorder.mark()
             optimizer.zero_grad()
             model(data[order[start : start + batch]]).loss.backward()
             optimizer.step()
-        recorder.names.append(STEP)
-    return recorder.steps()
+        recorder.mark()
+    return recorder.parts()[1:]  # the first step makes Adam's moments
 
 
 def trainer_steps(case: dict) -> list[list[str]]:
-    recorder = OpRecorder()
+    recorder = OperatorLog()
     schedule = training.warmup_factor  # called once at the start of every training step
 
     def marked(*args: Any) -> float:
-        recorder.names.append(STEP)
+        recorder.mark()
         return schedule(*args)
 
     settings = {**throughput.PLAIN_TRAINING, "arch": case["arch"], "batch_size": case["batch_size"]}
@@ -85,7 +65,7 @@ def trainer_steps(case: dict) -> list[list[str]]:
                              epochs=1, device="cpu", progress=False, **settings)  # fmt: skip
         finally:
             training.warmup_factor = schedule
-    return recorder.steps()
+    return recorder.parts()[1:]  # the last step runs into the epoch's end: left out by parts()
 
 
 def per_step(steps: list[list[str]]) -> tuple[int, collections.Counter[str]]:

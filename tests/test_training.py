@@ -6,7 +6,6 @@ import collections
 import contextlib
 import copy
 import dataclasses
-import itertools
 import json
 import math
 import multiprocessing
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import vaelab
 from conftest import write_images, write_shapes_folder
@@ -29,6 +27,7 @@ from vaelab.config import PIXELCNN_FREE_BITS, PIXELCNN_LR, TrainConfig
 from vaelab.data.cache import folder_cache_dir
 from vaelab.errors import VaelabError
 from vaelab.models import VAE
+from vaelab.operators import OperatorLog
 
 FAST = {"arch": "mlp", "latent_dim": 4, "device": "cpu", "progress": False, "batch_size": 256}
 
@@ -78,19 +77,6 @@ def test_metrics_have_the_promised_fields_and_the_loss_falls(tmp_path: Path) -> 
     assert rows[2]["val_loss"] < rows[0]["val_loss"] < 544  # 544 nats = 784 pixels * log 2, a coin flip
 
 
-class _Operators(TorchDispatchMode):
-    """The name of every operator dispatched while active; below autograd, so backward and the
-    optimizer's operators are named too."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.names.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_a_training_step_launches_hardly_more_kernels_than_the_network_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,18 +85,17 @@ def test_a_training_step_launches_hardly_more_kernels_than_the_network_itself(
     # step: the sums wait for the check every CHECK_EVERY steps. The reference is the network's
     # own step (forward, backward, fused Adam) on a float batch.
     settings = {**training_config.PLAIN_TRAINING, "arch": "mlp", "mlp_hidden": 8, "latent_dim": 2}
-    recorder, schedule = _Operators(), training.warmup_factor  # called as each training step starts
+    recorder, schedule = OperatorLog(), training.warmup_factor  # called as each training step starts
 
     def marked(*args: Any) -> float:
-        recorder.names.append("-- step --")
+        recorder.mark()
         return schedule(*args)
 
     monkeypatch.setattr(training, "warmup_factor", marked)
     with recorder:
         vaelab.train(tmp_path / "r", dataset="mnist-mini", model="vae", epochs=1, device="cpu", progress=False,
                      **{**settings, "batch_size": 64})  # fmt: skip
-    marks = [i for i, name in enumerate(recorder.names) if name == "-- step --"]
-    steps = [recorder.names[a + 1 : b] for a, b in itertools.pairwise(marks[1:])]  # not the first
+    steps = recorder.parts()[1:]  # not the first, which makes Adam's moments
     lengths = [len(step) for step in steps]
     trainer = collections.Counter(steps[lengths.index(statistics.median_low(lengths))])
 
@@ -118,7 +103,7 @@ def test_a_training_step_launches_hardly_more_kernels_than_the_network_itself(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     x = torch.rand(64, 1, 28, 28)
     for recording in (False, True):  # the first step creates Adam's moments
-        reference = _Operators()
+        reference = OperatorLog()
         with reference if recording else contextlib.nullcontext():
             optimizer.zero_grad()
             model(x).loss.backward()
