@@ -92,14 +92,14 @@ def test_an_interrupted_epoch_goes_on_from_its_last_checkpoint_to_the_same_weigh
 def test_an_epoch_longer_than_the_save_rhythm_is_saved_within_itself(
     uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No --save-every: an epoch that outlasts SAVE_SECONDS (here 0 s, as if each check came 10 s
-    # after the last save) saves its state at its loss checks, every CHECK_EVERY = 32 steps, so a
-    # crash loses about SAVE_SECONDS of training, not the epoch
+    # No --save-every: an epoch that outlasts SAVE_SECONDS (here 0 s, as if every step came 10 s
+    # after the last save) saves its state within itself, so a crash loses about SAVE_SECONDS of
+    # training (and a step), not the epoch
     monkeypatch.setattr(training, "SAVE_SECONDS", 0.0)
     run = tmp_path / "long"
     interrupt_training(monkeypatch, run, 113 + 40, epochs=2, save_every=0)  # step 40 of epoch 2
     saved = progress_of(run)
-    assert saved["epoch"] == 1 and saved["partial"]["step"] == 32  # its last check
+    assert saved["epoch"] == 1 and saved["partial"]["step"] == 39  # the step before
     vaelab.train(run, resume=True, progress=False)
     assert same(state_tensors(run), state_tensors(uninterrupted))
 
@@ -328,11 +328,13 @@ def test_a_checkpoint_without_its_epoch_order_is_refused(
 def test_short_epochs_write_the_run_once_but_an_interrupt_still_saves_the_last_epoch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writes: list[int] = []  # the epoch of every training state written
+    writes: list[int] = []  # the epoch of every training state written at an epoch's end
     real_write = checkpoint.write_training_state
 
     def counted(run_dir: Path, tensors: dict, metadata: dict) -> None:
-        writes.append(json.loads(metadata["progress"])["epoch"])
+        progress = json.loads(metadata["progress"])
+        if "partial" not in progress:  # not a save within an epoch (SAVE_SECONDS 0: at every step)
+            writes.append(progress["epoch"])
         real_write(run_dir, tensors, metadata)
 
     monkeypatch.setattr(checkpoint, "write_training_state", counted)

@@ -191,6 +191,12 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+GROUP_HELP = {  # what a command with actions is about, before the list of its actions
+    "anomaly": "flag images the model reconstructs much worse than normal ones",
+    "cache": "the decoded folders in $VAELAB_CACHE/folders",
+}
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation): every command's flags, or with
     `only` just that command's (the others are listed with their help line), so that running one
@@ -209,7 +215,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, command in every.items():
         group, _, action = name.rpartition(" ")
         if group and group not in groups:
-            holder = top.add_parser(group, help=f"{group}: " + ", ".join(
+            holder = top.add_parser(group, help=f"{GROUP_HELP[group]}: " + ", ".join(
                 n.split()[1] for n in every if n.startswith(group + " ")
             ))  # fmt: skip
             groups[group] = holder.add_subparsers(dest="action", required=True, metavar="ACTION")

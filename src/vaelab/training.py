@@ -71,9 +71,10 @@ VALIDATION_BATCHES = 2
 # The run folder (metrics, best weights, training state) is brought up to date at the end of an
 # epoch at most once per SAVE_SECONDS, after the last epoch, and when training stops early, fails
 # or is interrupted; an epoch that lasts longer saves its training state within itself, at the
-# first loss check (every CHECK_EVERY steps) SAVE_SECONDS after the last save. So a killed run
-# loses at most about this much training, and epochs of milliseconds (small networks on a GPU) do
-# not spend their host time writing files.
+# first step SAVE_SECONDS after the last save (with several processes: at the first loss check,
+# every CHECK_EVERY steps). So a killed run loses about this much training (plus a step, or a
+# check's steps), and epochs of milliseconds (small networks on a GPU) do not spend their host
+# time writing files.
 SAVE_SECONDS = 10.0
 # One log line per epoch, at most once per LOG_SECONDS (and for the first, the last and the one that
 # stops early): a 25-image folder trains 1,000 epochs of a tenth of a second, and a line each buried
@@ -473,11 +474,15 @@ def _train(
                 stopping_here = sigterm.requested and step < steps_per_epoch  # else at the epoch's end
                 saving = config.save_every and (done + 1) % config.save_every == 0 and step < steps_per_epoch
                 saving = saving or stopping_here
-                if saving or len(unchecked) >= CHECK_EVERY or step == steps_per_epoch:
-                    # an epoch longer than SAVE_SECONDS is saved within itself on the same rhythm as
-                    # short epochs are at their ends; rank 0's clock decides, and the check tells every rank
-                    due = lead and step < steps_per_epoch and time.perf_counter() - last_saved >= SAVE_SECONDS
-                    loss, due = _check_losses(unchecked, totals, context, run_dir, config, epoch, due)
+                # An epoch longer than SAVE_SECONDS is saved within itself on the same rhythm as short
+                # epochs are at their ends. Rank 0's clock decides: one process checks and saves at
+                # once, several at their next check, whose sum tells every rank.
+                late = lead and step < steps_per_epoch and time.perf_counter() - last_saved >= SAVE_SECONDS
+                checking = (
+                    len(unchecked) >= CHECK_EVERY or step == steps_per_epoch or (late and context.world == 1)
+                )
+                if saving or checking:
+                    loss, due = _check_losses(unchecked, totals, context, run_dir, config, epoch, late)
                     unchecked = []
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}", refresh=False)
                     saving = saving or due
