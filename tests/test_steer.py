@@ -13,7 +13,8 @@ from PIL import Image
 
 import vaelab
 from conftest import png, run_cli, write_shapes_folder
-from vaelab.apps.steer import load_attributes
+from vaelab import checkpoint
+from vaelab.apps.steer import current_attributes, load_attributes
 from vaelab.cli import main
 from vaelab.config import PLAIN_TRAINING
 from vaelab.data import shapes
@@ -87,6 +88,36 @@ def test_attribute_vectors_are_the_mean_difference_or_the_regression_direction(
     assert np.corrcoef(codes @ direction, table["x"])[0, 1] > 0
     edit = vaelab.edit(colour_run, attribute="right", amount=0.2, steps=3, n_images=8, out=tmp_path / "e.png")
     assert edit["amounts"] == pytest.approx([-0.2, 0, 0.2]) and png(edit["out"]).std() > 10
+
+
+def test_attributes_of_earlier_weights_are_refused_and_left_out(
+    colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Trained further (--resume), a run's latent space moves: an attribute vector found before
+    # points elsewhere, and edits along it changed the wrong thing without a word
+    _, labels = shapes_folder
+    run = tmp_path / "colour"
+    shutil.copytree(colour_run, run)
+    (run / "attributes.safetensors").unlink(missing_ok=True)  # other tests add theirs to colour_run
+    vaelab.attribute(run, factor="big", labels=labels)
+    assert current_attributes(run)[2] == []
+    settings = {**PLAIN_TRAINING, "loss": "dlogistic", "batch_size": 32}
+    vaelab.train(run, resume=True, epochs=22, device="cpu", progress=False, **settings)
+    assert checkpoint.weights_epoch(run) > 20  # newer best weights
+    with pytest.raises(
+        VaelabError, match=r"'big' .*earlier weights \(epoch 20\).*vaelab attribute .* --factor big"
+    ):
+        vaelab.edit(run, attribute="big", out=tmp_path / "e.png")
+    vectors, _, stale = current_attributes(run)
+    assert vectors == {} and stale == ["big"]
+    with caplog.at_level("WARNING"):
+        vaelab.create_app(run, "cpu")  # the explorer offers no slider for it
+    assert "attribute vectors found for earlier weights left out: big" in caplog.text
+    vaelab.attribute(run, factor="x", labels=labels, name="right")  # found again: used
+    assert list(current_attributes(run)[0]) == ["right"]
+    vaelab.edit(run, attribute="right", amount=0.2, steps=3, n_images=2, out=tmp_path / "e.png")
+    html = Path(vaelab.report(run, out=tmp_path / "r.html", progress=False)["out"]).read_text()
+    assert "Left out, found for earlier weights: big" in html
 
 
 def test_edit_on_an_input_file_and_the_cli(colour_run: Path, shapes_folder: tuple[Path, Path], tmp_path: Path,

@@ -195,9 +195,13 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
                        "traversal.png")  # fmt: skip
 
     def attributes() -> Section | None:
-        vectors, meta = steer.load_attributes(run)
+        vectors, meta, stale = steer.current_attributes(run)
+        left_out = (
+            f" Left out, found for earlier weights: {', '.join(stale)} (run `vaelab attribute` again)."
+            if stale else ""
+        )  # fmt: skip
         if not vectors:
-            return None
+            return Section("Attribute vectors", left_out.strip()) if stale else None
         images = []
         for name in vectors:
             info = meta.get(name, {})
@@ -206,7 +210,7 @@ def _figures(run, tmp, model, config, test, metrics, seed, draws, device) -> lis
             steer.edit(run, attribute=name, amount=amount, n_images=3, out=tmp / file, device=device)
             images.append(file)
         return Section("Attribute vectors", f"Test images moved along each saved attribute vector "
-                       f"({', '.join(vectors)}); the input first, then amounts from minus to plus.", images[0],
+                       f"({', '.join(vectors)}); the input first, then amounts from minus to plus.{left_out}", images[0],
                        extra_images=images[1:])  # fmt: skip
 
     steps = [("Training curves", curves), ("Evaluation", lambda: evaluation_section(run)), ("Samples", samples),

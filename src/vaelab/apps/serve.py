@@ -40,7 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vaelab import latent, plots
-from vaelab.apps.steer import load_attributes, traversal_axes
+from vaelab.apps.steer import current_attributes, traversal_axes
 from vaelab.data.cache import to_8bit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
@@ -101,10 +101,15 @@ class Explorer:
             self.model, self.images, TRAVERSAL_ROWS
         )
         try:
-            self.attributes, self.attribute_info = load_attributes(run)
+            self.attributes, self.attribute_info, stale = current_attributes(run)
         except VaelabError as error:  # the rest of the page works without its sliders
             logger.warning("%s; serving without attribute sliders", error)
-            self.attributes, self.attribute_info = {}, {}
+            self.attributes, self.attribute_info, stale = {}, {}, []
+        if stale:  # their vectors point through the latent space of weights the run no longer holds
+            logger.warning(
+                "attribute vectors found for earlier weights left out: %s; find them again with `vaelab "
+                "attribute %s`", ", ".join(stale), run,
+            )  # fmt: skip
         # normality, as AnomalyDetector(score="recon") scores it: the negated loss (lower = worse)
         self.test_scores = np.sort(-reconstruction_scores(self.model, self.images).numpy())
         self.run_name = Path(run).resolve().name

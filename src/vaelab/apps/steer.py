@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from vaelab import latent, plots
+from vaelab import checkpoint, latent, plots
 from vaelab.data import ImageSet
 from vaelab.data.labels import read_labels_csv
 from vaelab.data.transforms import to_unit
@@ -26,7 +26,7 @@ from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
 from vaelab.models import AE, VAE
 from vaelab.options import DataDir, Dataset, Device, Flag, Inputs, NImages, Out, Required, Run, Split
-from vaelab.runs import open_run, select_images
+from vaelab.runs import open_run, select_images, weights_hash, weights_identity
 
 ATTRIBUTES_FILE = "attributes.safetensors"
 DEFAULT_ROWS = 10  # traversal rows of a VAE: its most informative coordinates
@@ -127,6 +127,7 @@ def attribute(
     latent when the factor grows by one of its units; `r2` says how well the latent predicts the
     factor linearly).
     """
+    identity = weights_identity(run)  # the weights whose latent space the vector belongs to
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, None)
     if labels is not None:
@@ -172,6 +173,7 @@ def attribute(
         info.update(kind="continuous", r2=float(r2), factor_std=float(values.std()))
     name = name or factor
     info["norm"] = float(np.linalg.norm(direction))
+    info.update(identity)
     path = Path(run) / ATTRIBUTES_FILE
     vectors, meta = load_attributes(run)
     vectors[name] = torch.from_numpy(direction).float()
@@ -226,6 +228,14 @@ def edit(
     if attribute not in vectors:
         known = ", ".join(vectors) or "none yet (run vaelab attribute first)"
         raise VaelabError(f"{run} has no attribute {attribute!r}; saved: {known}")
+    if attribute in stale_attributes(run, meta):
+        info = meta[attribute]
+        raise VaelabError(
+            f"attribute {attribute!r} of {run} was found in the latent space of earlier weights"
+            f"{_epoch(info.get('weights_epoch'))}, and the run has saved newer ones since"
+            f"{_epoch(checkpoint.weights_epoch(run))}; find it again with "
+            f"`vaelab attribute {run} --factor {info.get('factor', attribute)} --name {attribute}`"
+        )
     chosen = select_images(model, config, dataset, data_dir, "test", inputs)
     images = chosen.images if inputs else chosen.images[: max(1, n_images)]
     z = latent.embed_images(model, images)  # [N, D]
@@ -261,6 +271,34 @@ def load_attributes(run: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise VaelabError(
             f"{path} is damaged ({error}); delete it and save the attributes again with `vaelab attribute`"
         ) from None
+
+
+def stale_attributes(run: str | Path, meta: dict[str, dict[str, Any]]) -> list[str]:
+    """The saved attributes found for other weights than the run holds now: their vectors point
+    through another latent space. (Attributes saved by earlier releases do not say: kept.)"""
+    recorded = {name: info.get("weights_sha256") for name, info in meta.items()}
+    if not any(isinstance(sha, str) for sha in recorded.values()):
+        return []
+    now = weights_hash(run)
+    return [name for name, sha in recorded.items() if isinstance(sha, str) and sha != now]
+
+
+def current_attributes(
+    run: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], list[str]]:
+    """The saved attributes that belong to the run's weights (vectors, how each was made), and the
+    names of those left out because they were found for earlier weights."""
+    vectors, meta = load_attributes(run)
+    stale = stale_attributes(run, meta)
+    return (
+        {k: v for k, v in vectors.items() if k not in stale},
+        {k: v for k, v in meta.items() if k not in stale},
+        stale,
+    )
+
+
+def _epoch(epoch: Any) -> str:
+    return f" (epoch {epoch})" if epoch else ""
 
 
 def _condition_mask(
