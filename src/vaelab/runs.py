@@ -6,6 +6,7 @@ are decided once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,39 @@ def open_run(run: str | Path, device: str | torch.device = "auto") -> tuple[AE |
 
 
 def weights_hash(run: str | Path) -> str:
-    """SHA-256 of the run's model.safetensors: what compressed files and saved detectors are bound to."""
-    return hashlib.sha256((Path(run) / checkpoint.WEIGHTS).read_bytes()).hexdigest()
+    """SHA-256 of the run's model.safetensors: what compressed files, saved detectors and the
+    figures and attribute vectors written into the run are bound to. Hashed once per version of
+    the file (a report checks it for every section)."""
+    path = (Path(run) / checkpoint.WEIGHTS).resolve()
+    stat = path.stat()
+    return _sha256(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, inode: int, size: int, modified_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # saved atomically: a new file, a new key
 
 
 def weights_identity(run: str | Path) -> dict[str, Any]:
     """Which weights a command's figures are of, for the files it writes into the run: the epoch
     and SHA-256 of model.safetensors (`vaelab report` tells when the run has saved newer ones)."""
     return {"weights_epoch": checkpoint.weights_epoch(run), "weights_sha256": weights_hash(run)}
+
+
+def weights_changed(run: str | Path, record: dict[str, Any]) -> bool:
+    """Whether `record` (see weights_identity) is of other weights than the run holds now; False
+    when it does not say which (files of earlier releases) or the run has no weights."""
+    recorded = record.get("weights_sha256")
+    return (
+        isinstance(recorded, str)
+        and (Path(run) / checkpoint.WEIGHTS).is_file()
+        and recorded != weights_hash(run)
+    )
+
+
+def epoch_note(epoch: Any) -> str:
+    """ " (epoch N)" where the epoch is known, else nothing."""
+    return f" (epoch {epoch})" if epoch else ""
 
 
 def check_shape(model: AE | VAE, images: torch.Tensor, source: str) -> None:

@@ -28,7 +28,7 @@ from vaelab.errors import VaelabError
 from vaelab.fileio import RESULT_COMMANDS
 from vaelab.options import Device, Flag, Progress, Run, Seed
 from vaelab.pages import Section, Table, write_report
-from vaelab.runs import open_run, run_images, weights_hash
+from vaelab.runs import epoch_note, open_run, run_images, weights_changed
 
 logger = logging.getLogger(__name__)
 
@@ -249,17 +249,11 @@ def _earlier_weights(run: Path, record: dict[str, Any], command: str) -> str:
     """The end of a section's sentence about a file a command wrote into the run: "." when its
     figures are of the weights the run holds (or it does not say which: earlier releases), else
     which weights they are of, and how to measure the newer ones."""
-    measured = record.get("weights_sha256")
-    if (
-        not isinstance(measured, str)
-        or not (run / checkpoint.WEIGHTS).is_file()
-        or measured == weights_hash(run)
-    ):
+    if not weights_changed(run, record):
         return "."
-    then, now = record.get("weights_epoch"), checkpoint.weights_epoch(run)
     return (
-        f", for earlier weights{f' (epoch {then})' if then else ''}: the run has saved newer ones since"
-        f"{f' (epoch {now})' if now else ''}. Run `{command}` again, then the report, for their figures."
+        f", for earlier weights{epoch_note(record.get('weights_epoch'))}: the run has saved newer ones since"
+        f"{epoch_note(checkpoint.weights_epoch(run))}. Run `{command}` again, then the report, for their figures."
     )
 
 

@@ -26,7 +26,7 @@ from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
 from vaelab.models import AE, VAE
 from vaelab.options import DataDir, Dataset, Device, Flag, Inputs, NImages, Out, Required, Run, Split
-from vaelab.runs import open_run, select_images, weights_hash, weights_identity
+from vaelab.runs import epoch_note, open_run, select_images, weights_changed, weights_identity
 
 ATTRIBUTES_FILE = "attributes.safetensors"
 DEFAULT_ROWS = 10  # traversal rows of a VAE: its most informative coordinates
@@ -232,8 +232,8 @@ def edit(
         info = meta[attribute]
         raise VaelabError(
             f"attribute {attribute!r} of {run} was found in the latent space of earlier weights"
-            f"{_epoch(info.get('weights_epoch'))}, and the run has saved newer ones since"
-            f"{_epoch(checkpoint.weights_epoch(run))}; find it again with "
+            f"{epoch_note(info.get('weights_epoch'))}, and the run has saved newer ones since"
+            f"{epoch_note(checkpoint.weights_epoch(run))}; find it again with "
             f"`vaelab attribute {run} --factor {info.get('factor', attribute)} --name {attribute}`"
         )
     chosen = select_images(model, config, dataset, data_dir, "test", inputs)
@@ -276,11 +276,7 @@ def load_attributes(run: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
 def stale_attributes(run: str | Path, meta: dict[str, dict[str, Any]]) -> list[str]:
     """The saved attributes found for other weights than the run holds now: their vectors point
     through another latent space. (Attributes saved by earlier releases do not say: kept.)"""
-    recorded = {name: info.get("weights_sha256") for name, info in meta.items()}
-    if not any(isinstance(sha, str) for sha in recorded.values()):
-        return []
-    now = weights_hash(run)
-    return [name for name, sha in recorded.items() if isinstance(sha, str) and sha != now]
+    return [name for name, info in meta.items() if weights_changed(run, info)]
 
 
 def current_attributes(
@@ -295,10 +291,6 @@ def current_attributes(
         {k: v for k, v in meta.items() if k not in stale},
         stale,
     )
-
-
-def _epoch(epoch: Any) -> str:
-    return f" (epoch {epoch})" if epoch else ""
 
 
 def _condition_mask(
