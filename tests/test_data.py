@@ -380,6 +380,7 @@ def test_a_folder_in_memory_takes_about_the_memory_of_its_split(
     # Decoding each image into a list, stacking the list and then taking one split out of the
     # whole folder peaked at over 3x the folder's decoded size: a 368 MB folder killed `vaelab
     # train` under a 1.2 GB memory limit. Now each split is written into one array as it is read.
+    import gc
     import tracemalloc
 
     rng = np.random.default_rng(0)
@@ -391,6 +392,7 @@ def test_a_folder_in_memory_takes_about_the_memory_of_its_split(
     if late_colour:  # the last file read is the folder's only colour one: all of it turns RGB
         Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "z.png")
     for split in ("test", "train"):
+        gc.collect()  # garbage of earlier tests, whose finalizers would otherwise run (and allocate) in the window
         tracemalloc.start()
         images = load_folder(str(tmp_path), split, None).images
         peak = tracemalloc.get_traced_memory()[1]
