@@ -371,6 +371,31 @@ def test_a_folder_of_grey_and_colour_images_is_read_as_colour_and_says_so(
     assert vaelab.load_images(f"folder:{tmp_path / 'mixed'}", "test").images.shape[1] == 3  # both splits
 
 
+def _make_room_in_the_interned_strings() -> None:
+    """Grow Python's table of interned strings now, so that it does not grow in a measured window.
+
+    pathlib interns every part of every path it parses, in one table for the whole process that is
+    reallocated at about twice its size when full. After a few hundred tests that table is
+    megabytes, and its reallocation inside a window is an allocation of the whole table (7.7 MB,
+    seen in a full-suite run), unrelated to the code measured. Interning new strings until the
+    table has been reallocated once leaves it room for about as many entries again as it holds.
+    """
+    import sys
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        kept: list[str | None] = [None] * 2_000_000
+        for i in range(len(kept)):
+            before = tracemalloc.get_traced_memory()[0]
+            kept[i] = sys.intern(f"room {i} {id(kept)}")
+            if tracemalloc.get_traced_memory()[0] - before > 100_000:  # the table, not one more string
+                return
+    finally:
+        tracemalloc.stop()
+    raise AssertionError("the table of interned strings did not grow")
+
+
 @pytest.mark.parametrize(
     ("mode", "late_colour", "channels"), [("RGB", False, 3), ("grey in RGB", False, 1), ("L", True, 3)]
 )
@@ -380,7 +405,6 @@ def test_a_folder_in_memory_takes_about_the_memory_of_its_split(
     # Decoding each image into a list, stacking the list and then taking one split out of the
     # whole folder peaked at over 3x the folder's decoded size: a 368 MB folder killed `vaelab
     # train` under a 1.2 GB memory limit. Now each split is written into one array as it is read.
-    import gc
     import tracemalloc
 
     rng = np.random.default_rng(0)
@@ -391,8 +415,8 @@ def test_a_folder_in_memory_takes_about_the_memory_of_its_split(
         Image.fromarray(pixels).save(tmp_path / f"img{i:03d}.png")
     if late_colour:  # the last file read is the folder's only colour one: all of it turns RGB
         Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "z.png")
+    _make_room_in_the_interned_strings()
     for split in ("test", "train"):
-        gc.collect()  # garbage of earlier tests, whose finalizers would otherwise run (and allocate) in the window
         tracemalloc.start()
         images = load_folder(str(tmp_path), split, None).images
         peak = tracemalloc.get_traced_memory()[1]
