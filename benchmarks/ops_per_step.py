@@ -10,7 +10,9 @@ train_throughput.py with its bare loop and with `vaelab.train` (one epoch of mni
 plain schedule), records every operator dispatched (a TorchDispatchMode, below autograd, so backward
 and optimizer operators count too) and splits the record at the start of each training step. It
 prints the median number per step of each, and the operators the trainer dispatches more often than
-the bare loop. The last line printed is one JSON object.
+the bare loop. Then the trainer's work between two epochs (a second epoch is trained for it): the
+validation pass, and the rest (loss sums, metrics, snapshots of the weights and training state),
+the last step's own operators counted out. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -48,24 +50,44 @@ def bare_steps(case: dict, images: torch.Tensor) -> list[list[str]]:
     return recorder.parts()[1:]  # the first step makes Adam's moments
 
 
-def trainer_steps(case: dict) -> list[list[str]]:
+def trainer_steps(case: dict) -> tuple[list[list[str]], list[str], list[str]]:
+    """The trainer's steps of two epochs of one run, the validation between them, and the rest of
+    the work between them (the loss sums, metrics and the snapshots of weights and training state),
+    but for the last step's own operators."""
     recorder = OperatorLog()
-    schedule = training.warmup_factor  # called once at the start of every training step
+    kinds: list[str] = []  # what starts at each mark
+    schedule, validation = training.warmup_factor, training.mean_losses
 
-    def marked(*args: Any) -> float:
+    def marked(*args: Any) -> float:  # called once at the start of every training step
         recorder.mark()
+        kinds.append("step")
         return schedule(*args)
+
+    def validated(*args: Any, **kwargs: Any) -> dict[str, float]:
+        recorder.mark()
+        kinds.append("validation")
+        try:
+            return validation(*args, **kwargs)
+        finally:
+            recorder.mark()
+            kinds.append("after validation")
 
     settings = {**throughput.PLAIN_TRAINING, "arch": case["arch"], "batch_size": case["batch_size"]}
     with tempfile.TemporaryDirectory() as tmp:
-        training.warmup_factor = marked
+        training.warmup_factor, training.mean_losses = marked, validated
         try:
             with recorder:
                 vaelab.train(Path(tmp) / "run", dataset="mnist-mini", model="vae", latent_dim=case["latent_dim"],
-                             epochs=1, device="cpu", progress=False, **settings)  # fmt: skip
+                             epochs=2, device="cpu", progress=False, **settings)  # fmt: skip
         finally:
-            training.warmup_factor = schedule
-    return recorder.parts()[1:]  # the last step runs into the epoch's end: left out by parts()
+            training.warmup_factor, training.mean_losses = schedule, validation
+    parts = recorder.parts()  # what follows the last mark (the second epoch's end) is left out
+    first = kinds.index("validation")
+    # the first step makes Adam's moments; the last step of an epoch runs into the epoch's end
+    steps = [part for kind, part, after in zip(kinds, parts, kinds[1:]) if kind == after == "step"][1:]
+    # from the first epoch's last step to the second epoch's first: the step itself counted out below
+    between = parts[first - 1] + parts[first + 1]
+    return steps, parts[first], between
 
 
 def per_step(steps: list[list[str]]) -> tuple[int, collections.Counter[str]]:
@@ -85,15 +107,24 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     images = vaelab.load_images("mnist-mini", "train").images
     bare_n, bare_ops = per_step(bare_steps(case, images))
-    trainer_n, trainer_ops = per_step(trainer_steps(case))
+    steps, validation, between = trainer_steps(case)
+    trainer_n, trainer_ops = per_step(steps)
     print(f"torch {torch.__version__}; {args.arch} VAE, batch {args.batch_size}: operators per training step")
     print(f"bare loop {bare_n}, trainer {trainer_n} ({trainer_n / bare_n:.2f}x)")
     extra = {name: trainer_ops[name] - bare_ops[name] for name in trainer_ops | bare_ops}
     extra = {name: n for name, n in sorted(extra.items(), key=lambda item: -abs(item[1])) if n}
     for name, n in extra.items():
         print(f"  {n:+4d}  {name}")
+    # the work between epochs, but for the last step's own operators (a typical step's)
+    rest = collections.Counter(between) - trainer_ops
+    epoch_end = {name: n for name, n in rest.most_common()}
+    print(f"between epochs: validation {len(validation)}, the rest {rest.total()} operators")
+    for name, n in list(epoch_end.items())[:8]:
+        print(f"  {n:4d}  {name}")
     print(json.dumps({"torch": torch.__version__, "case": case, "bare_ops_per_step": bare_n,
-                      "trainer_ops_per_step": trainer_n, "trainer_minus_bare": extra}))  # fmt: skip
+                      "trainer_ops_per_step": trainer_n, "trainer_minus_bare": extra,
+                      "validation_ops": len(validation), "epoch_end_ops": rest.total(),
+                      "epoch_end": epoch_end}))  # fmt: skip
 
 
 if __name__ == "__main__":
