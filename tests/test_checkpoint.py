@@ -149,6 +149,24 @@ def test_background_writer_writes_in_order_and_raises_a_failed_write() -> None:
     assert written == [0, 1, 2, 3, 4]
 
 
+def test_kept_copies_are_refreshed_in_place_and_training_cannot_change_them() -> None:
+    model = vaelab.build_model(vaelab.ModelConfig(arch="conv", latent_dim=2))
+    model.to(memory_format=torch.channels_last)
+    kept = checkpoint.KeptCopies()
+    copies = kept.take(checkpoint.live_state(model))
+    first = {k: v.data_ptr() for k, v in copies.items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    assert all(not torch.equal(copies[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
+    again = kept.take(checkpoint.live_state(model))  # the same memory, now with the new values
+    assert {k: v.data_ptr() for k, v in again.items()} == first
+    assert all(torch.equal(again[k], v) and again[k].is_contiguous() for k, v in model.state_dict().items())
+    assert not any(v.requires_grad for v in again.values())
+    other = kept.take({"w": torch.ones(3)})  # other tensors: new copies
+    assert list(other) == ["w"] and torch.equal(other["w"], torch.ones(3))
+
+
 def test_a_snapshot_is_a_copy_that_training_cannot_change() -> None:
     model = vaelab.build_model(vaelab.ModelConfig(arch="mlp", latent_dim=2))
     saved = checkpoint.snapshot(model)

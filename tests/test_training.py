@@ -117,6 +117,43 @@ def test_a_training_step_launches_hardly_more_kernels_than_the_network_itself(
     assert row["train_loss"] == pytest.approx(row["train_recon"] + row["train_kl"], rel=1e-6)  # float32 steps
 
 
+def test_between_epochs_the_trainer_keeps_its_state_in_one_operator_per_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A finished epoch's best weights and training state wait for the write every SAVE_SECONDS (or
+    # for the run's stop) in copies on the device, refreshed by one multi-tensor copy each: not
+    # brought to the host tensor by tensor (on a GPU, a launch per tensor and a wait for the GPU).
+    settings = {**training_config.PLAIN_TRAINING, "arch": "mlp", "mlp_hidden": 8, "latent_dim": 2}
+    recorder, validation = OperatorLog(), training.mean_losses
+    kinds: list[str] = []
+
+    def validated(*args: Any, **kwargs: Any) -> dict[str, float]:
+        try:
+            return validation(*args, **kwargs)
+        finally:
+            recorder.mark()
+            kinds.append("after validation")
+
+    def marked(*args: Any) -> float:
+        recorder.mark()
+        kinds.append("step")
+        return schedule(*args)
+
+    schedule = training.warmup_factor
+    monkeypatch.setattr(training, "mean_losses", validated)
+    monkeypatch.setattr(training, "warmup_factor", marked)
+    with recorder:
+        vaelab.train(tmp_path / "r", dataset="mnist-mini", model="vae", epochs=3, device="cpu", progress=False,
+                     **{**settings, "batch_size": 512})  # fmt: skip
+    second = [i for i, kind in enumerate(kinds) if kind == "after validation"][
+        1
+    ]  # the first makes the copies
+    between = collections.Counter(recorder.parts()[second])  # up to the third epoch's first step
+    between.subtract({"randperm": 1, "lift_fresh": 1})  # the new epoch's order and its loss sums
+    best = _metrics(tmp_path / "r")[1]["val_loss"] < _metrics(tmp_path / "r")[0]["val_loss"]
+    assert +between == {"_foreach_copy_": 1 + best}  # the training state, and the weights if better
+
+
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_epoch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,6 +178,38 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_epoch(
     assert all(torch.equal(good[k], kept[k]) for k in good)
     assert len(_metrics(run)) == 1
     assert not list(run.glob(".*tmp*"))  # no half-written files
+
+
+def test_a_run_diverging_after_unsaved_epochs_keeps_the_last_finished_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run folder is written every SAVE_SECONDS, not after every epoch: finished epochs wait in
+    # copies kept on the device, which the next epoch's steps must not reach. Here nothing is due
+    # before the NaN of epoch 3, so the folder is written when the run stops: with epoch 2 as a
+    # two-epoch run leaves it, bit for bit, and not with the NaN weights of epoch 3's steps.
+    settings = {**FAST, **training_config.PLAIN_TRAINING}  # no schedule that depends on the epochs asked for
+    vaelab.train(tmp_path / "two", epochs=2, **settings)
+    monkeypatch.setattr(training, "SAVE_SECONDS", math.inf)
+    forward, calls = VAE.forward, {"n": 0}
+    steps_per_epoch = _metrics(tmp_path / "two")[0]["optimizer_steps"]
+
+    def poisoned(self, x, **kwargs):
+        out = forward(self, x, **kwargs)
+        calls["n"] += self.training
+        if calls["n"] == 2 * steps_per_epoch + 3:  # epoch 3, step 3
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(VAE, "forward", poisoned)
+    with pytest.raises(vaelab.TrainingDivergedError, match=r"at epoch 3, step 3.*keeps epoch 2"):
+        vaelab.train(tmp_path / "r", epochs=3, **settings)
+    for name in ("model.safetensors", "training_state.safetensors"):
+        kept, expected = load_file(str(tmp_path / "r" / name)), load_file(str(tmp_path / "two" / name))
+        assert kept.keys() == expected.keys()
+        assert all(torch.equal(kept[k], expected[k]) for k in expected), name
+    assert [row["val_loss"] for row in _metrics(tmp_path / "r")] == [
+        row["val_loss"] for row in _metrics(tmp_path / "two")
+    ]
 
 
 def test_a_colour_run_records_film_and_reloads_with_it(tmp_path: Path) -> None:

@@ -179,6 +179,35 @@ def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return copies
 
 
+class KeptCopies:
+    """Copies of tensors kept on the tensors' own devices (a GPU's for a GPU run), refreshed in
+    place by one multi-tensor copy, to be brought to the host (`to_host`) only when written.
+
+    Between epochs the trainer keeps the last finished epoch's weights and training state this way:
+    a run writes its folder every few seconds, not after every epoch, and a copy to the host is one
+    operator and one transfer per tensor plus a wait for the GPU, where this is one operator. It
+    costs a second copy of the weights and optimizer moments on the device."""
+
+    def __init__(self) -> None:
+        self._copies: dict[str, torch.Tensor] = {}
+
+    def take(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy `tensors` (name -> tensor) into the kept copies, made anew where their names, shapes,
+        types or devices have changed, and return the copies (valid until the next `take`)."""
+        copies = self._copies
+        if list(copies) != list(tensors) or any(
+            c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
+            for c, t in zip(copies.values(), tensors.values())
+        ):
+            copies = {
+                k: torch.empty_like(v, memory_format=torch.contiguous_format) for k, v in tensors.items()
+            }
+            self._copies = copies
+        with torch.no_grad():
+            torch._foreach_copy_(list(copies.values()), list(tensors.values()))
+        return copies
+
+
 def write_model(
     run_dir: Path,
     weights: dict[str, torch.Tensor],
@@ -271,19 +300,38 @@ def training_state_snapshot(
     the random generator, the weight average if any (`ema`), and `progress` (epoch, best validation
     loss, ...). Within an epoch, `progress["partial"]` says how far it got and `epoch_order` is the
     epoch's order of the training images."""
+    tensors, metadata = training_state(model, optimizer, generator, progress, ema, epoch_order)
+    return to_host(tensors), metadata
+
+
+def training_state(
+    model: AE | VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    progress: dict[str, Any],
+    ema: AE | VAE | None = None,
+    epoch_order: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """training_state_snapshot's tensors as they are, not copied: the live weights and moments (the
+    generator's state is a copy), to copy at once (KeptCopies.take, to_host)."""
     optim_state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state()}
     if epoch_order is not None:
         tensors["epoch_order"] = epoch_order
     for prefix, module in (("model", model), ("ema", ema)):
         if module is not None:
-            tensors.update({f"{prefix}.{name}": value for name, value in module.state_dict().items()})
+            tensors.update({f"{prefix}.{name}": value for name, value in live_state(module).items()})
     for index, slots in optim_state["state"].items():
         for key, value in slots.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
-    tensors = to_host(tensors)
     metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(optim_state["param_groups"])}
     return tensors, metadata
+
+
+def live_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state_dict without a `detach` of each tensor (an operator each): the parameters
+    and buffers themselves, to copy (`KeptCopies.take`, `to_host`), never to change."""
+    return module.state_dict(keep_vars=True)
 
 
 def write_training_state(run_dir: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

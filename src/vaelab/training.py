@@ -396,7 +396,10 @@ def _train(
         dynamic_ncols=True,
     )
     writer = checkpoint.BackgroundWriter()
-    pending: dict[str, tuple[Any, ...]] = {}  # the latest unwritten write of each file, by name
+    # The latest unwritten write of each file, by name: (write, run_dir, tensors, ...) for "model"
+    # and "state", whose tensors are copies kept on the device since their epoch's end.
+    pending: dict[str, tuple[Any, ...]] = {}
+    kept_best, kept_state = checkpoint.KeptCopies(), checkpoint.KeptCopies()
     last_saved = time.perf_counter()
     last_logged = -math.inf
 
@@ -404,7 +407,10 @@ def _train(
         nonlocal last_saved
         for name in ("model", "metrics", "state"):
             if name in pending:
-                writer.submit(*pending.pop(name))
+                write, folder, contents, *rest = pending.pop(name)
+                if name != "metrics":  # to the host now: the next epoch's end refreshes the device copies
+                    contents = checkpoint.to_host(contents)
+                writer.submit(write, folder, contents, *rest)
         last_saved = time.perf_counter()
 
     # Every step sees the same image shape: let cuDNN time its convolution algorithms once per
@@ -545,15 +551,17 @@ def _train(
             if val["loss"] < state["best_val_loss"]:  # model.safetensors keeps the best weights
                 state.update(best_val_loss=val["loss"], best_epoch=epoch)
                 if lead:
-                    weights = checkpoint.snapshot(scored)
+                    weights = kept_best.take(checkpoint.live_state(scored))
                     pending["model"] = (checkpoint.write_model, run_dir, weights, model_config, config, epoch)
             state["epoch"] = epoch
-            if lead:  # snapshots now; written in the background while the next epoch trains
+            if lead:  # copies now, on the device; to the host and written in the background when due
                 pending["metrics"] = (checkpoint.write_metrics, run_dir, list(metrics))
+                tensors, metadata = checkpoint.training_state(model, optimizer, generator, state, ema)
                 pending["state"] = (
                     checkpoint.write_training_state,
                     run_dir,
-                    *checkpoint.training_state_snapshot(model, optimizer, generator, state, ema),
+                    kept_state.take(tensors),
+                    metadata,
                 )
                 if epoch == config.epochs or time.perf_counter() - last_saved >= SAVE_SECONDS:
                     save_pending()
