@@ -6,13 +6,15 @@
 On a GPU a small network's step is bound by the host: each operator the step dispatches (forward,
 backward, optimizer) costs the host a few microseconds to launch, whatever the batch. The count is
 the same on every device, so it can be taken on the CPU: this trains the network of
-train_throughput.py with its bare loop and with `vaelab.train` (one epoch of mnist-mini each, the
+train_throughput.py with its bare loop (one epoch of mnist-mini) and with `vaelab.train` (three, the
 plain schedule), records every operator dispatched (a TorchDispatchMode, below autograd, so backward
 and optimizer operators count too) and splits the record at the start of each training step. It
 prints the median number per step of each, and the operators the trainer dispatches more often than
-the bare loop. Then the trainer's work between two epochs (three epochs are trained for it): the
-validation pass, and the rest (loss sums, metrics, snapshots of the weights and training state),
-the last step's own operators counted out, after the second epoch (the first makes the copies). The last line printed is one JSON object.
+the bare loop. Then the trainer's work between its second and third epochs (the first end makes
+the copies kept between epochs): the validation pass, and the rest (loss sums, metrics, copies of
+the weights and training state), the last step's own operators counted out. Then, in runs of their
+own, the Python functions and built-ins called per step (sys.setprofile), the Python around the
+operators. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import argparse
 import collections
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -33,12 +37,36 @@ from vaelab import training
 from vaelab.operators import OperatorLog
 
 
-def bare_steps(case: dict, images: torch.Tensor) -> list[list[str]]:
+class CallLog:
+    """The Python functions and built-ins called while active (in this thread), as OperatorLog
+    names operators: the other half of a step's host work, the Python around the operators."""
+
+    MARK = OperatorLog.MARK
+    parts = OperatorLog.parts
+    mark = OperatorLog.mark
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def _called(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            self.names.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}")
+        elif event == "c_call":
+            self.names.append(getattr(arg, "__qualname__", str(arg)))
+
+    def __enter__(self) -> CallLog:
+        sys.setprofile(self._called)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(None)
+
+
+def bare_steps(case: dict, images: torch.Tensor, recorder: OperatorLog | CallLog) -> list[list[str]]:
     model = throughput.build(case)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     data = images.float() / 255
     batch = case["batch_size"]
-    recorder = OperatorLog()
     with recorder:
         order = torch.randperm(len(data))
         for start in range(0, len(data) - batch + 1, batch):
@@ -50,11 +78,12 @@ def bare_steps(case: dict, images: torch.Tensor) -> list[list[str]]:
     return recorder.parts()[1:]  # the first step makes Adam's moments
 
 
-def trainer_steps(case: dict) -> tuple[list[list[str]], list[str], list[str]]:
+def trainer_steps(
+    case: dict, recorder: OperatorLog | CallLog
+) -> tuple[list[list[str]], list[str], list[str]]:
     """The trainer's steps of three epochs of one run, the validation after the second, and the rest
     of the work between the second and the third (the loss sums, metrics and the snapshots of weights and training state),
     but for the last step's own operators."""
-    recorder = OperatorLog()
     kinds: list[str] = []  # what starts at each mark
     schedule, validation = training.warmup_factor, training.mean_losses
 
@@ -106,9 +135,12 @@ def main() -> None:
     case = {"arch": args.arch, "batch_size": args.batch_size, "latent_dim": 16}
     torch.set_num_threads(torch.get_num_threads())
     images = vaelab.load_images("mnist-mini", "train").images
-    bare_n, bare_ops = per_step(bare_steps(case, images))
-    steps, validation, between = trainer_steps(case)
+    bare_n, bare_ops = per_step(bare_steps(case, images, OperatorLog()))
+    steps, validation, between = trainer_steps(case, OperatorLog())
     trainer_n, trainer_ops = per_step(steps)
+    # Python calls apart: a profile function slows the operators' Python, the recording of them too
+    bare_calls, _ = per_step(bare_steps(case, images, CallLog()))
+    trainer_calls, _ = per_step(trainer_steps(case, CallLog())[0])
     print(f"torch {torch.__version__}; {args.arch} VAE, batch {args.batch_size}: operators per training step")
     print(f"bare loop {bare_n}, trainer {trainer_n} ({trainer_n / bare_n:.2f}x)")
     extra = {name: trainer_ops[name] - bare_ops[name] for name in trainer_ops | bare_ops}
@@ -121,10 +153,13 @@ def main() -> None:
     print(f"between epochs: validation {len(validation)}, the rest {rest.total()} operators")
     for name, n in list(epoch_end.items())[:8]:
         print(f"  {n:4d}  {name}")
+    print(f"Python calls per training step (functions and built-ins): bare loop {bare_calls}, "
+          f"trainer {trainer_calls} ({trainer_calls / bare_calls:.2f}x)")  # fmt: skip
     print(json.dumps({"torch": torch.__version__, "case": case, "bare_ops_per_step": bare_n,
                       "trainer_ops_per_step": trainer_n, "trainer_minus_bare": extra,
                       "validation_ops": len(validation), "epoch_end_ops": rest.total(),
-                      "epoch_end": epoch_end}))  # fmt: skip
+                      "epoch_end": epoch_end, "bare_calls_per_step": bare_calls,
+                      "trainer_calls_per_step": trainer_calls}))  # fmt: skip
 
 
 if __name__ == "__main__":
