@@ -167,6 +167,19 @@ def test_kept_copies_are_refreshed_in_place_and_training_cannot_change_them() ->
     assert list(other) == ["w"] and torch.equal(other["w"], torch.ones(3))
 
 
+def test_kept_copies_too_big_for_the_device_are_made_on_the_host_at_every_take(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(checkpoint, "_fit_on_their_devices", lambda *_: False)
+    weights = {"w": torch.arange(4.0)}
+    kept = checkpoint.KeptCopies()
+    first = kept.take(weights)
+    weights["w"].add_(1.0)
+    second = kept.take(weights)
+    assert torch.equal(first["w"], torch.arange(4.0)) and torch.equal(second["w"], torch.arange(4.0) + 1)
+    assert first["w"].device.type == "cpu" and first["w"].data_ptr() != second["w"].data_ptr()
+
+
 def test_a_snapshot_is_a_copy_that_training_cannot_change() -> None:
     model = vaelab.build_model(vaelab.ModelConfig(arch="mlp", latent_dim=2))
     saved = checkpoint.snapshot(model)

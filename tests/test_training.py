@@ -180,13 +180,16 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_epoch(
     assert not list(run.glob(".*tmp*"))  # no half-written files
 
 
+@pytest.mark.parametrize("copies_fit_on_the_device", [True, False])
 def test_a_run_diverging_after_unsaved_epochs_keeps_the_last_finished_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copies_fit_on_the_device: bool
 ) -> None:
     # The run folder is written every SAVE_SECONDS, not after every epoch: finished epochs wait in
-    # copies kept on the device, which the next epoch's steps must not reach. Here nothing is due
-    # before the NaN of epoch 3, so the folder is written when the run stops: with epoch 2 as a
-    # two-epoch run leaves it, bit for bit, and not with the NaN weights of epoch 3's steps.
+    # copies kept on the device (on the host where the device has too little memory free), which
+    # the next epoch's steps must not reach. Here nothing is due before the NaN of epoch 3, so the
+    # folder is written when the run stops: with epoch 2 as a two-epoch run leaves it, bit for bit,
+    # and not with the NaN weights of epoch 3's steps.
+    monkeypatch.setattr(training.checkpoint, "_fit_on_their_devices", lambda *_: copies_fit_on_the_device)
     settings = {**FAST, **training_config.PLAIN_TRAINING}  # no schedule that depends on the epochs asked for
     vaelab.train(tmp_path / "two", epochs=2, **settings)
     monkeypatch.setattr(training, "SAVE_SECONDS", math.inf)

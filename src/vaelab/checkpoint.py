@@ -185,11 +185,15 @@ class KeptCopies:
 
     Between epochs the trainer keeps the last finished epoch's weights and training state this way:
     a run writes its folder every few seconds, not after every epoch, and a copy to the host is one
-    operator and one transfer per tensor plus a wait for the GPU, where this is one operator. It
-    costs a second copy of the weights and optimizer moments on the device."""
+    operator and one transfer per tensor plus a wait for the GPU, where this is one operator. On a
+    GPU the copies take more of its memory; where they would take more than DEVICE_SHARE of the
+    memory it has free, they are made on the host instead (`to_host`, at every `take`)."""
+
+    DEVICE_SHARE = 0.25
 
     def __init__(self) -> None:
         self._copies: dict[str, torch.Tensor] = {}
+        self._on_host = False
 
     def take(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Copy `tensors` (name -> tensor) into the kept copies, made anew where their names, shapes,
@@ -199,13 +203,34 @@ class KeptCopies:
             c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
             for c, t in zip(copies.values(), tensors.values())
         ):
-            copies = {
-                k: torch.empty_like(v, memory_format=torch.contiguous_format) for k, v in tensors.items()
-            }
+            self._on_host = not _fit_on_their_devices(tensors, self.DEVICE_SHARE)
+            copies = (
+                {}
+                if self._on_host
+                else {
+                    k: torch.empty_like(v, memory_format=torch.contiguous_format) for k, v in tensors.items()
+                }
+            )
             self._copies = copies
+        if self._on_host:
+            return to_host(tensors)
         with torch.no_grad():
             torch._foreach_copy_(list(copies.values()), list(tensors.values()))
         return copies
+
+
+def _fit_on_their_devices(tensors: dict[str, torch.Tensor], share: float) -> bool:
+    """Whether a copy of `tensors` takes at most `share` of the free memory of each GPU they are on."""
+    needed: dict[torch.device, int] = {}
+    for tensor in tensors.values():
+        if tensor.device.type == "cuda":
+            needed[tensor.device] = needed.get(tensor.device, 0) + tensor.numel() * tensor.element_size()
+    return all(size <= share * _free_memory(device) for device, size in needed.items())
+
+
+def _free_memory(device: torch.device) -> int:
+    """Bytes free on a GPU (beyond what PyTorch holds in its cache)."""
+    return torch.cuda.mem_get_info(device)[0]
 
 
 def write_model(
