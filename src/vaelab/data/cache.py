@@ -14,11 +14,14 @@ memory, so that a folder gives the same images under any memory budget.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -270,12 +273,14 @@ def _decode(
     failures: list[tuple[Path, Exception]] = []  # past the headers: files cut short, say
     grey, resized = channels == 3, 0
     array = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
-    for position, file in enumerate(tqdm(files, desc=desc, unit="img", disable=bar_hidden())):
-        try:
-            pixels, _, was_resized = decode(file, mode, size)
-        except READ_ERRORS as error:
-            failures.append((file, error))
+    # one process decodes into the cache, the others on this machine wait for it: every core
+    results = tqdm(decoded(files, mode, size, decode_threads(shared=False)), desc=desc, unit="img",
+                   total=len(files), disable=bar_hidden())  # fmt: skip
+    for position, (file, result) in enumerate(results):
+        if isinstance(result, Exception):
+            failures.append((file, result))
             continue
+        pixels, _, was_resized = result
         resized += was_resized
         if pixels.shape[:2] != (height, width):
             raise VaelabError(
@@ -292,6 +297,61 @@ def _decode(
 
 
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError)  # a file that cannot be decoded
+MAX_DECODE_THREADS = 8
+DECODE_AHEAD = 4  # files decoded ahead of the one given out, per thread
+Decoded = tuple[np.ndarray, bool, bool]  # what decode returns
+
+
+def decode_threads(shared: bool = True) -> int:
+    """Threads that decode image files: the cores this process may use, at most MAX_DECODE_THREADS;
+    `shared`: shared among the processes torchrun started on this machine (LOCAL_WORLD_SIZE), each
+    reading a folder into memory, where one decodes a folder into the cache while the others wait."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    local_processes = 1
+    if shared:
+        with contextlib.suppress(ValueError):  # not a number: as if alone
+            local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_DECODE_THREADS, cores // local_processes))
+
+
+def decoded(
+    files: Sequence[Path], mode: str, size: tuple[int, int] | None, threads: int | None = None
+) -> Iterator[tuple[Path, Decoded | Exception]]:
+    """Each file with what `decode` gives for it, or the READ_ERRORS error it raised, in the files'
+    order. Files are decoded `threads` (default decode_threads()) at a time (Pillow decodes and
+    resizes without holding Python's lock), DECODE_AHEAD per thread ahead of the one given out:
+    memory holds that many decoded images more."""
+    threads = threads or decode_threads()
+    if threads == 1 or len(files) < 2:
+        yield from ((file, _attempt(file, mode, size)) for file in files)
+        return
+    ahead: collections.deque[tuple[Path, concurrent.futures.Future[Decoded | Exception]]] = (
+        collections.deque()
+    )
+    waiting = iter(files)
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="vaelab-decode") as pool:
+        try:
+            for file in waiting:
+                ahead.append((file, pool.submit(_attempt, file, mode, size)))
+                if len(ahead) >= DECODE_AHEAD * threads:
+                    done, future = ahead.popleft()
+                    yield done, future.result()
+            while ahead:
+                done, future = ahead.popleft()
+                yield done, future.result()
+        finally:  # stopped early (an error, a file of another size): no more decoding than in hand
+            for _, future in ahead:
+                future.cancel()
+
+
+def _attempt(file: Path, mode: str, size: tuple[int, int] | None) -> Decoded | Exception:
+    try:
+        return decode(file, mode, size)
+    except READ_ERRORS as error:
+        return error
 
 
 def decode(path: Path, mode: str, size: tuple[int, int] | None) -> tuple[np.ndarray, bool, bool]:

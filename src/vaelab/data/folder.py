@@ -20,8 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from vaelab.data.cache import (
-    READ_ERRORS,
-    decode,
+    decoded,
     decoded_files,
     decoded_folder,
     equal_channels,
@@ -80,15 +79,19 @@ def read_image_files(
     grey, resized = 0, 0
     failures: list[tuple[Path, Exception]] = []
     sizes: dict[tuple[int, int], list[Path]] = {}
-    for path, row in zip(
-        tqdm(paths, desc="reading images", unit="img", disable=bar_hidden(len(paths), 10_000), leave=False),
-        rows.tolist(),
-    ):
-        try:
-            pixels, grey_file, was_resized = decode(path, mode, size)  # [H, W] or [H, W, 3]
-        except READ_ERRORS as error:
-            failures.append((path, error))  # read on, to name every unreadable file at once
+    results = tqdm(
+        decoded(paths, mode, size),
+        desc="reading images",
+        unit="img",
+        total=len(paths),
+        disable=bar_hidden(len(paths), 10_000),
+        leave=False,
+    )
+    for (path, result), row in zip(results, rows.tolist()):
+        if isinstance(result, Exception):
+            failures.append((path, result))  # read on, to name every unreadable file at once
             continue
+        pixels, grey_file, was_resized = result  # [H, W] or [H, W, 3]
         grey += grey_file
         resized += was_resized
         sizes.setdefault((pixels.shape[1], pixels.shape[0]), []).append(path)
