@@ -122,29 +122,36 @@ def test_every_unreadable_image_is_named_in_one_error(tmp_path: Path, streamed: 
     with pytest.raises(vaelab.VaelabError) as error:
         load_folder(str(folder), "train", None, max_memory=memory, cache_dir=cache)
     message = str(error.value)
-    assert message.startswith("3 of 11 images cannot be read: ") and message.endswith(
+    # A folder bound for the cache has its headers read first, and nothing decoded while any is
+    # unreadable: the PNG cut in its pixel data is named after decoding (see the next test).
+    cut = 0 if streamed else 1
+    assert message.startswith(f"{2 + cut} of 11 images cannot be read: ") and message.endswith(
         "; remove or replace them"
     )
-    for name in ("a_text.png (not an image file", "b_empty.jpg (not an image file", "c_cut.png ("):
+    for name in ("a_text.png (not an image file", "b_empty.jpg (not an image file", "c_cut.png (")[: 2 + cut]:
         assert f"{folder / name}" in message
     assert not any(cache.glob("*.u8*"))  # nothing half-decoded left behind
     for i in range(3):
         (folder / f"d{i}.png").write_text("x")
-    with pytest.raises(vaelab.VaelabError, match=r"^6 of 14 images cannot be read: .* and 3 more; remove"):
+    with pytest.raises(
+        vaelab.VaelabError, match=rf"^{5 + cut} of 14 images cannot be read: .* and {2 + cut} more; remove"
+    ):
         load_folder(str(folder), "train", None, max_memory=memory, cache_dir=cache)
 
 
 def test_files_cut_short_are_all_named_after_decoding_a_streamed_folder(tmp_path: Path) -> None:
-    # a JPEG cut in its pixel data passes the header pass and fails only when decoded
+    # a JPEG or PNG cut in its pixel data passes the header pass and fails only when decoded
     folder, cache = tmp_path / "photos", tmp_path / "cache"
-    write_images(folder, 6, (32, 32), mode="RGB")
+    first, *_ = write_images(folder, 6, (32, 32), mode="RGB")
+    (folder / "cut3.png").write_bytes(first.read_bytes()[: first.stat().st_size // 2])
     noise = np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "whole.jpg")
     whole = (tmp_path / "whole.jpg").read_bytes()
     for name in ("cut1.jpg", "cut2.jpg"):
         (folder / name).write_bytes(whole[: len(whole) * 2 // 3])
     with pytest.raises(
-        vaelab.VaelabError, match=r"^2 of 8 images cannot be read: .*cut1\.jpg \(image file is trunc"
+        vaelab.VaelabError,
+        match=r"^3 of 9 images cannot be read: .*cut1\.jpg \(image file is trunc.*cut3\.png",
     ):
         load_folder(str(folder), "train", None, max_memory="1KB", cache_dir=cache)
     assert not any(cache.glob("folder-*"))  # the partly decoded file is removed, no header written
@@ -299,6 +306,55 @@ def test_photos_are_turned_upright_as_their_exif_orientation_says(tmp_path: Path
         assert images.images.shape[1:] == (1, 12, 8)
         turned = [i for i, path in enumerate(images.paths) if "sideways" in str(path)]
         assert len(turned) == 1 and np.array_equal(images.images[turned[0], 0].numpy(), np.rot90(stored, -1))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_photos_with_exif_that_cannot_be_parsed_are_read_as_stored(tmp_path: Path, streamed: bool) -> None:
+    # Pillow raises SyntaxError ("not a TIFF file") for such EXIF: it was a traceback
+    folder = tmp_path / "photos"
+    write_images(folder, 4, (6, 4), mode="RGB")
+    stored = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(folder / "bad.png", exif=b"Exif\x00\x00not a TIFF header")
+    Image.fromarray(stored).save(folder / "bad.jpg", exif=b"Exif\x00\x00not a TIFF header", quality=100)
+    memory = "1KB" if streamed else None
+    images = {"test": load_folder(str(folder), "test", None, memory, tmp_path / "cache")}
+    images["train"] = load_folder(str(folder), "train", None, memory, tmp_path / "cache")
+    read = {Path(p).name: image for split in images.values() for p, image in zip(split.paths, split.images)}
+    assert read["bad.png"].shape == (3, 4, 6) and read["bad.jpg"].shape == (3, 4, 6)  # not turned
+    assert np.array_equal(read["bad.png"].permute(1, 2, 0).numpy(), stored)
+
+
+def test_the_header_pass_of_a_big_folder_finds_png_orientation_without_decoding_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow decodes a whole PNG to look for EXIF after its image data: the pass over the headers
+    # of a folder bound for the cache decoded every PNG once more than it needs to.
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 12), np.uint8)).save(folder / "a_sideways.png", exif=exif)
+    # move its eXIf chunk after the image data, where some writers place it
+    data, chunks, at = (folder / "a_sideways.png").read_bytes(), [], 8
+    while at < len(data):
+        length = struct.unpack(">I", data[at : at + 4])[0]
+        chunks.append(data[at : at + 12 + length])
+        at += 12 + length
+    assert [c[4:8] for c in chunks] == [b"IHDR", b"eXIf", b"IDAT", b"IEND"]
+    (folder / "a_sideways.png").write_bytes(data[:8] + chunks[0] + chunks[2] + chunks[1] + chunks[3])
+    Image.fromarray(np.zeros((12, 8), np.uint8)).save(folder / "b_upright.png")
+    with Image.open(folder / "a_sideways.png") as image:  # Pillow itself finds it after the data
+        assert image.getexif().get(ExifTags.Base.Orientation) == 6
+
+    def no_decoding(self: object) -> None:
+        raise AssertionError("decoded pixels to read a header")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    files = sorted(folder.iterdir())
+    assert cache.layout(files, None) == (1, 12, 8)  # both upright: 8 wide, 12 high
+    assert cache.layout(files, 16) == (1, 16, 16)
 
 
 def test_transparent_pixels_read_as_black_whatever_colour_they_hide(tmp_path: Path) -> None:

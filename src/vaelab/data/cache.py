@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -110,8 +111,10 @@ def to_8bit(image: Image.Image, mode: str, name: str | Path) -> Image.Image:
     images of more than 8 bits (16-bit PNG and TIFF) are read as 0-65535, floating-point ones as
     0-1. Values outside those ranges are one line naming `name` and the fix. Transparent pixels
     are laid over black (half-transparent ones blended with it), whatever colour the file stores
-    under them; Pillow's conversion would show that hidden colour."""
-    image = ImageOps.exif_transpose(image)
+    under them; Pillow's conversion would show that hidden colour. EXIF that cannot be parsed is
+    ignored (the picture as stored, as viewers show it)."""
+    if _orientation(image) is not None:
+        image = ImageOps.exif_transpose(image)
     if image.mode in ALPHA_MODES or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
         black = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, image.convert("RGBA"))
@@ -146,7 +149,7 @@ def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
         try:
             with Image.open(path) as image:
                 grey = grey and image.mode in GREY_MODES
-                turned = image.getexif().get(ExifTags.Base.Orientation) in TURNED
+                turned = image_size is None and _orientation(image, path) in TURNED  # else resized anyway
                 size = image.size[::-1] if turned else image.size
         except (UnidentifiedImageError, OSError) as error:
             failures.append((path, error))
@@ -158,6 +161,29 @@ def layout(files: list[Path], image_size: int | None) -> tuple[int, int, int]:
         raise sizes_error(sizes)
     width, height = (image_size, image_size) if image_size is not None else next(iter(sizes))
     return (1 if grey else 3), height, width
+
+
+def _orientation(image: Image.Image, path: Path | None = None) -> int | None:
+    """The EXIF orientation of an opened image file; None where it has none, or EXIF that cannot
+    be parsed. Given the file's `path`, without decoding its pixels: Pillow decodes a whole PNG to
+    look for an eXIf chunk after the image data; this walks the chunks' headers instead."""
+    try:
+        if path is None or image.format != "PNG" or "exif" in image.info:
+            return image.getexif().get(ExifTags.Base.Orientation)
+        with open(path, "rb") as file:
+            file.seek(8)  # the signature
+            while len(head := file.read(8)) == 8:
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"eXIf":
+                    exif = Image.Exif()
+                    exif.load(file.read(length))
+                    return exif.get(ExifTags.Base.Orientation)
+                if kind == b"IEND":
+                    break
+                file.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    except (SyntaxError, ValueError, KeyError, IndexError, struct.error):  # what Pillow raises for bad EXIF
+        return None
+    return None
 
 
 def decoded_folder(
