@@ -312,23 +312,6 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict(state)
 
 
-def training_state_snapshot(
-    model: AE | VAE,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    progress: dict[str, Any],
-    ema: AE | VAE | None = None,
-    epoch_order: torch.Tensor | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """What --resume needs, copied to the CPU now (so write_training_state can write it while
-    training goes on): the latest weights (model.safetensors holds the best ones), Adam's moments,
-    the random generator, the weight average if any (`ema`), and `progress` (epoch, best validation
-    loss, ...). Within an epoch, `progress["partial"]` says how far it got and `epoch_order` is the
-    epoch's order of the training images."""
-    tensors, metadata = training_state(model, optimizer, generator, progress, ema, epoch_order)
-    return to_host(tensors), metadata
-
-
 def training_state(
     model: AE | VAE,
     optimizer: torch.optim.Optimizer,
@@ -337,8 +320,12 @@ def training_state(
     ema: AE | VAE | None = None,
     epoch_order: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """training_state_snapshot's tensors as they are, not copied: the live weights and moments (the
-    generator's state is a copy), to copy at once (KeptCopies.take, to_host)."""
+    """What --resume needs: the latest weights (model.safetensors holds the best ones), Adam's
+    moments, the random generator's state, the weight average if any (`ema`), and `progress` (epoch,
+    best validation loss, ...); within an epoch, `progress["partial"]` says how far it got and
+    `epoch_order` is the epoch's order of the training images. The tensors are the live ones (but
+    the generator's state): copy them (`to_host`, `KeptCopies.take`) before training goes on, then
+    write the copies with write_training_state."""
     optim_state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng_state": generator.get_state()}
     if epoch_order is not None:
@@ -360,7 +347,7 @@ def live_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_training_state(run_dir: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write a training_state_snapshot into run_dir, atomically and durably."""
+    """Write a copy of a training_state into run_dir, atomically and durably."""
     with checked_write(run_dir / STATE), atomic_output(run_dir / STATE, durable=True) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 

@@ -502,12 +502,11 @@ def _train(
                         save_pending()  # the last epoch's files before this newer state
                         saved = {**state, "partial": {"step": step, "totals": summed,
                                                       "seconds": time.perf_counter() - started}}  # fmt: skip
+                        tensors, metadata = checkpoint.training_state(
+                            model, optimizer, generator, saved, ema, order
+                        )
                         writer.submit(
-                            checkpoint.write_training_state,
-                            run_dir,
-                            *checkpoint.training_state_snapshot(
-                                model, optimizer, generator, saved, ema, order
-                            ),
+                            checkpoint.write_training_state, run_dir, checkpoint.to_host(tensors), metadata
                         )
                 if stopping_here:
                     raise Terminated(
