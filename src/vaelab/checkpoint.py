@@ -181,11 +181,12 @@ def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 class KeptCopies:
     """Copies of tensors kept on the tensors' own devices (a GPU's for a GPU run), refreshed in
-    place by one multi-tensor copy, to be brought to the host (`to_host`) only when written.
+    place by one multi-tensor copy per device and type, to be brought to the host (`to_host`) only
+    when written.
 
     Between epochs the trainer keeps the last finished epoch's weights and training state this way:
     a run writes its folder every few seconds, not after every epoch, and a copy to the host is one
-    operator and one transfer per tensor plus a wait for the GPU, where this is one operator. On a
+    operator and one transfer per tensor plus a wait for the GPU, where this is a few. On a
     GPU the copies take more of its memory; where they would take more than DEVICE_SHARE of the
     memory it has free, they are made on the host instead (`to_host`, at every `take`)."""
 
@@ -214,8 +215,16 @@ class KeptCopies:
             self._copies = copies
         if self._on_host:
             return to_host(tensors)
+        # one multi-tensor copy per device and type, as optimizers group their foreach operators:
+        # a GPU run's generator state is on the host, and Adam's step counts may be
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for copy, tensor in zip(copies.values(), tensors.values()):
+            targets, sources = groups.setdefault((tensor.device, tensor.dtype), ([], []))
+            targets.append(copy)
+            sources.append(tensor)
         with torch.no_grad():
-            torch._foreach_copy_(list(copies.values()), list(tensors.values()))
+            for targets, sources in groups.values():
+                torch._foreach_copy_(targets, sources)
         return copies
 
 
