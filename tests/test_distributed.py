@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,50 @@ def test_two_processes_stream_a_large_folder_from_one_decoded_file(tmp_path: Pat
         29,
         58,
     ]  # 32 training files, 3 held out
+
+
+def _note_sigterm_blocked(worker_id: int) -> None:
+    """A reading worker's start, in the test below: whether SIGTERM is blocked there, then the
+    worker's own start (the function this one stands in for)."""
+    import os
+    import signal
+
+    from vaelab.data import stream
+
+    blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    Path(os.environ["VAELAB_TEST_NOTES"], f"{os.getpid()}").write_text(str(blocked))
+    stream._leave_sigterm_to_the_trainer(worker_id)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers are forked on POSIX only")
+def test_reading_workers_of_one_of_several_processes_start_from_a_fork_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forked from a process whose gloo threads held a lock at that moment, a worker waited for it
+    # forever: two-process training on a streamed folder hung at a validation pass, now and then.
+    import numpy as np
+    import torch.distributed as dist
+
+    from vaelab.data import stream
+
+    data = np.arange(8 * 3 * 4 * 4, dtype=np.uint8).reshape(8, 3, 4, 4)
+    data.tofile(tmp_path / "images.u8")
+    images = stream.DiskImages(stream.ImageFile(str(tmp_path / "images.u8"), data.shape), torch.arange(8), 2)
+    assert stream.worker_start() is None  # one process: forked, as before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    monkeypatch.setenv("VAELAB_TEST_NOTES", str(notes))
+    monkeypatch.setattr(stream, "_leave_sigterm_to_the_trainer", _note_sigterm_blocked)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert stream.worker_start().get_start_method() == "forkserver"
+        for _ in range(2):  # a new pair of workers for every pass, as every epoch
+            read = torch.cat(list(images.batches(torch.arange(8), 4, 8, torch.device("cpu"))))
+            assert torch.equal(read, torch.from_numpy(data))
+    finally:
+        dist.destroy_process_group()
+    # every worker began with SIGTERM blocked (a scheduler's SIGTERM waits for its handler)
+    assert sorted(note.read_text() for note in notes.iterdir()) == ["True"] * 4
 
 
 def test_the_processes_torchrun_starts_get_every_setting_as_given(monkeypatch, tmp_path: Path) -> None:

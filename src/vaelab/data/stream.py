@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 import signal
 from collections.abc import Iterator
@@ -83,6 +85,20 @@ def _end_on_the_next_sigterm(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def worker_start() -> multiprocessing.context.BaseContext | None:
+    """How reading workers start: forked from this process (the platform's default), but from a
+    fork server once this process is one of several (torchrun): its process group's threads
+    (gloo's) may hold a lock at the moment of a fork, and a worker forked then waits for it
+    forever (seen at a validation pass right after an all-reduce). The server loads
+    `vaelab.data.worker_server` first: workers start at once, with SIGTERM blocked."""
+    several = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not several or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["vaelab.data.worker_server"])
+    return context
+
+
 @contextlib.contextmanager
 def _sigterm_blocked() -> Iterator[None]:
     """SIGTERM held back from this thread meanwhile (a signal sent then is delivered on leaving).
@@ -140,6 +156,7 @@ class DiskImages:
             pin_memory=device.type == "cuda",
             persistent_workers=False,
             worker_init_fn=_leave_sigterm_to_the_trainer,
+            multiprocessing_context=worker_start(),
         )
         with _sigterm_blocked():
             batches = iter(loader)  # starts the workers
