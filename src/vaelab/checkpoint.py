@@ -193,39 +193,38 @@ class KeptCopies:
     DEVICE_SHARE = 0.25
 
     def __init__(self) -> None:
+        self._layout: list[tuple[str, torch.Size, torch.dtype, torch.device]] = []
         self._copies: dict[str, torch.Tensor] = {}
+        self._groups: list[list[str]] = []  # names of one device and type: one multi-tensor copy each
         self._on_host = False
 
     def take(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Copy `tensors` (name -> tensor) into the kept copies, made anew where their names, shapes,
-        types or devices have changed, and return the copies (valid until the next `take`)."""
-        copies = self._copies
-        if list(copies) != list(tensors) or any(
-            c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
-            for c, t in zip(copies.values(), tensors.values())
-        ):
+        """Copy `tensors` (name -> tensor) into the kept copies, made anew (and where they are kept
+        decided anew) when names, shapes, types or devices change; return the copies (valid until
+        the next `take`)."""
+        layout = [(name, t.shape, t.dtype, t.device) for name, t in tensors.items()]
+        if layout != self._layout:
+            self._layout = layout
             self._on_host = not _fit_on_their_devices(tensors, self.DEVICE_SHARE)
-            copies = (
+            self._copies = (
                 {}
                 if self._on_host
                 else {
                     k: torch.empty_like(v, memory_format=torch.contiguous_format) for k, v in tensors.items()
                 }
             )
-            self._copies = copies
+            # one multi-tensor copy per device and type, as optimizers group their foreach
+            # operators: a GPU run's generator state is on the host, and Adam's step counts may be
+            groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+            for name, _, dtype, device in layout:
+                groups.setdefault((device, dtype), []).append(name)
+            self._groups = list(groups.values())
         if self._on_host:
             return to_host(tensors)
-        # one multi-tensor copy per device and type, as optimizers group their foreach operators:
-        # a GPU run's generator state is on the host, and Adam's step counts may be
-        groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-        for copy, tensor in zip(copies.values(), tensors.values()):
-            targets, sources = groups.setdefault((tensor.device, tensor.dtype), ([], []))
-            targets.append(copy)
-            sources.append(tensor)
         with torch.no_grad():
-            for targets, sources in groups.values():
-                torch._foreach_copy_(targets, sources)
-        return copies
+            for names in self._groups:
+                torch._foreach_copy_([self._copies[n] for n in names], [tensors[n] for n in names])
+        return self._copies
 
 
 def _fit_on_their_devices(tensors: dict[str, torch.Tensor], share: float) -> bool:
