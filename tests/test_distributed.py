@@ -186,9 +186,33 @@ def test_the_processes_torchrun_starts_get_every_setting_as_given(monkeypatch, t
     assert args["out"] == str(tmp_path / "run") and args["resume"] and args["quiet"]
 
 
+def _training_in(run: Path) -> list[str]:
+    """The processes whose command names `run`: torchrun and the ranks it started."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(run).encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def _wait_until_training(run: Path, process: Any = None, written: str = checkpoint.CONFIG) -> None:
+    """Until `written` is in the run folder (config.json: rank 0 is about to take its first step)."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while not (run / written).exists():
+        assert process is None or process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "training did not start within 120 s"
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="finds processes in /proc")
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL", "SIGINT", "SIGINT to the group"])
 def test_vaelab_train_stopped_stops_the_processes_it_started(tmp_path: Path, stop: str) -> None:
+    # SIGINT alone is a notebook's interrupt or `kill -INT`; to the group, a terminal's Ctrl-C
     import signal
     import subprocess
     import sys
@@ -198,44 +222,67 @@ def test_vaelab_train_stopped_stops_the_processes_it_started(tmp_path: Path, sto
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**SETTINGS, "epochs": 1000}.items()]  # minutes
     process = subprocess.Popen(
         [sys.executable, "-m", "vaelab", "train", "--nproc", "2", *flags, "--out", str(run), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (run / checkpoint.CONFIG).exists():  # rank 0 is about to take its first step
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "training did not start within 120 s"
-        time.sleep(0.05)
-    process.send_signal(getattr(signal, stop))
-    err = process.communicate(timeout=120)[1]
+    try:
+        _wait_until_training(run, process)
+        if stop == "SIGINT to the group":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(getattr(signal, stop))
+        err = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:  # the processes it started end with it
+            process.kill()
     if stop == "SIGTERM":  # passed on to torchrun, which stops its processes
         assert process.returncode == 143, err
         assert err.endswith(
             "vaelab train: stopped by SIGTERM; finished epochs are saved (continue with --resume)\n"
         )
-        assert "Traceback" not in err  # torchrun's own, for the signal that stopped it, is left out
         assert err.count("stopped by SIGTERM") == 1  # by the launcher; its processes leave it to it
-        assert "death signal" not in err and "closing signal" not in err  # nor torchrun's own lines
-    else:  # nothing to pass on: torchrun learns it from the system (its parent ended), then its processes
+    elif stop == "SIGKILL":  # nothing to pass on: torchrun learns it from the system (its parent ended)
         assert process.returncode == -signal.SIGKILL
-
-    def training_here() -> list[str]:  # torchrun and the ranks name the run folder in their command
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                if str(run).encode() in cmdline.read_bytes():
-                    found.append(cmdline.parent.name)
-            except OSError:  # gone meanwhile
-                pass
-        return found
+    else:  # passed on as SIGTERM, once, to torchrun (in a session of its own)
+        assert process.returncode == 130, err
+        assert err.endswith("vaelab train: interrupted; finished epochs are saved (continue with --resume)\n")
+        assert err.count("interrupted") == 1 and "SIGTERM" not in err
+    assert "Traceback" not in err  # torchrun's own, for the signal that stopped it, is left out
+    assert "death signal" not in err and "closing signal" not in err  # nor torchrun's own lines
 
     stopped = time.monotonic()
-    while training_here():  # none left behind, training on its own, holding the run
-        assert time.monotonic() < stopped + 20, f"still running: {training_here()}"
+    while _training_in(run):  # none left behind, training on its own, holding the run
+        assert time.monotonic() < stopped + 20, f"still running: {_training_in(run)}"
         time.sleep(0.1)
-    from vaelab.checkpoint import RunLock
-
-    with RunLock(run) as lock:
+    with checkpoint.RunLock(run) as lock:
         lock.acquire()  # free
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="finds processes in /proc")
+def test_an_exception_while_waiting_for_the_processes_stops_them_before_it_goes_on(tmp_path: Path) -> None:
+    # As a caller's time limit does (pytest-timeout, a notebook cell's), from a signal's handler
+    import signal
+    import threading
+
+    run = tmp_path / "run"
+
+    def time_is_up(signum: int, frame: Any) -> None:
+        raise TimeoutError("the caller's time is up")
+
+    def when_training() -> None:
+        _wait_until_training(run, written=checkpoint.METRICS)  # an epoch is saved
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, time_is_up)
+    try:
+        threading.Thread(target=when_training, daemon=True).start()
+        with pytest.raises(TimeoutError, match="time is up"):
+            vaelab.train(run, nproc=2, progress=False, **{**SETTINGS, "epochs": 1000})
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert _training_in(run) == []  # ended before the exception went on, not training on their own
+    with checkpoint.RunLock(run) as lock:
+        lock.acquire()  # free
+    assert len(checkpoint.read_metrics(run)) >= 1 and (run / checkpoint.WEIGHTS).exists()
 
 
 def test_two_machines_through_torchrun_rendezvous_train_as_two_local_processes(

@@ -142,8 +142,12 @@ def finish(context: Context) -> None:
 
 def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progress: bool) -> None:
     """Run `vaelab train` in `nproc` processes on this machine through torchrun (`--standalone`:
-    its own rendezvous on a free port), with the same settings; raise if it fails. SIGTERM is
-    passed on to torchrun, which stops its processes, and then raises Terminated."""
+    its own rendezvous on a free port), with the same settings; raise if it fails.
+
+    torchrun runs in a session of its own, out of reach of the terminal's signals, and is told to
+    stop exactly once, by SIGTERM (its processes then save and end): on SIGTERM here (then this
+    raises Terminated), on Ctrl-C or a notebook's interrupt (KeyboardInterrupt, raised once it
+    has stopped), and on any other exception raised while waiting, such as a time limit's."""
     command = [sys.executable, "-m", "vaelab.distributed", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "vaelab", "train", "--out", str(out)]  # fmt: skip
     command += train_flags(settings)
@@ -158,17 +162,24 @@ def launch(out: Path, settings: dict[str, Any], nproc: int, resume: bool, progre
     # torchrun gives each process 1 CPU thread unless told: share this machine's among them instead
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, torch.get_num_threads() // nproc))
     env = {**os.environ, "OMP_NUM_THREADS": threads, LAUNCHED: "1"}
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+    # Its own session: a terminal's Ctrl-C reaches only this process, which tells torchrun once (a
+    # second signal would cut short its processes' saving); a notebook's interrupt reaches only
+    # this one anyway, and torchrun would train on while this process waits.
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     terminated = []
 
     def pass_on(signum: int, frame: FrameType | None) -> None:  # not left training, orphaned, when we go
+        if not terminated and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
         terminated.append(signum)
-        process.send_signal(signum)
 
     try:
         with on_sigterm(pass_on):
             code = process.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached torchrun too: let its processes save and end
+    except BaseException:  # Ctrl-C, or an exception from another signal's handler: stop, then go on
+        pass_on(signal.SIGINT, None)
         process.wait()
         raise
     if terminated:
