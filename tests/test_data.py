@@ -41,6 +41,13 @@ def test_unknown_dataset_names_the_choices() -> None:
         vaelab.load_dataset("mnst")
 
 
+def test_a_folder_given_as_a_dataset_name_gets_the_name_to_use(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(vaelab.VaelabError, match="'photos'; it is a folder: .* use folder:photos$"):
+        vaelab.load_dataset("photos")
+
+
 def test_image_size_resizes_any_dataset() -> None:
     images, _ = vaelab.load_dataset("mnist-mini", "test", image_size=32)
     assert images.shape == (2000, 1, 32, 32) and images.dtype == torch.uint8

@@ -60,7 +60,7 @@ def test_a_denoising_autoencoder_cleans_images(tmp_path: Path, capsys) -> None:
 
 def test_denoise_needs_a_noise_spec(vae_run: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["denoise", str(vae_run), "-o", str(tmp_path / "d.png")], capsys)
-    assert code == 2 and "give noise" in err
+    assert code == 2 and "not trained with noise; give the noise to add (--noise gaussian:0.3, say)" in err
     code, _, err = run_cli(["train", "--noise", "blur:2", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "does not parse" in err and not (tmp_path / "r").exists()
 

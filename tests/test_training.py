@@ -534,7 +534,7 @@ def test_channels_last_computes_the_same_loss_and_gradients() -> None:
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     # the same sums in another memory order: equal up to float32 rounding
     _assert_same_loss_and_gradients(plain, fast, torch.rand(6, 3, 20, 20))
-    assert set(training.checkpoint.snapshot(fast)) == set(plain.state_dict())
+    assert set(fast.state_dict()) == set(plain.state_dict())  # loads into the model as saved
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on a CPU needs a C compiler")

@@ -85,6 +85,38 @@ def test_interpolate_on_named_classes_names_them(tmp_path: Path, capsys) -> None
         "class 5 has no test images; known classes: 0 (cat), 1 (dog)"
     )
     assert not (tmp_path / "j.png").exists()
+    # by name, as the folder names them: the same ends as by number
+    code, result, _ = run_cli(
+        ["interpolate", str(run), "--from-class", "dog", "--to-class", "cat", "-o", str(tmp_path / "n.png")],
+        capsys,
+    )
+    assert code == 0 and (result["from_class"], result["to_class"]) == (1, 0)
+    vaelab.interpolate(run, out=tmp_path / "m.png", from_class=1, to_class=0)
+    assert (tmp_path / "n.png").read_bytes() == (tmp_path / "m.png").read_bytes()
+    code = main(
+        ["interpolate", str(run), "--from-class", "dgo", "--to-class", "cat", "-o", str(tmp_path / "k.png")]
+    )
+    assert code == 2 and capsys.readouterr().err.strip().endswith(
+        "no class is named 'dgo'; known classes: 0 (cat), 1 (dog)"
+    )
+
+
+def test_reconstruct_shows_the_first_n_image_files_given_in_their_order(
+    vae_run: Path, tmp_path: Path, capsys
+) -> None:
+    for name, value in (("black.png", 0), ("white.png", 255), ("grey.png", 128)):
+        Image.fromarray(np.full((28, 28), value, dtype=np.uint8)).save(tmp_path / name)
+    for first, second in (("black", "white"), ("white", "black")):
+        files = [str(tmp_path / f"{name}.png") for name in (first, second, "grey")]
+        out = tmp_path / f"{first}-first.png"
+        code, result, _ = run_cli(
+            ["reconstruct", str(vae_run), "--input", *files, "-n", "2", "-o", str(out)], capsys
+        )
+        assert code == 0 and result["n"] == 2
+        grid = png(out)  # the two images above their reconstructions
+        top = grid[: grid.shape[0] // 2]
+        left, right = top[:, : top.shape[1] // 2].mean(), top[:, top.shape[1] // 2 :].mean()
+        assert (left < 60 and right > 200) if first == "black" else (left > 200 and right < 60), (left, right)
 
 
 def test_interpolate_between_two_image_files(vae_run: Path, tmp_path: Path, capsys) -> None:

@@ -164,11 +164,6 @@ def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
     return {"format": CONFIG_FORMAT, "model": model, "train": train}
 
 
-def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the module's state on the CPU, safe to write while training goes on."""
-    return to_host(module.state_dict())
-
-
 def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies of `tensors`. From a GPU every copy is queued at once (non-blocking,
     into pinned memory) and the host waits once for all of them, not once per tensor."""

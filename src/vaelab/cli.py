@@ -346,7 +346,12 @@ def _add_flag(
         else:  # files and folders
             parser.add_argument(*names, dest=name, nargs="+", default=default, metavar="PATH", help=help_text)
         return
-    convert = str if base in (Path, str | Path) or _is_path_union(base) else base
+    # a path, or a name or number (the library reads the text)
+    convert = (
+        str
+        if base in (Path, str | Path) or _is_path_union(base) or set(typing.get_args(base)) == {int, str}
+        else base
+    )
     parser.add_argument(
         *names, dest=name, type=convert, choices=choices, default=default,
         metavar=None if choices else name.upper(), help=help_text,

@@ -90,7 +90,9 @@ def denoise(
     model, config = open_run(run, device)
     spec = noise or config.noise
     if spec is None:
-        raise VaelabError(f"{run} was not trained with noise; give noise (e.g. gaussian:0.3)")
+        raise VaelabError(
+            f"{run} was not trained with noise; give the noise to add (--noise gaussian:0.3, say)"
+        )
     corruption = parse_noise(spec)
     if n_images is not None and n_images < 1:
         raise VaelabError(f"n_images must be at least 1, got {n_images}")

@@ -6,6 +6,7 @@ the matching CLI command prints with --json).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from pathlib import Path
@@ -21,8 +22,8 @@ from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.latent_density import DEFAULT_COMPONENTS, DENSITY_FILE, LATENT_SOURCES, latent_density
 from vaelab.models import AE, VAE
-from vaelab.options import Choices, Device, Draws, Flag, Out, Run, Seed
-from vaelab.runs import model_size, open_run, run_images
+from vaelab.options import Choices, DataDir, Dataset, Device, Draws, Flag, Inputs, Out, Run, Seed, Split
+from vaelab.runs import model_size, open_run, run_images, select_images
 
 METHODS = ("linear", "slerp")
 DRAWS = 8  # images drawn per latent to show the mean of a pixelcnn decoder (no closed form)
@@ -97,33 +98,44 @@ def _prior_mismatch(model: AE | VAE, config: TrainConfig) -> float | None:
 
 def reconstruct(
     run: Run,
-    n: Annotated[int, Flag("-n"), "number of test images"] = 16,
+    n: Annotated[
+        int, Flag("-n"), "number of images (random ones of a dataset; the first of files given)"
+    ] = 16,
     out: Annotated[Out, "PNG to write"] = "reconstructions.png",
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    split: Split = "test",
+    inputs: Inputs = None,
     seed: Annotated[Seed, "seed of the choice of images (and of drawn pixels)"] = 0,
     draws: Draws = DRAWS,
     device: Device = "auto",
 ) -> dict[str, Any]:
-    """Encode n random test images and decode them: inputs above their reconstructions, in a PNG.
-    A pixelcnn decoder shows the average of `draws` images drawn per latent (seeded by `seed`)."""
+    """Encode n images and decode them: inputs above their reconstructions, in a PNG. The images
+    are n random ones of the run's test images (or of `split` of `dataset`), or the first n of the
+    image files and folders given as `inputs`, in their order. A pixelcnn decoder shows the
+    average of `draws` images drawn per latent (seeded by `seed`)."""
     _positive("n", n)
     plots.check_grid_path(out)
     model, config = open_run(run, device)
-    test = run_images(model, config)
-    n = min(n, len(test))
-    chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
-    inputs = to_unit(test.images[chosen])
+    images = select_images(model, config, dataset, data_dir, split, inputs)
+    n = min(n, len(images))
+    if inputs:
+        chosen = torch.arange(n)
+    else:
+        chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    shown = to_unit(images.images[chosen])
     with torch.no_grad():
-        recon = latent.reconstruct(model, test.images[chosen], draws, seed)
+        recon = latent.reconstruct(model, images.images[chosen], draws, seed)
     columns = min(n, 10)
     rows = []
-    for start in range(0, n, columns):  # pairs of rows: inputs, then their reconstructions
-        rows += [inputs[start : start + columns], recon[start : start + columns]]
+    for start in range(0, n, columns):  # pairs of rows: the images, then their reconstructions
+        rows += [shown[start : start + columns], recon[start : start + columns]]
         pad = columns - len(rows[-1])
         if pad:
-            blank = torch.ones(pad, *inputs.shape[1:])
+            blank = torch.ones(pad, *shown.shape[1:])
             rows[-2], rows[-1] = torch.cat([rows[-2], blank]), torch.cat([rows[-1], blank])
     plots.save_image_grid(torch.cat(rows), out, nrow=columns)
-    mse = float((recon - inputs).pow(2).flatten(1).mean(1).mean())
+    mse = float((recon - shown).pow(2).flatten(1).mean(1).mean())
     return {"out": str(out), "output": str(out), "n": n, "mse_per_pixel": mse}
 
 
@@ -131,10 +143,11 @@ def interpolate(
     run: Run,
     out: Annotated[Out, "PNG to write"] = "interpolation.png",
     from_class: Annotated[
-        int | None,
-        "start at a typical test image of this class (no ends given: 1 to 7 for digits, else the first two classes)",
+        int | str | None,
+        "start at a typical test image of this class, by name (a folder's subfolder) or number "
+        "(no ends given: 1 to 7 for digits, else the first two classes)",
     ] = None,
-    to_class: Annotated[int | None, "end at a typical test image of this class"] = None,
+    to_class: Annotated[int | str | None, "end at a typical test image of this class"] = None,
     from_image: Annotated[str | Path | None, "start at this image file"] = None,
     to_image: Annotated[str | Path | None, "end at this image file"] = None,
     steps: Annotated[int, "images in the strip, both ends included"] = 10,
@@ -187,10 +200,10 @@ def class_pairs(classes: list[int]) -> list[tuple[int, int]]:
 
 
 def class_endpoints(
-    model: AE | VAE, config: TrainConfig, from_class: int | None, to_class: int | None
+    model: AE | VAE, config: TrainConfig, from_class: int | str | None, to_class: int | str | None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Typical test images [2, C, H, W] (uint8) of two classes (None: the first of `class_pairs`),
-    and the two classes."""
+    and the two classes' numbers. A class is its number, or a text: its name, else its number."""
     test = run_images(model, config)
     if test.labels is None:
         raise VaelabError(
@@ -206,6 +219,8 @@ def class_endpoints(
                 f"the test images have one class ({known}); give two image files (--from-image A --to-image B)"
             )
         from_class, to_class = class_pairs(present)[0]
+    else:
+        from_class, to_class = (_class_number(c, names, known) for c in (from_class, to_class))
     latents = latent.embed_images(model, test.images)
     indices = []
     for cls in (from_class, to_class):
@@ -216,6 +231,17 @@ def class_endpoints(
         logger.info("from a typical %s to a typical %s (test images %d and %d); from_class and "
                     "to_class (--from-class, --to-class) choose others", names[from_class], names[to_class], *indices)  # fmt: skip
     return test.images[indices], (from_class, to_class)
+
+
+def _class_number(given: int | str, names: list[str], known: str) -> int:
+    """The number of the class `given` by number, or by name (else by number, as text)."""
+    if isinstance(given, int):
+        return given
+    if given in names:
+        return names.index(given)
+    with contextlib.suppress(ValueError):
+        return int(given)
+    raise VaelabError(f"no class is named {given!r}; known classes: {known}")
 
 
 def latent_plot(

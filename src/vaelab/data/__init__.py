@@ -10,6 +10,8 @@ class).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +53,10 @@ def load_images(
         from vaelab.data.folder import load_folder
 
         return load_folder(name.removeprefix("folder:"), split, image_size, max_memory)
+    elif Path(name).is_dir():  # a folder named as it is: say how to name it
+        raise VaelabError(
+            f"unknown dataset {name!r}; it is a folder: to train on its images, use folder:{name}"
+        )
     else:
         raise VaelabError(f"unknown dataset {name!r}; use one of: {', '.join(DATASET_NAMES)}")
     if image_size is not None and result.images.shape[-2:] != (image_size, image_size):
