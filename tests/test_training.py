@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
-from conftest import write_images, write_shapes_folder
+from conftest import run_cli, write_images, write_shapes_folder
 from vaelab import config as training_config
 from vaelab import training
 from vaelab.checkpoint import read_metrics
@@ -500,10 +500,34 @@ def test_classes_keep_only_the_named_labels() -> None:
     config = TrainConfig(classes="1,7").validate()
     train_images, val_images = training.split_train_val(config, torch.device("cpu"))
     assert len(train_images) + len(val_images) == int(((labels == 1) | (labels == 7)).sum())
-    with pytest.raises(vaelab.VaelabError, match="comma-separated integers"):
-        TrainConfig(classes="one").validate()
+    with pytest.raises(vaelab.VaelabError, match="classes names no class"):
+        TrainConfig(classes=" , ").validate()
+    with pytest.raises(vaelab.VaelabError, match="'one' is neither a class number nor a class name of "
+                       "mnist-mini; its classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9$"):  # fmt: skip
+        training.split_train_val(TrainConfig(classes="1,one").validate(), torch.device("cpu"))
     with pytest.raises(vaelab.VaelabError, match="no training image"):
         training.split_train_val(TrainConfig(classes="42"), torch.device("cpu"))
+
+
+def test_classes_of_a_folder_are_named_by_its_sub_folders(tmp_path: Path, capsys) -> None:
+    for name, count in (("cats", 6), ("dogs", 7), ("owls", 8)):
+        write_images(tmp_path / "data" / name, count, (12, 12), seed=count)
+    dataset = f"folder:{tmp_path / 'data'}"
+    by_name = TrainConfig(dataset=dataset, classes="owls, cats").validate()
+    by_number = TrainConfig(dataset=dataset, classes="2,0").validate()
+    labels = vaelab.load_dataset(dataset, "train")[1]
+    for config in (by_name, by_number):
+        train, val = training.split_train_val(config, torch.device("cpu"))
+        assert len(train) + len(val) == int(((labels == 0) | (labels == 2)).sum()) > 0  # cats and owls
+    assert all(torch.equal(a, b) for a, b in zip(*(training.split_train_val(c, torch.device("cpu"))
+                                                   for c in (by_name, by_number))))  # fmt: skip
+    code, _, err = run_cli(["train", "--dataset", dataset, "--classes", "cats,bats", "--out", str(tmp_path / "r")],
+                           capsys)  # fmt: skip
+    assert code == 2 and err.strip().endswith(
+        f"classes 'cats,bats': 'bats' is neither a class number nor a class name of {dataset}; "
+        "its classes: cats, dogs, owls"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 def _assert_same_loss_and_gradients(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,7 +304,9 @@ class TrainConfig:
     patience: int = setting(
         0, "stop when the validation loss has not improved for this many epochs (0 = never)"
     )
-    classes: str | None = setting(None, "train only on these class labels, comma-separated (e.g. 0,1,2,3)")
+    classes: str | None = setting(
+        None, "train only on these classes: numbers or names, comma-separated (e.g. 0,1,2 or cats,dogs)"
+    )
     noise: str | None = setting(
         None,
         "train a denoiser: corrupt inputs with gaussian:SIGMA, salt-pepper:P or mask:FRACTION, score clean",
@@ -371,8 +374,8 @@ class TrainConfig:
             raise VaelabError(f"ema must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema}")
         if not 0 < self.val_fraction < 1:
             raise VaelabError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.classes is not None:
-            self.class_list()
+        if self.classes is not None and not any(part.strip() for part in self.classes.split(",")):
+            raise VaelabError("classes names no class; give e.g. 0,1,2")
         if self.noise is not None:
             from vaelab.data.noise import parse_noise
 
@@ -395,19 +398,28 @@ class TrainConfig:
             self, model_config=model, lr=lr, precision=precision, mean_scale=mean_scale
         )
 
-    def class_list(self) -> list[int] | None:
-        """The labels of `classes` as integers (None: every class)."""
+    def class_list(self, names: Sequence[str] | None = None) -> list[int] | None:
+        """The class numbers (labels) `classes` gives (None: every class): each part a name among
+        the dataset's class `names` (a folder's sub-folders), else a number."""
         if self.classes is None:
             return None
-        try:
-            labels = sorted({int(part) for part in self.classes.split(",") if part.strip()})
-        except ValueError:
-            raise VaelabError(
-                f"classes {self.classes!r} must be comma-separated integers, e.g. 0,1,2"
-            ) from None
+        names = list(names or [])
+        labels = set()
+        for part in (part.strip() for part in self.classes.split(",") if part.strip()):
+            if part in names:
+                labels.add(names.index(part))
+                continue
+            try:
+                labels.add(int(part))
+            except ValueError:
+                known = f"; its classes: {', '.join(names)}" if names else " (it has no class names)"
+                raise VaelabError(
+                    f"classes {self.classes!r}: {part!r} is neither a class number nor a class name "
+                    f"of {self.dataset}{known}"
+                ) from None
         if not labels:
             raise VaelabError("classes names no class; give e.g. 0,1,2")
-        return labels
+        return sorted(labels)
 
     def to_dict(self) -> dict[str, Any]:
         """The training settings and what the run records of how it ran (world_size), without the

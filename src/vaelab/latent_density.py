@@ -108,7 +108,7 @@ def latent_density(
     if saved is not None:
         return saved
     train = run_images(model, config, "train")
-    images, wanted = train.images, config.class_list()
+    images, wanted = train.images, config.class_list(train.class_names)
     if wanted is not None and train.labels is not None:  # a run trained on some classes only
         images = images[torch.isin(train.labels, torch.tensor(wanted))]
     if len(images) > MAX_FIT_IMAGES:

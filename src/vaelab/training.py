@@ -125,7 +125,7 @@ def split_train_val(
     decoded into a file (vaelab.data.cache) and both parts are DiskImages, read batch by batch.
     """
     source = load_images(config.dataset, "train", config.data_dir, config.image_size, config.max_memory)
-    rows, wanted = torch.arange(len(source)), config.class_list()
+    rows, wanted = torch.arange(len(source)), config.class_list(source.class_names)
     if wanted is not None:
         if source.labels is None:
             raise VaelabError(f"classes needs labels, and {config.dataset} has none")

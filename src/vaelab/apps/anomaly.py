@@ -51,7 +51,7 @@ def anomaly_fit(
     model, config = open_run(run, device)
     images = select_images(model, config, dataset, data_dir, split, inputs)
     # A run trained on some classes (one-class detection) calls those normal, not the others.
-    classes = config.class_list() if dataset is None and not inputs else None
+    classes = config.class_list(images.class_names) if dataset is None and not inputs else None
     if classes is not None and images.labels is not None:
         keep = torch.isin(images.labels, torch.tensor(classes))
         images.images, images.labels = images.images[keep], images.labels[keep]
