@@ -46,6 +46,8 @@ def test_a_folder_given_as_a_dataset_name_gets_the_name_to_use(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     with pytest.raises(vaelab.VaelabError, match="'photos'; it is a folder: .* use folder:photos$"):
         vaelab.load_dataset("photos")
+    with pytest.raises(vaelab.VaelabError, match="^folder: names no folder; give folder:PATH"):
+        vaelab.load_dataset("folder:")  # not the working directory, searched to its depths
 
 
 def test_image_size_resizes_any_dataset() -> None:

@@ -116,3 +116,24 @@ def test_batches_shrink_as_images_grow_and_give_the_same_rows() -> None:
     out = map_batches(decode, torch.arange(20.0).view(10, 2), cpu)
     assert sizes == [1, 8, 1] and torch.equal(out[:, 0, 0, 0], torch.arange(0.0, 20.0, 2))
     assert map_batches(decode, torch.empty(0, 2), cpu).numel() == 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_principal_axes_of_fewer_latents_than_axes_are_still_an_orthonormal_set(n: int) -> None:
+    latents = torch.randn(n, 5, generator=torch.Generator().manual_seed(n))
+    mean, directions, std, share = latent.principal_axes(latents, 4)
+    assert directions.shape == (4, 5) and len(std) == len(share) == 4
+    torch.testing.assert_close(directions @ directions.T, torch.eye(4), atol=1e-5, rtol=0)
+    # n points span n - 1 directions; the others carry no variance
+    assert std[n - 1 :].abs().max() < 1e-5 and share[n - 1 :] == pytest.approx([0.0] * (5 - n), abs=1e-6)
+    assert sum(share) == pytest.approx(1.0 if n > 1 else 0.0, abs=1e-5)
+    coords = (latents - mean) @ directions.T
+    torch.testing.assert_close(coords[:, n - 1 :], torch.zeros(n, 5 - n), atol=1e-5, rtol=0)
+
+
+def test_the_latent_box_of_one_or_two_points_still_has_an_area() -> None:
+    assert latent.latent_extent(torch.tensor([[0.5, -1.0]])) == ((-0.5, 1.5), (-2.0, 0.0))
+    (x_lo, x_hi), (y_lo, y_hi) = latent.latent_extent(torch.tensor([[0.0, 3.0], [4.0, 3.0]]), quantile=0)
+    assert (x_lo, x_hi) == (0.0, 4.0) and (y_lo, y_hi) == (1.0, 5.0)  # the flat side as wide as the other
+    spread = torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
+    assert latent.latent_extent(spread, quantile=0) == ((0.0, 2.0), (0.0, 4.0))  # as before

@@ -101,6 +101,21 @@ def test_interpolate_on_named_classes_names_them(tmp_path: Path, capsys) -> None
     )
 
 
+def test_a_folder_of_three_images_has_a_latent_plot_grid_and_report(tmp_path: Path, capsys) -> None:
+    # one test image: no principal plane to speak of, but pictures, not an IndexError
+    write_images(tmp_path / "data", 3, (12, 12))
+    run = tmp_path / "run"
+    vaelab.train(
+        run, dataset=f"folder:{tmp_path / 'data'}", arch="mlp", latent_dim=4, epochs=1, progress=False
+    )
+    code, result, _ = run_cli(["latent-plot", str(run), "-o", str(tmp_path / "l.png")], capsys)
+    assert code == 0 and result["n_points"] == 1 and png(result["out"]).std() > 10
+    code, result, _ = run_cli(["latent-grid", str(run), "-n", "3", "-o", str(tmp_path / "g.png")], capsys)
+    assert code == 0 and result["x_range"][1] - result["x_range"][0] == pytest.approx(2.0)
+    code, result, _ = run_cli(["report", str(run)], capsys)
+    assert code == 0 and Path(result["out"]).is_file()
+
+
 def test_reconstruct_shows_the_first_n_image_files_given_in_their_order(
     vae_run: Path, tmp_path: Path, capsys
 ) -> None:

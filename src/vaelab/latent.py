@@ -83,25 +83,39 @@ def plane_grid(x_range: tuple[float, float], y_range: tuple[float, float], n: in
 def latent_extent(
     latents: torch.Tensor, quantile: float = 0.01
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The central (1 - 2*quantile) box of 2-D latents: ((x_lo, x_hi), (y_lo, y_hi))."""
+    """The central (1 - 2*quantile) box of 2-D latents: ((x_lo, x_hi), (y_lo, y_hi)). A side
+    without spread (one or two test images) gets the other side's width, or 2 when neither has any,
+    so that a grid over the box still shows something."""
     lo = torch.quantile(latents[:, :2], quantile, dim=0)
     hi = torch.quantile(latents[:, :2], 1 - quantile, dim=0)
+    width = hi - lo
+    flat = width <= 1e-6 * (1 + lo.abs().max())
+    if flat.any():
+        half = (width.max() if not flat.all() else width.new_tensor(2.0)) / 2
+        centre = (lo + hi) / 2
+        lo, hi = torch.where(flat, centre - half, lo), torch.where(flat, centre + half, hi)
     return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
 
 def principal_axes(
     latents: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
-    """The first k principal axes of latents [N, D]: their mean [D], the directions [k, D]
-    (orthonormal), the standard deviation of the latents along each [k], and each one's share of
-    the variance."""
+    """The first k (at most D) principal axes of latents [N, D]: their mean [D], the directions
+    [k, D] (orthonormal), the standard deviation of the latents along each [k], and each one's
+    share of the variance. Fewer latents than axes (one test image) leave the last axes without
+    variance: any directions that complete the orthonormal set."""
     mean = latents.mean(0)
     _, singular, vh = torch.linalg.svd(latents - mean, full_matrices=False)
-    k = min(k, len(singular))
+    wanted, k = min(k, latents.shape[1]), min(k, len(singular))
     variance = singular.pow(2)
     share = (variance[:k] / variance.sum().clamp_min(1e-12)).tolist()
     std = singular[:k] / math.sqrt(max(1, len(latents) - 1))
-    return mean, vh[:k], std, share
+    directions = vh[:k]
+    if k < wanted:
+        basis, _ = torch.linalg.qr(torch.cat([directions, torch.eye(latents.shape[1])]).T)
+        directions = torch.cat([directions, basis.T[k:wanted]])
+        std, share = torch.cat([std, std.new_zeros(wanted - k)]), share + [0.0] * (wanted - k)
+    return mean, directions, std, share
 
 
 def pca_2d(latents: torch.Tensor) -> tuple[torch.Tensor, list[float]]:

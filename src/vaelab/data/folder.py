@@ -148,6 +148,8 @@ def load_folder(
     A folder whose decoded images would take more than the memory budget (`max_memory`; by
     default half of the available memory) is decoded once into a memory-mapped file in `cache_dir`
     (default: $VAELAB_CACHE/folders, see vaelab.data.cache) and the returned images are a view of it."""
+    if not path.strip():  # Path("") is the working directory: not what anyone meant
+        raise VaelabError("folder: names no folder; give folder:PATH, e.g. folder:photos or folder:.")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise VaelabError(f"folder:{path} is not a directory; give folder:PATH with an existing folder")
