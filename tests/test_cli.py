@@ -146,6 +146,20 @@ def test_running_out_of_memory_is_one_line_and_exit_code_2(
     assert "smaller --batch-size or --image-size" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_diverged_run_ends_with_its_error_line_not_its_progress_bar(tmp_path: Path) -> None:
+    import re
+
+    done = subprocess.run(
+        [sys.executable, "-m", "vaelab", "train", "--arch", "mlp", "--epochs", "1", "--lr", "1e9",
+         "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    shown = [part for part in re.split(r"[\r\n]", done.stderr) if part.strip()]  # as a terminal ends
+    assert done.returncode == 1 and "step/s" in done.stderr  # the bar was shown
+    last = shown[-1]
+    assert re.match(r"vaelab train: error: loss became (nan|inf) at epoch 1, step \d+;", last), shown[-3:]
+
+
 def test_other_runtime_errors_are_not_called_out_of_memory(
     vae_run: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -610,6 +610,7 @@ def _train(
             if sigterm.requested and epoch < config.epochs:
                 raise Terminated(f"stopped by SIGTERM after epoch {epoch}; saved (continue with --resume)")
     finally:
+        bar.close()  # before an error is printed, not after it by the garbage collector
         torch.backends.cudnn.benchmark = cudnn_benchmark
         if reader is not None:  # stopped within an epoch: end its reading workers now, not at exit
             reader.close()
@@ -624,7 +625,6 @@ def _train(
             logger.exception("a checkpoint write failed while the run was stopping")
         if tracker is not None:
             tracker.close(finished=not failing)
-    bar.close()
     distributed.finish(context)  # every rank waits until rank 0 has written the last epoch
     return summarize(run_dir)
 

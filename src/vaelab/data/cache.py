@@ -302,19 +302,20 @@ def _decode(
     # one process decodes into the cache, the others on this machine wait for it: every core
     results = tqdm(decoded(files, mode, size, decode_threads(shared=False)), desc=desc, unit="img",
                    total=len(files), disable=bar_hidden())  # fmt: skip
-    for position, (file, result) in enumerate(results):
-        if isinstance(result, Exception):
-            failures.append((file, result))
-            continue
-        pixels, _, was_resized = result
-        resized += was_resized
-        if pixels.shape[:2] != (height, width):
-            raise VaelabError(
-                f"image {file} is {pixels.shape[1]}x{pixels.shape[0]}, the others {width}x{height}; "
-                "pass image_size N (--image-size) to resize them all to N x N"
-            )
-        array[position] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-        grey = grey and equal_channels(pixels)
+    with results:  # closed before an error is printed
+        for position, (file, result) in enumerate(results):
+            if isinstance(result, Exception):
+                failures.append((file, result))
+                continue
+            pixels, _, was_resized = result
+            resized += was_resized
+            if pixels.shape[:2] != (height, width):
+                raise VaelabError(
+                    f"image {file} is {pixels.shape[1]}x{pixels.shape[0]}, the others {width}x{height}; "
+                    "pass image_size N (--image-size) to resize them all to N x N"
+                )
+            array[position] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+            grey = grey and equal_channels(pixels)
     array.flush()
     del array
     if failures:  # every unreadable file named at once; the partial file is removed by the caller
