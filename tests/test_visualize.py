@@ -101,6 +101,43 @@ def test_interpolate_on_named_classes_names_them(tmp_path: Path, capsys) -> None
     )
 
 
+def test_samples_go_to_a_folder_of_pngs_or_an_array_with_their_latents(
+    vae_run: Path, tmp_path: Path, capsys
+) -> None:
+    import torch
+
+    arrays = {}
+    for out in ("s.npy", "s.npz", "folder"):
+        code, result, _ = run_cli(
+            ["sample", str(vae_run), "-n", "12", "--seed", "3", "-o", str(tmp_path / out)], capsys
+        )
+        assert code == 0 and result["n"] == 12
+        arrays[out] = tmp_path / out
+    images = np.load(arrays["s.npy"])
+    saved = np.load(arrays["s.npz"])
+    assert images.shape == (12, 1, 28, 28) and images.dtype == np.uint8 and images.std() > 10
+    assert np.array_equal(saved["images"], images) and saved["latents"].shape == (12, 2)
+    files = sorted(arrays["folder"].iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(12)]
+    assert np.array_equal(np.stack([np.asarray(Image.open(f))[None] for f in files]), images)
+    # the latents are the ones drawn, as model.sample draws them: the grid's images are as before
+    model = vaelab.load(vae_run)
+    with torch.no_grad():
+        again = model.generate(torch.from_numpy(saved["latents"]))
+        drawn = model.sample(12, torch.Generator().manual_seed(3))
+    assert np.abs((again.numpy() * 255).round() - images).max() <= 1
+    assert np.abs((drawn.numpy() * 255).round() - images).max() <= 1
+    # a folder holding them already is refused before any work, and so is an unknown suffix
+    code = main(["sample", str(vae_run), "-n", "12", "-o", str(arrays["folder"])])
+    assert code == 2 and "00000.png already exists; choose an empty or new folder" in capsys.readouterr().err
+    code = main(["sample", str(vae_run), "-o", str(tmp_path / "s.gif")])
+    assert (
+        code == 2
+        and ".tiff (a picture of the grid), .npy or .npz (an array), or a folder (a name without a suffix)"
+        in capsys.readouterr().err
+    )
+
+
 def test_a_folder_of_three_images_has_a_latent_plot_grid_and_report(tmp_path: Path, capsys) -> None:
     # one test image: no principal plane to speak of, but pictures, not an IndexError
     write_images(tmp_path / "data", 3, (12, 12))

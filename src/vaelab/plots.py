@@ -57,6 +57,18 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def to_pil(image: np.ndarray) -> Image.Image:
+    """A uint8 image [C, H, W] (C = 1 or 3) as a PIL image ("L" or "RGB")."""
+    return Image.fromarray(image[0]) if image.shape[0] == 1 else Image.fromarray(image.transpose(1, 2, 0))
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write a uint8 image [C, H, W] as a PNG at `path` (through a temporary file)."""
+    with atomic_output(path) as tmp:
+        to_pil(image).save(tmp, format="PNG")
+    return Path(path)
+
+
 def _upscale(images: torch.Tensor, min_side: int = 56) -> torch.Tensor:
     """Nearest-neighbour upscaling of small images so grids are readable."""
     factor = max(1, min_side // min(images.shape[-2:]))

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 
-from vaelab import codec, latent
+from vaelab import codec, latent, plots
 from vaelab.errors import VaelabError
 from vaelab.evaluation import mean_squared_error, psnr, structural_similarity
 from vaelab.fileio import atomic_output
@@ -293,12 +293,8 @@ def decode_codes(header: Header, payload: bytes, prior: codec.LatentPrior | None
 def png_bytes(image: np.ndarray) -> bytes:
     """PNG encoding (Pillow, optimized) of one uint8 image [C, H, W]."""
     buffer = io.BytesIO()
-    _pil(image).save(buffer, format="PNG", optimize=True)
+    plots.to_pil(image).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
-
-
-def _pil(image: np.ndarray) -> Image.Image:
-    return Image.fromarray(image[0]) if image.shape[0] == 1 else Image.fromarray(image.transpose(1, 2, 0))
 
 
 def image_scores(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -322,7 +318,7 @@ def codec_curve(images: np.ndarray, format: str, qualities: tuple[int, ...]) -> 
         sizes, decoded = [], []
         for image in images:
             buffer = io.BytesIO()
-            _pil(image).save(buffer, format=format, quality=quality, **options)
+            plots.to_pil(image).save(buffer, format=format, quality=quality, **options)
             sizes.append(buffer.tell())
             back = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert(mode))
             decoded.append(back[None] if image.shape[0] == 1 else back.transpose(2, 0, 1))
@@ -521,8 +517,7 @@ def decompress(
         raise VaelabError(f"{clashes[0]} already exists; choose an empty output folder")
     images = _decode(model, codes)
     for target, image in zip(targets, images):
-        with atomic_output(target) as tmp:
-            _pil(image).save(tmp, format="PNG")
+        plots.save_png(image, target)
     return {
         "out": str(out),
         "output": str(out),

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 
 from vaelab import latent, plots
@@ -20,6 +21,7 @@ from vaelab.data.folder import read_image_files
 from vaelab.data.transforms import to_unit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
+from vaelab.fileio import atomic_output
 from vaelab.latent_density import DEFAULT_COMPONENTS, DENSITY_FILE, LATENT_SOURCES, latent_density
 from vaelab.models import AE, VAE
 from vaelab.options import Choices, DataDir, Dataset, Device, Draws, Flag, Inputs, Out, Run, Seed, Split
@@ -34,7 +36,11 @@ logger = logging.getLogger(__name__)
 def sample(
     run: Run,
     n: Annotated[int, Flag("-n"), "number of images"] = 64,
-    out: Annotated[Out, "PNG to write"] = "samples.png",
+    out: Annotated[
+        Out,
+        "where to write them: a picture of their grid (.png, .jpg, ...), an array (.npy: the images "
+        "[N, C, H, W] uint8; .npz: with their latents), or a folder (no suffix): one PNG each",
+    ] = "samples.png",
     seed: Annotated[Seed, "seed of the random latents (and drawn pixels)"] = 0,
     latents: Annotated[
         str,
@@ -46,11 +52,12 @@ def sample(
     components: Annotated[int, "fitted: Gaussians in the mixture"] = DEFAULT_COMPONENTS,
     device: Device = "auto",
 ) -> dict[str, Any]:
-    """Decode n random latents into a PNG grid: the mean image of each where the decoder has a
-    closed form, else (pixelcnn) pixels drawn from p(x|z); `pixels` in the result says which."""
+    """Decode n random latents into images: the mean image of each where the decoder has a
+    closed form, else (pixelcnn) pixels drawn from p(x|z); `pixels` in the result says which. They
+    go to a picture of their grid, an array file or a folder of PNGs, as `out` says."""
     _positive("n", n)
     _positive("components", components)
-    plots.check_grid_path(out)
+    files = _sample_files(out, n)
     if latents not in LATENT_SOURCES:
         raise VaelabError(f"latents {latents!r} is not one of: {', '.join(LATENT_SOURCES)}")
     model, config = open_run(run, device)
@@ -60,10 +67,10 @@ def sample(
         if latents == "fitted":
             density = latent_density(run, model, config, components, seed)
             z = density.sample(n, torch.Generator().manual_seed(seed)).to(model_device(model))
-            images = model.generate(z, generator).cpu()
-        else:
-            images = model.sample(n, generator).cpu()
-    plots.save_image_grid(images, out, nrow=latent.grid_size(n))
+        else:  # as model.sample draws them
+            z = torch.randn(n, model.config.latent_dim, generator=generator, device=model_device(model))
+        images = model.generate(z, generator).cpu()
+    _save_samples(images, z.cpu(), out, files)
     mismatch = _prior_mismatch(model, config) if latents == "prior" else None  # said once the grid is saved
     result = {"out": str(out), "output": str(out), "n": n, "seed": seed, "latents": latents,
               "pixels": "drawn" if drawn else "mean"}  # fmt: skip
@@ -72,6 +79,51 @@ def sample(
     if mismatch is not None:
         result["prior_mismatch_nats"] = mismatch
     return result
+
+
+SAMPLE_ARRAYS = (".npy", ".npz")
+
+
+def _sample_files(out: str | Path, n: int) -> list[Path] | None:
+    """The PNG files `sample` writes into folder `out` (no suffix), refused if any exists; None for
+    an array or a grid file, whose suffix is checked here (before any work)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix in SAMPLE_ARRAYS:
+        return None
+    if suffix in plots.GRID_FORMATS:
+        return None
+    if suffix:
+        raise VaelabError(
+            f"-o {out}: choose a file ending in {', '.join(plots.GRID_FORMATS)} (a picture of the grid), "
+            f"{' or '.join(SAMPLE_ARRAYS)} (an array), or a folder (a name without a suffix)"
+        )
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"-o {out} is a file; give a folder for one PNG per image")
+    width = max(5, len(str(n - 1)))
+    files = [out / f"{i:0{width}d}.png" for i in range(n)]
+    taken = [file for file in files if file.exists()]
+    if taken:
+        raise VaelabError(f"{taken[0]} already exists; choose an empty or new folder")
+    return files
+
+
+def _save_samples(images: torch.Tensor, z: torch.Tensor, out: str | Path, files: list[Path] | None) -> None:
+    """Write images [N, C, H, W] in [0, 1] (and their latents z) as `_sample_files` decided."""
+    suffix = Path(out).suffix.lower()
+    if files is None and suffix not in SAMPLE_ARRAYS:
+        plots.save_image_grid(images, out, nrow=latent.grid_size(len(images)))
+        return
+    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if files is not None:
+        for file, image in zip(files, pixels.numpy()):
+            plots.save_png(image, file)
+        return
+    with atomic_output(out) as tmp, open(tmp, "wb") as f:
+        if suffix == ".npy":
+            np.save(f, pixels.numpy())
+        else:
+            np.savez_compressed(f, images=pixels.numpy(), latents=z.float().numpy())
 
 
 def _prior_mismatch(model: AE | VAE, config: TrainConfig) -> float | None:
