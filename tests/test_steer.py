@@ -278,3 +278,20 @@ def test_categorical_values_are_named_and_a_wrong_name_lists_them(colour_run: Pa
     with pytest.raises(VaelabError, match="its values: black, white, grey, second colour"):
         vaelab.attribute(run, factor="background=whit", dataset="shapes", n_images=500)
     assert shapes.load_shapes("test", 8).factor_value_names["background"] == names
+
+
+def test_the_class_of_a_labelled_dataset_is_an_attribute(vae_run: Path, tmp_path: Path, capsys) -> None:
+    run = shutil.copytree(vae_run, tmp_path / "run")  # the attributes it saves stay out of the fixture
+    seven = vaelab.attribute(run, factor="class=7")
+    embedded = np.load(vaelab.embed(run, out=tmp_path / "e.npz", split="train")["out"])
+    latents, labels = embedded["latents"], embedded["labels"]
+    assert seven["kind"] == "binary" and seven["n_with"] == int((labels == 7).sum()) > 0
+    expected = latents[labels == 7].mean(0) - latents[labels != 7].mean(0)  # by another path: embed
+    assert np.allclose(load_attributes(run)[0]["class=7"].numpy(), expected, atol=1e-4)
+    with pytest.raises(VaelabError, match=r"class is a category, not an amount; give one of its values: class=1 "
+                       r"\(its values: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9\)"):  # fmt: skip
+        vaelab.attribute(run, factor="class")
+    code, result, _ = run_cli(
+        ["edit", str(run), "--attribute", "class=7", "-o", str(tmp_path / "e.png")], capsys
+    )
+    assert code == 0 and png(result["out"]).std() > 10

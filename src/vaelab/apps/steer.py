@@ -108,8 +108,8 @@ def attribute(
         str,
         Required(),
         "NAME (a continuous factor: the mean move of the latent per unit of it; a 0/1 or -1/1 column: with minus without), "
-        "NAME=VALUE (that value against the rest, e.g. shape=ellipse) or NAME=LOW:HIGH (values in that "
-        "range, wrapping when LOW > HIGH, e.g. hue=0.92:0.08 for red)",
+        "NAME=VALUE (that value against the rest, e.g. shape=ellipse, or class=7 for a labelled dataset) or "
+        "NAME=LOW:HIGH (values in that range, wrapping when LOW > HIGH, e.g. hue=0.92:0.08 for red)",
     ],
     labels: Annotated[str | Path | None, "CSV of file name, then one column per attribute (folders)"] = None,
     name: Annotated[str | None, "save the vector under this name (default: the factor as written)"] = None,
@@ -132,9 +132,15 @@ def attribute(
     images = select_images(model, config, dataset, data_dir, split, None)
     if labels is not None:
         images.factors = _csv_factors(labels, images, dataset or config.dataset)
+    if images.labels is not None:  # the class is a known characteristic too: class=7, class=cats
+        classes = images.labels.numpy()
+        factors = images.factors or {}
+        if not any(np.array_equal(values, classes) for values in factors.values()):  # shapes' shape is
+            images.factors = {**factors, "class": classes}
     if not images.factors:
         raise VaelabError(
-            f"{dataset or config.dataset} has no known factors; give labels FILE.csv (--labels) for a folder"
+            f"{dataset or config.dataset} has no known factors or classes; give labels FILE.csv (--labels) "
+            "for a folder"
         )
     images.images = images.images[:n_images]
     factor_name, _, condition = factor.partition("=")
@@ -147,15 +153,18 @@ def attribute(
     values = values[keep]
     info: dict[str, Any] = {"factor": factor, "n_images": int(keep.sum())}
     binary_column = not condition and set(np.unique(values)) <= {-1.0, 0.0, 1.0}
+    # A categorical factor takes the names of its values (background=white, in shapes), and so
+    # does a factor that is the images' labels (shape=ellipse, class=7).
+    labelled = images.labels is not None and np.array_equal(
+        images.factors[factor_name], images.labels.numpy()
+    )
+    names = (images.factor_value_names or {}).get(factor_name) or (images.class_names if labelled else None)
+    if names and not condition and not binary_column:  # its numbers are not amounts
+        raise VaelabError(
+            f"{factor_name} is a category, not an amount; give one of its values: "
+            f"{factor_name}={names[min(1, len(names) - 1)]} (its values: {', '.join(names)})"
+        )
     if condition or binary_column:
-        # A categorical factor takes the names of its values (background=white, in shapes), and
-        # so does a factor that is the images' labels (shape=ellipse).
-        labelled = images.labels is not None and np.array_equal(
-            images.factors[factor_name], images.labels.numpy()
-        )
-        names = (images.factor_value_names or {}).get(factor_name) or (
-            images.class_names if labelled else None
-        )
         has = _condition_mask(values, condition, factor_name, names) if condition else values > 0
         if has.all() or not has.any():
             raise VaelabError(f"{factor}: every image is on one side; pick a value or range that splits them")
