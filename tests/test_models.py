@@ -64,6 +64,19 @@ def test_any_image_size_round_trips_to_its_own_shape(
         ),
         (lambda m: m.generate(torch.randn(4)), "got shape [4]; add a batch dimension (z[None])"),
         (lambda m: m.decode(torch.zeros(2, 4, dtype=torch.int64)), "latents must be floats, got int64"),
+        (
+            lambda m: m.embed(torch.full((2, 3, 20, 24), 255.0)),
+            "images must be floats in [0, 1], got values from 255 to 255; divide 8-bit images by 255",
+        ),
+        (
+            lambda m: m.embed(torch.rand(2, 3, 20, 24) * 2 - 1),  # normalized to [-1, 1]
+            "and undo any normalization",
+        ),
+        (lambda m: m.embed(torch.full((2, 3, 20, 24), float("nan"))), "got values from nan to nan"),
+        (
+            lambda m: m.embed(torch.zeros(2, 3, 20, 24).numpy()),
+            "images must be a torch.Tensor [B, C, H, W] of floats in [0, 1], got ndarray; pass torch.from_numpy",
+        ),
     ],
 )
 def test_wrong_inputs_are_named_with_their_fix(model: str, call, message: str) -> None:
@@ -74,6 +87,16 @@ def test_wrong_inputs_are_named_with_their_fix(model: str, call, message: str) -
     with pytest.raises(VaelabError) as raised:
         call(net)
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("model", ["ae", "vae"])
+def test_embeddings_of_images_in_0_1_pass_the_value_check(model: str) -> None:
+    config = ModelConfig(
+        model=model, arch="mlp", latent_dim=4, image_channels=1, image_height=8, image_width=8
+    )
+    net = build_model(config)
+    edges = torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8), torch.full((1, 8, 8), 1 + 1e-4)])
+    assert net.embed(edges).shape == (3, 4) and net.embed(torch.zeros(0, 1, 8, 8)).shape == (0, 4)
 
 
 def test_group_norm_adds_a_scale_and_shift_per_channel_of_every_hidden_feature_map() -> None:

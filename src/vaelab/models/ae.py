@@ -11,7 +11,7 @@ from vaelab import distributions
 from vaelab.config import ModelConfig
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
-from vaelab.models.checks import check_images, check_latents
+from vaelab.models.checks import check_image_values, check_images, check_latents
 from vaelab.models.output import ModelOutput
 from vaelab.nets import build_decoder, build_encoder
 
@@ -34,8 +34,11 @@ class AE(nn.Module):
         return self.encoder(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The deterministic embedding of each image (z itself for an AE), [B, D]."""
-        return self.encode(x)
+        """The deterministic embedding of each image (z itself for an AE), [B, D]. Values outside
+        [0, 1] are refused (8-bit or normalized images would embed silently wrong)."""
+        z = self.encode(x)
+        check_image_values(x)
+        return z
 
     def logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel logits for latents z, [B, C, H, W] (Bernoulli pixels; x is not needed)."""

@@ -1,6 +1,7 @@
 """What the models are given, checked before any layer sees it: a wrong shape or type named with
 its fix, where the layers would fail with a matrix-size or dtype error several frames deep. The
-checks read shapes and types only, so they cost no device synchronisation."""
+checks read shapes and types only, so they cost no device synchronisation; only `embed`, the way
+out for embeddings, also reads the values (one synchronisation per batch)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ def check_images(config: ModelConfig, x: torch.Tensor) -> None:
     """Raise VaelabError unless `x` is a float batch [B, C, H, W] of the model's image shape."""
     shape = (config.image_channels, config.image_height, config.image_width)
     expected = "x".join(map(str, shape))
+    if not isinstance(x, torch.Tensor):
+        raise VaelabError(
+            f"images must be a torch.Tensor [B, C, H, W] of floats in [0, 1], got {type(x).__name__}; "
+            "pass torch.from_numpy(array).float() / 255 for 8-bit images"
+        )
     if not x.is_floating_point():
         raise VaelabError(
             f"images must be floats in [0, 1], got {str(x.dtype).removeprefix('torch.')}; "
@@ -31,6 +37,22 @@ def check_images(config: ModelConfig, x: torch.Tensor) -> None:
             )
         raise VaelabError(
             f"this model takes a batch of {expected} images [B, C, H, W], got shape {list(x.shape)}; {fix}"
+        )
+
+
+VALUE_SLACK = 1e-3  # rounding past 0 or 1 that is not a mistake
+
+
+def check_image_values(x: torch.Tensor) -> None:
+    """Raise VaelabError unless every value of `x` is in [0, 1]: 8-bit values (0-255) or normalized
+    ones (ImageNet's mean and std, [-1, 1]) encode to latents far from any image's, silently."""
+    if x.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if not (low >= -VALUE_SLACK and high <= 1 + VALUE_SLACK):  # NaN fails too
+        raise VaelabError(
+            f"images must be floats in [0, 1], got values from {low:.4g} to {high:.4g}; divide 8-bit "
+            "images by 255 and undo any normalization"
         )
 
 

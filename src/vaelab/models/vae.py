@@ -23,7 +23,7 @@ from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.gaussian import clamp_log_var, kl_to_standard_normal, reparameterize
 from vaelab.importance import importance_log_weights, log_mean_exp
-from vaelab.models.checks import check_images, check_latents
+from vaelab.models.checks import check_image_values, check_images, check_latents
 from vaelab.models.output import ModelOutput
 from vaelab.nets import build_decoder, build_encoder
 
@@ -47,8 +47,11 @@ class VAE(nn.Module):
         return mu, clamp_log_var(log_var)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The posterior mean of each image, [B, D]."""
-        return self.encode(x)[0]
+        """The posterior mean of each image, [B, D]. Values outside [0, 1] are refused (8-bit or
+        normalized images would embed silently wrong)."""
+        mu = self.encode(x)[0]
+        check_image_values(x)
+        return mu
 
     def logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel logits given latents z, [B, C, H, W], for Bernoulli pixels. A pixelcnn decoder
