@@ -130,6 +130,10 @@ def test_samples_go_to_a_folder_of_pngs_or_an_array_with_their_latents(
     # a folder holding them already is refused before any work, and so is an unknown suffix
     code = main(["sample", str(vae_run), "-n", "12", "-o", str(arrays["folder"])])
     assert code == 2 and "00000.png already exists; choose an empty or new folder" in capsys.readouterr().err
+    code, _, err = run_cli(["sample", str(vae_run), "-n", "1025", "-o", str(tmp_path / "big.png")], capsys)
+    assert code == 0 and "a grid of 1025 images is one picture of 33 x 32 of them; -o FOLDER" in err
+    code, _, err = run_cli(["sample", str(vae_run), "-n", "1024", "-o", str(tmp_path / "fine.png")], capsys)
+    assert code == 0 and "a grid of" not in err
     code = main(["sample", str(vae_run), "-o", str(tmp_path / "s.gif")])
     assert (
         code == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,6 +83,7 @@ def sample(
 
 
 SAMPLE_ARRAYS = (".npy", ".npz")
+BIG_GRID = 1024  # images in one grid picture past which `sample` says how to get them as files
 
 
 def _sample_files(out: str | Path, n: int) -> list[Path] | None:
@@ -112,6 +114,12 @@ def _save_samples(images: torch.Tensor, z: torch.Tensor, out: str | Path, files:
     """Write images [N, C, H, W] in [0, 1] (and their latents z) as `_sample_files` decided."""
     suffix = Path(out).suffix.lower()
     if files is None and suffix not in SAMPLE_ARRAYS:
+        if len(images) > BIG_GRID:
+            logger.warning(
+                "a grid of %d images is one picture of %d x %d of them; -o FOLDER (one PNG each) or "
+                "-o FILE.npz (an array) writes them as files",
+                len(images), latent.grid_size(len(images)), math.ceil(len(images) / latent.grid_size(len(images))),
+            )  # fmt: skip
         plots.save_image_grid(images, out, nrow=latent.grid_size(len(images)))
         return
     pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
