@@ -88,3 +88,58 @@ def test_a_decoded_file_that_cannot_be_marked_used_is_reused_all_the_same(
     again = load_files(files, 1, (6, 8), max_memory="0")
     assert again.file is not None and again.file.path == str(data)
     assert data.stat().st_mtime_ns == decoded_at  # not decoded again
+
+
+def test_a_decoded_file_in_use_is_kept_by_clear_until_its_user_lets_go(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import pickle
+
+    import torch
+
+    from vaelab import training
+    from vaelab.config import TrainConfig
+
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    write_images(tmp_path / "photos", 10, (8, 6), mode="RGB")
+    config = TrainConfig(dataset=f"folder:{tmp_path / 'photos'}", max_memory="0", workers=0).validate()
+    train_images, val_images = training.split_train_val(config, torch.device("cpu"))  # streamed from it
+    (data,) = (tmp_path / "cache" / "folders").glob("folder-*.u8")
+    copy = pickle.loads(pickle.dumps(train_images.file))  # as sent to a fork server's workers
+    assert (copy.path, copy.shape) == (train_images.file.path, train_images.file.shape)
+    code, result, _ = run_cli(["cache", "clear"], capsys)
+    assert code == 0 and result["in_use"] == [str(data)] and result["deleted"] == [] and data.exists()
+    assert main(["cache", "clear"]) == 0
+    assert "kept 1 in use by a running job or session" in capsys.readouterr().out
+    order = torch.arange(len(train_images))
+    assert sum(len(b) for b in train_images.batches(order, 4, len(order), torch.device("cpu"))) == len(order)
+    del train_images, val_images, copy  # the copy held nothing; the originals let go
+    gc.collect()
+    code, result, _ = run_cli(["cache", "clear"], capsys)
+    assert code == 0 and result["deleted"] == [str(data)] and not data.exists()
+
+
+def test_without_file_locks_clear_keeps_what_the_system_will_not_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as on Windows: no flock; a file open elsewhere cannot be deleted (PermissionError)
+    from vaelab.data import cache
+
+    monkeypatch.setattr(cache, "fcntl", None)
+    data = tmp_path / "folder-0.u8"
+    data.write_bytes(b"\0" * 8)
+    header = data.with_suffix(".json")
+    header.write_text("{}")
+    assert cache.Held(data).__getstate__() == {"_file": None}  # holds nothing there
+    real_unlink = Path.unlink
+
+    def in_use(path: Path, missing_ok: bool = False) -> None:
+        if path == data:
+            raise PermissionError(13, "in use by another process", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", in_use)
+    assert not cache.delete_unless_held(data, [header, data]) and data.exists()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert cache.delete_unless_held(data, [header, data]) and not data.exists() and not header.exists()

@@ -160,6 +160,31 @@ def test_a_diverged_run_ends_with_its_error_line_not_its_progress_bar(tmp_path: 
     assert re.match(r"vaelab train: error: loss became (nan|inf) at epoch 1, step \d+;", last), shown[-3:]
 
 
+@pytest.mark.parametrize(
+    ("message", "code", "said"),
+    [
+        ("DataLoader worker (pid 25313) is killed by signal: Terminated. ", 143, "killed by SIGTERM"),
+        ("DataLoader worker (pid 7) is killed by signal: Killed. ", 1, "killed by SIGKILL"),
+    ],
+)
+def test_a_reading_worker_killed_by_a_signal_is_one_line(
+    message: str, code: int, said: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PyTorch raises this in the trainer when a worker dies of a signal (a job's processes each
+    # sent SIGTERM twice, say); the trainer has kept its last finished epoch by then
+    import vaelab.training
+
+    def train(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(vaelab.training, "train", train)
+    got, _, err = run_cli(["train", "--out", str(tmp_path / "r")], capsys)
+    assert got == code and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.strip() == (
+        f"vaelab train: error: a process reading images was {said}; finished epochs are saved (continue with --resume)"
+    )
+
+
 def test_other_runtime_errors_are_not_called_out_of_memory(
     vae_run: Path, tmp_path: Path, monkeypatch
 ) -> None:

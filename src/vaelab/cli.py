@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import types
@@ -437,6 +438,17 @@ def _named_command(argv: list[str]) -> str:
     return ""
 
 
+def worker_killed(error: BaseException) -> str | None:
+    """The signal (SIGTERM, SIGKILL, ...) that killed a DataLoader worker, when PyTorch's error
+    says one did; else None. A scheduler that signals every process of a job twice, or the
+    out-of-memory killer, ends a worker in the middle of a step."""
+    found = re.search(r"DataLoader worker \(pid\(?s?\)? [^)]*\) is killed by signal: (\w+)", str(error))
+    if found is None:
+        return None
+    names = {"Terminated": "SIGTERM", "Killed": "SIGKILL", "Interrupt": "SIGINT"}
+    return names.get(found.group(1), found.group(1))
+
+
 def out_of_memory(error: BaseException) -> bool:
     """Whether `error` says that the host or the GPU ran out of memory."""
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
@@ -476,6 +488,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except (MemoryError, RuntimeError) as error:
+        killed = worker_killed(error)
+        if killed is not None:  # a signal sent to every process of the job, or the system's OOM killer
+            saved = (
+                "finished epochs are saved (continue with --resume)" if name == "train" else "run it again"
+            )
+            print(
+                f"vaelab {name}: error: a process reading images was killed by {killed}; {saved}",
+                file=sys.stderr,
+            )
+            return 128 + signal.SIGTERM if killed == "SIGTERM" else 1
         if not out_of_memory(error):
             raise
         print(

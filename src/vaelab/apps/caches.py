@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from vaelab.data.cache import folder_cache_dir, last_used
+from vaelab.data.cache import delete_unless_held, folder_cache_dir, last_used
 from vaelab.errors import VaelabError
 
 STOPPED_AFTER = 3600  # seconds: a temporary file untouched this long was left by a stopped decode
@@ -71,29 +71,29 @@ def cache_clear(
 ) -> dict[str, Any]:
     """Delete decoded images from $VAELAB_CACHE/folders: all of them, or those not used for
     `older_than` days, and what stopped decodes left behind. A folder whose file is deleted is
-    decoded again the next time it is needed; do not clear a file a running job reads."""
+    decoded again the next time it is needed. A file a running job reads is kept (`in_use`)."""
     if older_than is not None and older_than < 0:
         raise VaelabError(f"older_than must be zero or more days, got {older_than:g}")
     folder = folder_cache_dir()
     if not folder.is_dir():
-        return {"out": str(folder), "deleted": [], "freed_bytes": 0, "kept": 0}
+        return {"out": str(folder), "deleted": [], "freed_bytes": 0, "kept": 0, "in_use": []}
     cutoff = time.time() - (older_than or 0) * 86400
-    deleted, freed, kept = [], 0, 0
+    deleted, in_use, freed, kept = [], [], 0, 0
     for entry in _entries(folder):
         if older_than is not None and entry["last_used"] > cutoff:
             kept += 1
             continue
         data = Path(entry["file"])
-        for path in (data.with_suffix(".json"), data):  # the header first: no header, no reuse
-            if path.exists():
-                freed += path.stat().st_size
-                path.unlink()
+        if not delete_unless_held(data, [data.with_suffix(".json"), data]):  # the header first
+            in_use.append(entry["file"])
+            continue
+        freed += entry["bytes"]
         deleted.append(entry["file"])
     for path in _unfinished(folder):
         freed += path.stat().st_size
         path.unlink(missing_ok=True)
         deleted.append(str(path))
-    return {"out": str(folder), "deleted": deleted, "freed_bytes": freed, "kept": kept}
+    return {"out": str(folder), "deleted": deleted, "freed_bytes": freed, "kept": kept, "in_use": in_use}
 
 
 def _size(count: int) -> str:
@@ -125,5 +125,7 @@ def format_list(result: dict[str, Any]) -> str:
 def format_clear(result: dict[str, Any]) -> str:
     """What `cache clear` deleted, in one line."""
     kept = f"; kept {result['kept']} used more recently" if result["kept"] else ""
+    if result["in_use"]:
+        kept += f"; kept {len(result['in_use'])} in use by a running job or session"
     freed = _size(result["freed_bytes"])
     return f"deleted {len(result['deleted'])} decoded image files ({freed}) from {result['out']}{kept}"

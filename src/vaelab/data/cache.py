@@ -24,6 +24,7 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -33,6 +34,11 @@ from vaelab.data.idx import cache_dir
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, write_json
 from vaelab.progress import bar_hidden
+
+try:
+    import fcntl
+except ImportError:  # Windows: decoded files in use are not locked
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +272,68 @@ def _saved_shape(data: Path, shapes: list[tuple[int, ...]]) -> tuple[int, int, i
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
+
+
+class Held:
+    """A shared lock (flock) on a decoded file, released when this object goes: `vaelab cache
+    clear` keeps files locked so. Pickled (to the reading workers of a fork server) it holds
+    nothing: the process that took it keeps the file for them."""
+
+    def __init__(self, data: Path) -> None:
+        self._file: BinaryIO | None = None
+        if fcntl is None:  # Windows: a file in use cannot be deleted there anyway
+            return
+        gone = VaelabError(
+            f"the decoded images in {data} were deleted as they were opened (vaelab cache clear?); "
+            "run the command again"
+        )
+        try:
+            file = open(data, "rb")  # noqa: SIM115 (held for this object's life)
+        except FileNotFoundError:
+            raise gone from None
+        fcntl.flock(file, fcntl.LOCK_SH)  # waits while a clear deletes it
+        try:
+            same = os.path.samestat(os.fstat(file.fileno()), os.stat(data))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            file.close()
+            raise gone
+        self._file = file
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_file": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+
+
+def delete_unless_held(data: Path, paths: Sequence[Path]) -> bool:
+    """Delete `paths` (a decoded file `data` and its header) unless a process holds `data` (see
+    Held): then delete nothing and return False. `data` stays locked while it is deleted, so no
+    job takes it meanwhile. (Windows refuses to delete a file in use: that says it is held.)"""
+    if fcntl is None:
+        try:
+            for path in paths:
+                path.unlink(missing_ok=True)
+        except PermissionError:
+            return False
+        return True
+    try:
+        file = open(data, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:  # gone already: its header goes too
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return True
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return True
 
 
 def last_used(data: Path) -> float:

@@ -15,7 +15,7 @@ import multiprocessing.context
 import os
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import BinaryIO
 
@@ -26,10 +26,13 @@ from torch.utils.data import DataLoader
 
 @dataclass(frozen=True)
 class ImageFile:
-    """Where a decoded image array lives: the raw uint8 file and its full [N, C, H, W] shape."""
+    """Where a decoded image array lives: the raw uint8 file and its full [N, C, H, W] shape, and
+    the shared lock that keeps `vaelab cache clear` from deleting it while it is in use (held by
+    the process that opened it for as long as this object lives; see vaelab.data.cache.hold)."""
 
     path: str
     shape: tuple[int, int, int, int]
+    held: object = field(default=None, compare=False, repr=False)
 
 
 class _Rows:
