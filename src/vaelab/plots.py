@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vaelab.data.transforms import from_unit
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
 
@@ -54,7 +55,7 @@ def tile(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """An image [C, H, W] in [0, 1] as a [H, W, C] uint8 array, each value rounded to the nearest
     of the 256 levels."""
-    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return from_unit(image).permute(1, 2, 0).numpy()
 
 
 def to_pil(image: np.ndarray) -> Image.Image:

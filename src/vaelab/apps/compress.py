@@ -38,6 +38,7 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 
 from vaelab import codec, latent, plots
+from vaelab.data.transforms import from_unit
 from vaelab.errors import VaelabError
 from vaelab.evaluation import mean_squared_error, psnr, structural_similarity
 from vaelab.fileio import atomic_output
@@ -476,7 +477,7 @@ def _report(
 def _decode(model: Any, codes: np.ndarray) -> np.ndarray:
     """uint8 images [N, C, H, W] decoded from float32 codes [N, D]."""
     decoded = latent.decode_latents(model, torch.from_numpy(codes), DECODE_DRAWS, seed=0)
-    return (decoded * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return from_unit(decoded).numpy()
 
 
 def decompress(

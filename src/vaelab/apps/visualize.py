@@ -19,7 +19,7 @@ import torch
 from vaelab import latent, plots
 from vaelab.config import TrainConfig
 from vaelab.data.folder import read_image_files
-from vaelab.data.transforms import to_unit
+from vaelab.data.transforms import from_unit, to_unit
 from vaelab.device import model_device
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output
@@ -114,15 +114,16 @@ def _save_samples(images: torch.Tensor, z: torch.Tensor, out: str | Path, files:
     """Write images [N, C, H, W] in [0, 1] (and their latents z) as `_sample_files` decided."""
     suffix = Path(out).suffix.lower()
     if files is None and suffix not in SAMPLE_ARRAYS:
+        columns = latent.grid_size(len(images))
         if len(images) > BIG_GRID:
             logger.warning(
                 "a grid of %d images is one picture of %d x %d of them; -o FOLDER (one PNG each) or "
                 "-o FILE.npz (an array) writes them as files",
-                len(images), latent.grid_size(len(images)), math.ceil(len(images) / latent.grid_size(len(images))),
+                len(images), columns, math.ceil(len(images) / columns),
             )  # fmt: skip
-        plots.save_image_grid(images, out, nrow=latent.grid_size(len(images)))
+        plots.save_image_grid(images, out, nrow=columns)
         return
-    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = from_unit(images)
     if files is not None:
         for file, image in zip(files, pixels.numpy()):
             plots.save_png(image, file)

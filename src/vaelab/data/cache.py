@@ -313,27 +313,27 @@ def delete_unless_held(data: Path, paths: Sequence[Path]) -> bool:
     """Delete `paths` (a decoded file `data` and its header) unless a process holds `data` (see
     Held): then delete nothing and return False. `data` stays locked while it is deleted, so no
     job takes it meanwhile. (Windows refuses to delete a file in use: that says it is held.)"""
-    if fcntl is None:
+
+    def delete() -> bool:
         try:
             for path in paths:
                 path.unlink(missing_ok=True)
         except PermissionError:
             return False
         return True
+
+    if fcntl is None:
+        return delete()
     try:
         file = open(data, "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:  # gone already: its header goes too
-        for path in paths:
-            path.unlink(missing_ok=True)
-        return True
+        return delete()
     with file:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        for path in paths:
-            path.unlink(missing_ok=True)
-    return True
+        return delete()
 
 
 def last_used(data: Path) -> float:

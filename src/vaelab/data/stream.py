@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 class ImageFile:
     """Where a decoded image array lives: the raw uint8 file and its full [N, C, H, W] shape, and
     the shared lock that keeps `vaelab cache clear` from deleting it while it is in use (held by
-    the process that opened it for as long as this object lives; see vaelab.data.cache.hold)."""
+    the process that opened it for as long as this object lives; see vaelab.data.cache.Held)."""
 
     path: str
     shape: tuple[int, int, int, int]

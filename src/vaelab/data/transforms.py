@@ -16,6 +16,12 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images / 255.0
 
 
+def from_unit(images: torch.Tensor) -> torch.Tensor:
+    """float images in [0, 1] -> uint8 0..255, each value clamped into range and rounded to the
+    nearest of the 256 levels (the inverse of to_unit)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw each pixel as 0/1 with probability equal to its intensity (float images in [0, 1])."""
     return torch.bernoulli(images, generator=generator)
@@ -37,4 +43,4 @@ def as_uint8_images(X: Any) -> torch.Tensor:
         return images
     if images.min() < 0 or images.max() > 1:
         raise VaelabError("float images must lie in [0, 1]; pass uint8 images or divide by 255")
-    return (images.float() * 255).round().to(torch.uint8)
+    return from_unit(images)
