@@ -114,10 +114,11 @@ def test_a_decoded_file_in_use_is_kept_by_clear_until_its_user_lets_go(
     assert "kept 1 in use by a running job or session" in capsys.readouterr().out
     order = torch.arange(len(train_images))
     assert sum(len(b) for b in train_images.batches(order, 4, len(order), torch.device("cpu"))) == len(order)
-    del train_images, val_images, copy  # the copy held nothing; the originals let go
+    del train_images, val_images  # the originals let go; the copy, still here, holds nothing
     gc.collect()
     code, result, _ = run_cli(["cache", "clear"], capsys)
     assert code == 0 and result["deleted"] == [str(data)] and not data.exists()
+    assert copy.path == str(data)
 
 
 def test_without_file_locks_clear_keeps_what_the_system_will_not_delete(
@@ -131,7 +132,7 @@ def test_without_file_locks_clear_keeps_what_the_system_will_not_delete(
     data.write_bytes(b"\0" * 8)
     header = data.with_suffix(".json")
     header.write_text("{}")
-    assert cache.Held(data).__getstate__() == {"_file": None}  # holds nothing there
+    assert cache.Held(data)._file is None  # opens and locks nothing there
     real_unlink = Path.unlink
 
     def in_use(path: Path, missing_ok: bool = False) -> None:
