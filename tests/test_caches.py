@@ -121,6 +121,30 @@ def test_a_decoded_file_in_use_is_kept_by_clear_until_its_user_lets_go(
     assert copy.path == str(data)
 
 
+def test_images_kept_alone_keep_their_decoded_file_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    import vaelab
+
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAELAB_MAX_MEMORY", "0")  # streamed: the images are a map of the decoded file
+    write_images(tmp_path / "photos", 10, (8, 6), mode="RGB")
+    images, _ = vaelab.load_dataset(f"folder:{tmp_path / 'photos'}", split="train")  # no ImageSet kept
+    (data,) = (tmp_path / "cache" / "folders").glob("folder-*.u8")
+    first = images[:2]  # a view of the map
+    del images
+    gc.collect()
+    code, result, _ = run_cli(["cache", "clear"], capsys)
+    assert code == 0 and result["in_use"] == [str(data)] and data.exists()
+    assert first.shape == (2, 3, 6, 8)
+    del first
+    gc.collect()
+    code, result, _ = run_cli(["cache", "clear"], capsys)
+    assert code == 0 and result["deleted"] == [str(data)] and not data.exists()
+
+
 def test_without_file_locks_clear_keeps_what_the_system_will_not_delete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -309,6 +309,16 @@ class Held:
             self._file.close()
 
 
+def mapped(data: Path, shape: tuple[int, int, int, int]) -> tuple[np.memmap, Held]:
+    """A decoded file as a copy-on-write memory map [N, C, H, W], and its Held lock. The map
+    holds the lock too, as do its views and the tensors made from them (`torch.from_numpy`), so
+    a caller that keeps only the images (`vaelab.load_dataset`) keeps the file from `clear`."""
+    held = Held(data)
+    images = np.memmap(data, dtype=np.uint8, mode="c", shape=shape)
+    images.held = held  # a view's base is this map: it lives as long as any view
+    return images, held
+
+
 def delete_unless_held(data: Path, paths: Sequence[Path]) -> bool:
     """Delete `paths` (a decoded file `data` and its header) unless a process holds `data` (see
     Held): then delete nothing and return False. `data` stays locked while it is deleted, so no

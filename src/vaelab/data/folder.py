@@ -20,13 +20,13 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from vaelab.data.cache import (
-    Held,
     decoded,
     decoded_files,
     decoded_folder,
     equal_channels,
     folder_cache_dir,
     layout,
+    mapped,
     say_resized,
     sizes_error,
     unreadable_error,
@@ -179,10 +179,9 @@ def load_folder(
         if len(files) * math.prod(shape) > budget:
             folders = cache_dir if cache_dir is not None else folder_cache_dir()
             data, full = decoded_folder(root, files, order[:n_test], image_size, folders, shape)
-            held = Held(data)  # kept from `vaelab cache clear` while this is in use
+            images, held = mapped(data, full)  # kept from `vaelab cache clear` while in use
             start, stop = (0, n_test) if split == "test" else (n_test, len(files))
-            view = np.memmap(data, dtype=np.uint8, mode="c", shape=full)[start:stop]
-            return ImageSet(images=torch.from_numpy(view), labels=labels, class_names=class_names,
+            return ImageSet(images=torch.from_numpy(images[start:stop]), labels=labels, class_names=class_names,
                             paths=chosen_files, file=ImageFile(str(data), full, held), file_start=start)  # fmt: skip
     if image_size is not None:
         ensure_fits_in_memory(len(files), 3, image_size, image_size, f"folder:{path}")
@@ -206,10 +205,9 @@ def load_files(
     if budget is not None and len(files) * channels * math.prod(size) > budget:
         folders = cache_dir if cache_dir is not None else folder_cache_dir()
         data, full = decoded_files(files, channels, size, folders)
-        held = Held(data)  # kept from `vaelab cache clear` while this is in use
-        view = np.memmap(data, dtype=np.uint8, mode="c", shape=full)
+        images, held = mapped(data, full)  # kept from `vaelab cache clear` while in use
         return ImageSet(
-            images=torch.from_numpy(view), labels=None, paths=paths, file=ImageFile(str(data), full, held)
+            images=torch.from_numpy(images), labels=None, paths=paths, file=ImageFile(str(data), full, held)
         )
     images = read_image_files(files, None, channels, size)
     return ImageSet(images=images, labels=None, paths=paths)
