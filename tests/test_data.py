@@ -652,6 +652,9 @@ def test_a_memory_limit_of_the_cgroup_bounds_the_default_budget(
     _write(root / "jobs/job1", {"memory.max": str(3 * gb), "memory.current": str(2 * gb)})
     assert imageset.available_memory() == gb  # the tighter limit in between
     assert imageset.memory_budget("6GB") == 6 * gb  # as given
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's 4 processes on this machine share it
+    assert imageset.memory_budget(None) == gb // 8 and imageset.memory_budget("6GB") == 6 * gb
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     # cgroup v1 (memory controller mounted on its own), "no limit" written as a huge number
     membership.write_text("12:pids:/x\n7:memory:/slurm/uid_0/job_5\n0::/\n")
     _write(root / "memory/slurm/uid_0/job_5", {"memory.limit_in_bytes": str(6 * gb),

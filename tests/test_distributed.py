@@ -84,6 +84,47 @@ def test_every_rank_learns_from_the_loss_check_whether_rank_0_saves_now(
     assert results == [(0, 25.0, rank0_due), (1, 25.0, rank0_due)]
 
 
+def _budget_on_rank(rank: int, store: str, available: int, max_memory: str | None, answers: Any) -> None:
+    """One of two gloo processes on one machine, seeing `available` bytes of free memory."""
+    import torch.distributed as dist
+
+    from vaelab.config import TrainConfig
+    from vaelab.data import imageset
+
+    os.environ["LOCAL_WORLD_SIZE"] = "2"
+    os.environ.pop("VAELAB_MAX_MEMORY", None)
+    imageset.available_memory = lambda: available  # what this process measured
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        config = TrainConfig(dataset="folder:photos", max_memory=max_memory)
+        agreed = training.agreed_budget(config, distributed.Context(rank, 2, rank), torch.device("cpu"))
+        answers.put((rank, agreed.max_memory))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("max_memory", "agreed"), [(None, "1500000000"), ("3GB", "3000000000")])
+def test_the_processes_of_a_machine_share_its_memory_budget_and_all_go_by_the_smallest(
+    tmp_path: Path, max_memory: str | None, agreed: str
+) -> None:
+    # Each process holds its own copy of a folder read into memory: by default they share half the
+    # free memory (8 GB seen: 8 / 2 / 2 processes = 2 GB each). Measured before any reads, the
+    # smallest budget (6 GB seen by the other: 1.5 GB) holds for all, so all read the folder into
+    # memory or all stream it. A budget given is each process's own.
+    spawn = multiprocessing.get_context("spawn")
+    answers = spawn.Queue()
+    ranks = [
+        spawn.Process(target=_budget_on_rank, args=(r, str(tmp_path / "store"), a, max_memory, answers))
+        for r, a in ((0, 8 * 10**9), (1, 6 * 10**9))
+    ]
+    for process in ranks:
+        process.start()
+    results = sorted(answers.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+    assert results == [(0, agreed), (1, agreed)]
+
+
 def test_nproc_is_checked_and_a_failing_rank_is_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["train", "--nproc", "0", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "nproc must be at least 1" in err
@@ -92,13 +133,15 @@ def test_nproc_is_checked_and_a_failing_rank_is_one_line(tmp_path: Path, capsys)
     assert code == 2 and "training in 2 processes failed" in err.strip().splitlines()[-1]
 
 
-def test_two_processes_stream_a_large_folder_from_one_decoded_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [2, 0])  # 0: read in the training process itself
+def test_two_processes_stream_a_large_folder_from_one_decoded_file(tmp_path: Path, workers: int) -> None:
     from conftest import write_images
     from vaelab.data.cache import folder_cache_dir
 
     write_images(tmp_path / "photos", 40, (8, 8), mode="RGB")
     before = set(folder_cache_dir().glob("folder-*.u8"))
-    settings = {**SETTINGS, "dataset": f"folder:{tmp_path / 'photos'}", "batch_size": 8, "max_memory": "0"}
+    settings = {**SETTINGS, "dataset": f"folder:{tmp_path / 'photos'}", "batch_size": 8, "max_memory": "0",
+                "workers": workers}  # fmt: skip
     vaelab.train(tmp_path / "two", nproc=2, progress=False, **settings)
     assert len(set(folder_cache_dir().glob("folder-*.u8")) - before) == 1
     assert [m["images_seen"] for m in checkpoint.read_metrics(tmp_path / "two")] == [

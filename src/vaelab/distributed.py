@@ -112,6 +112,15 @@ def sum_(tensor: torch.Tensor, context: Context) -> torch.Tensor:
     return tensor
 
 
+def smallest(value: int, context: Context, device: torch.device) -> int:
+    """The smallest of every rank's `value` (`device`: this rank's, where its backend reduces)."""
+    if context.world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 def broadcast(tensor: torch.Tensor, context: Context) -> torch.Tensor:
     """Rank 0's `tensor`, on every rank (in place; returned)."""
     if context.world > 1:

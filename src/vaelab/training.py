@@ -38,6 +38,7 @@ from vaelab.config import (
     with_image_defaults,
 )
 from vaelab.data import load_images
+from vaelab.data.imageset import memory_budget
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.stream import DiskImages
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
@@ -165,6 +166,20 @@ def split_train_val(
             train_images, torch.Generator().manual_seed(derive_seed(config.seed, "bin"))
         )
     return train_images.to(device), val_images.to(device)
+
+
+UNKNOWN_BUDGET = 2**62  # no memory figure to go by: any folder is read into memory
+
+
+def agreed_budget(config: TrainConfig, context: distributed.Context, device: torch.device) -> TrainConfig:
+    """`config` with the memory budget every process goes by (the smallest of theirs, each measured
+    before any reads), so all read a folder into memory, or all stream it: measured after this
+    machine's first process has read it, the others' budgets would be smaller."""
+    if context.world == 1:
+        return config
+    budget = memory_budget(config.max_memory)
+    budget = distributed.smallest(UNKNOWN_BUDGET if budget is None else budget, context, device)
+    return dataclasses.replace(config, max_memory=None if budget == UNKNOWN_BUDGET else str(budget))
 
 
 @torch.no_grad()
@@ -298,8 +313,9 @@ def _train(
     lead = context.lead
     progress = progress and lead
     if config.dataset.startswith("folder:"):  # a folder over max_memory is decoded once per machine
+        agreed = agreed_budget(config, context, device)  # by all, before the machine's first reads
         with distributed.machine_lead_first(context):
-            train_images, val_images = split_train_val(config, device)
+            train_images, val_images = split_train_val(agreed, device)
     else:
         train_images, val_images = split_train_val(config, device)
     noise = parse_noise(config.noise) if config.noise else None

@@ -31,6 +31,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from vaelab.data.idx import cache_dir
+from vaelab.data.imageset import local_processes
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, write_json
 from vaelab.progress import bar_hidden
@@ -415,11 +416,7 @@ def decode_threads(shared: bool = True) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    local_processes = 1
-    if shared:
-        with contextlib.suppress(ValueError):  # not a number: as if alone
-            local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(MAX_DECODE_THREADS, cores // local_processes))
+    return max(1, min(MAX_DECODE_THREADS, cores // (local_processes() if shared else 1)))
 
 
 def decoded(

@@ -129,7 +129,8 @@ MAX_MEMORY_VARIABLE = "VAELAB_MAX_MEMORY"  # the budget of commands, which have 
 
 def memory_budget(max_memory: str | None) -> int | None:
     """Bytes a decoded dataset may take in memory: `max_memory` ("8GB", "500MB", "0", or a number of
-    bytes), else $VAELAB_MAX_MEMORY, else half of the memory available now (None when unknown)."""
+    bytes), else $VAELAB_MAX_MEMORY, else half of the memory available now (None when unknown),
+    shared among the processes torchrun started on this machine, as each holds its own copy."""
     if max_memory is None and os.environ.get(MAX_MEMORY_VARIABLE, "").strip():
         value = os.environ[MAX_MEMORY_VARIABLE].strip()
         try:
@@ -141,8 +142,17 @@ def memory_budget(max_memory: str | None) -> int | None:
             ) from None
     if max_memory is None:
         available = available_memory()
-        return None if available is None else available // 2
+        return None if available is None else available // (2 * local_processes())
     return parse_bytes(max_memory)
+
+
+def local_processes() -> int:
+    """Processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun), which
+    share its memory and cores."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:  # not a number: as if alone
+        return 1
 
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,

@@ -159,7 +159,7 @@ class DiskImages:
             pin_memory=device.type == "cuda",
             persistent_workers=False,
             worker_init_fn=_leave_sigterm_to_the_trainer,
-            multiprocessing_context=worker_start(),
+            multiprocessing_context=worker_start() if self.workers else None,
         )
         with _sigterm_blocked():
             batches = iter(loader)  # starts the workers
