@@ -125,6 +125,28 @@ def test_the_processes_of_a_machine_share_its_memory_budget_and_all_go_by_the_sm
     assert results == [(0, agreed), (1, agreed)]
 
 
+def test_on_a_gpu_a_folder_is_read_into_memory_only_if_it_takes_at_most_half_its_free_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A folder read into memory is copied onto the GPU: a card with less free memory than the
+    # host's budget lowers it, so the folder is streamed instead of failing to fit there
+    from vaelab.config import TrainConfig
+    from vaelab.data import imageset
+
+    monkeypatch.delenv("VAELAB_MAX_MEMORY", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(imageset, "available_memory", lambda: 8 * 10**9)  # host budget: 4 GB
+    monkeypatch.setattr(training, "free_memory", lambda device: 3 * 10**9)  # the card's: 1.5 GB
+    one, cuda = distributed.Context(), torch.device("cuda")
+    config = TrainConfig(dataset="folder:photos")
+    assert training.agreed_budget(config, one, cuda).max_memory == "1500000000"
+    assert training.agreed_budget(config, one, torch.device("cpu")) is config  # the host's alone
+    given = TrainConfig(dataset="folder:photos", max_memory="1GB")
+    assert training.agreed_budget(given, one, cuda).max_memory == "1000000000"  # within the card's
+    monkeypatch.setattr(imageset, "available_memory", lambda: 2 * 10**9)
+    assert training.agreed_budget(config, one, cuda).max_memory == "1000000000"  # the host's, smaller
+
+
 def test_nproc_is_checked_and_a_failing_rank_is_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["train", "--nproc", "0", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "nproc must be at least 1" in err

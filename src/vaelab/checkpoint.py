@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vaelab.config import ModelConfig, TrainConfig, setting_names
+from vaelab.device import free_memory
 from vaelab.errors import VaelabError
 from vaelab.fileio import atomic_output, checked_write, write_json
 from vaelab.models import AE, VAE, build_model
@@ -228,12 +229,7 @@ def _fit_on_their_devices(tensors: dict[str, torch.Tensor], share: float) -> boo
     for tensor in tensors.values():
         if tensor.device.type == "cuda":
             needed[tensor.device] = needed.get(tensor.device, 0) + tensor.numel() * tensor.element_size()
-    return all(size <= share * _free_memory(device) for device, size in needed.items())
-
-
-def _free_memory(device: torch.device) -> int:
-    """Bytes free on a GPU (beyond what PyTorch holds in its cache)."""
-    return torch.cuda.mem_get_info(device)[0]
+    return all(size <= share * free_memory(device) for device, size in needed.items())
 
 
 def write_model(

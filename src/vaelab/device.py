@@ -55,6 +55,11 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free on a GPU (beyond what PyTorch holds in its cache)."""
+    return torch.cuda.mem_get_info(device)[0]
+
+
 @torch.no_grad()
 def map_batches(
     fn: Callable[[torch.Tensor], torch.Tensor],

@@ -42,7 +42,7 @@ from vaelab.data.imageset import memory_budget
 from vaelab.data.noise import Noise, parse_noise
 from vaelab.data.stream import DiskImages
 from vaelab.data.transforms import binarize, binarize_uint8, to_unit
-from vaelab.device import model_device, resolve_device
+from vaelab.device import free_memory, model_device, resolve_device
 from vaelab.errors import Terminated, VaelabError
 from vaelab.models import AE, VAE, build_model
 from vaelab.progress import bars_shown
@@ -172,12 +172,16 @@ UNKNOWN_BUDGET = 2**62  # no memory figure to go by: any folder is read into mem
 
 
 def agreed_budget(config: TrainConfig, context: distributed.Context, device: torch.device) -> TrainConfig:
-    """`config` with the memory budget every process goes by (the smallest of theirs, each measured
-    before any reads), so all read a folder into memory, or all stream it: measured after this
-    machine's first process has read it, the others' budgets would be smaller."""
-    if context.world == 1:
+    """`config` with the memory budget a folder is read into memory under: on a GPU, at most half
+    of its free memory too (the images are copied onto it); with several processes, the smallest
+    of theirs, each measured before any reads, so all read the folder into memory, or all stream
+    it (measured after this machine's first process has read it, the others' would be smaller)."""
+    if context.world == 1 and device.type != "cuda":
         return config
     budget = memory_budget(config.max_memory)
+    if device.type == "cuda":
+        on_device = free_memory(device) // 2
+        budget = on_device if budget is None else min(budget, on_device)
     budget = distributed.smallest(UNKNOWN_BUDGET if budget is None else budget, context, device)
     return dataclasses.replace(config, max_memory=None if budget == UNKNOWN_BUDGET else str(budget))
 
